@@ -1,0 +1,45 @@
+"""conveyor: run many tasks at once, on threads or asyncio, behind one small API.
+
+    import conveyor
+
+    for page in conveyor.map(fetch, urls, workers=32):      # threads, input order
+        save(page)
+
+    async for r in conveyor.amap(async_fetch, urls):         # inside async code
+        ...
+
+    with conveyor.Pool(workers=8) as pool:                   # workers stay warm
+        results = list(pool.map(work, items))
+        future = pool.submit(work, item)
+
+See the README for the backends, the options and the guarantees.
+"""
+
+from __future__ import annotations
+
+from . import errors as errors
+from ._api import amap as amap
+from ._api import map as map
+from ._pool import Pool as Pool
+from ._progress import Stats as Stats
+from ._results import AsyncResults as AsyncResults
+from ._results import Results as Results
+from .errors import ConveyorError as ConveyorError
+from .errors import TaskTimeout as TaskTimeout
+from .errors import WorkerCrashed as WorkerCrashed
+
+__all__ = (
+    "AsyncResults",
+    "ConveyorError",
+    "Pool",
+    "Results",
+    "Stats",
+    "TaskTimeout",
+    "WorkerCrashed",
+    "__version__",
+    "amap",
+    "errors",
+    "map",
+)
+
+__version__ = "0.1.0"

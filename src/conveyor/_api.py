@@ -1,0 +1,261 @@
+"""The public entry points: check and normalise arguments, then build a run."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import inspect
+import operator
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
+from typing import Any, Literal, TypeVar, overload
+
+from . import backends as _backends
+from ._asyncinput import iterate_async
+from ._results import AsyncResults, Results
+from ._scheduler import Options, Run
+from .backends._base import Backend
+
+__all__ = ["amap", "check_fn", "check_options", "is_async_fn", "map", "resolve_backend"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+OnError = Literal["raise", "return", "skip"]
+BackendName = Literal["thread", "asyncio"]
+_ERROR_POLICIES = ("raise", "return", "skip")
+
+
+def is_async_fn(fn: object) -> bool:
+    """True for coroutine functions, also behind ``functools.partial`` or ``__call__``."""
+    if inspect.iscoroutinefunction(fn):
+        return True
+    call = getattr(fn, "__call__", None)  # noqa: B004 - an instance's async __call__
+    return call is not None and not inspect.isfunction(fn) and \
+        inspect.iscoroutinefunction(call)
+
+
+def check_fn(fn: object, where: str) -> None:
+    if not callable(fn):
+        raise TypeError(
+            f"{where}: the function to run must be callable, got {fn!r} "
+            f"({type(fn).__name__}). Pass the function itself, e.g. "
+            f"{where}(fetch, urls), not fetch(urls).")
+
+
+def resolve_backend(backend: str | None, fn: object, where: str) -> str:
+    if backend is None:
+        return "asyncio" if is_async_fn(fn) else "thread"
+    if not isinstance(backend, str) or backend not in _backends.BACKENDS:
+        choices = ", ".join(repr(b) for b in _backends.BACKENDS)
+        raise ValueError(f"{where}: unknown backend {backend!r}; choose one of {choices} "
+                         "(or leave it out: coroutine functions run on 'asyncio', "
+                         "others on 'thread').")
+    if backend == "thread" and is_async_fn(fn):
+        raise TypeError(
+            f"{where}: {_name(fn)} is a coroutine function, which the 'thread' backend "
+            "cannot run; use backend='asyncio' (the default for coroutine functions).")
+    if backend == "asyncio" and not is_async_fn(fn):
+        raise TypeError(
+            f"{where}: {_name(fn)} is not a coroutine function (async def), so the "
+            "'asyncio' backend cannot await it; use backend='thread' for blocking code.")
+    return backend
+
+
+def _positive_int(value: object, name: str, where: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            value = operator.index(value)  # type: ignore[arg-type]
+        except TypeError:
+            raise TypeError(f"{where}: {name} must be an int, got {value!r}") from None
+    if value < minimum:
+        raise ValueError(f"{where}: {name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _positive_number(value: object, name: str, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{where}: {name} must be a number of seconds, got {value!r}")
+    if not value > 0:
+        raise ValueError(f"{where}: {name} must be > 0, got {value!r}")
+    return float(value)
+
+
+def check_options(where: str, *, ordered: bool, window: int | None, batch: int | str,
+                  timeout: float | None, retries: int,
+                  retry_on: type[BaseException] | tuple[type[BaseException], ...],
+                  backoff: float, on_error: str, rate: float | None,
+                  progress: bool | dict[str, Any], desc: str | None) -> Options:
+    """Validate every option before any work starts; return them normalised."""
+    if not isinstance(ordered, bool):
+        raise TypeError(f"{where}: ordered must be True or False, got {ordered!r}")
+    win = None if window is None else _positive_int(window, "window", where)
+    if batch == "auto":
+        fixed = None
+    elif isinstance(batch, str):
+        raise ValueError(f"{where}: batch must be 'auto' or an int >= 1, got {batch!r}")
+    else:
+        fixed = _positive_int(batch, "batch", where)
+    tmo = None if timeout is None else _positive_number(timeout, "timeout", where)
+    n_retries = _positive_int(retries, "retries", where, minimum=0)
+    if isinstance(retry_on, type):
+        retry_on = (retry_on,)
+    if not isinstance(retry_on, tuple) or not all(
+            isinstance(c, type) and issubclass(c, BaseException) for c in retry_on):
+        raise TypeError(f"{where}: retry_on must be an exception class or a tuple of them, "
+                        f"got {retry_on!r}")
+    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or backoff < 0:
+        raise ValueError(f"{where}: backoff must be a number of seconds >= 0, got {backoff!r}")
+    if on_error not in _ERROR_POLICIES:
+        raise ValueError(f"{where}: on_error must be one of 'raise', 'return', 'skip'; "
+                         f"got {on_error!r}")
+    rt = None if rate is None else _positive_number(rate, "rate", where)
+    if rt is not None and fixed is not None and fixed > 1:
+        raise ValueError(f"{where}: rate= spaces task starts evenly, one item per batch; it "
+                         f"conflicts with batch={fixed}. Leave batch='auto' with rate=.")
+    if win is not None and fixed is not None and fixed > win:
+        raise ValueError(f"{where}: batch={fixed} is larger than window={win}; a batch must "
+                         "fit in the window. Raise window or lower batch.")
+    if isinstance(progress, dict):
+        progress_options = tuple(progress.items())
+        show = True
+    elif isinstance(progress, bool):
+        progress_options, show = (), progress
+    else:
+        raise TypeError(f"{where}: progress must be True/False or a dict of tqdm options, "
+                        f"got {progress!r}")
+    if desc is not None and not isinstance(desc, str):
+        raise TypeError(f"{where}: desc must be a string, got {desc!r}")
+    return Options(ordered=ordered, window=win, batch=fixed, timeout=tmo, retries=n_retries,
+                   retry_on=retry_on, backoff=float(backoff), on_error=on_error, rate=rt,
+                   progress=show, progress_options=progress_options, desc=desc)
+
+
+def check_items(items: object, where: str, *, allow_async: bool = False) -> None:
+    if isinstance(items, Iterable):
+        return
+    if allow_async and isinstance(items, AsyncIterable):
+        return
+    kinds = "an iterable or an async iterable" if allow_async else "an iterable"
+    raise TypeError(f"{where}: items must be {kinds} (a list, a generator, ...), got "
+                    f"{type(items).__name__}")
+
+
+def _length(items: object) -> int | None:
+    try:
+        return len(items)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _name(fn: object) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def start_run(fn: Callable[[Any], Any], items: Iterable[Any], backend: Backend, *,
+              owns_backend: bool, options: Options) -> Run:
+    iterator: Iterator[Any] = iter(items)
+    run = Run(fn, iterator, _length(items), backend, owns_backend=owns_backend,
+              options=options)
+    run.start()
+    return run
+
+
+@overload
+def map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], *,  # type: ignore[overload-overlap]
+        backend: BackendName | None = ..., workers: int | None = ..., ordered: bool = ...,
+        window: int | None = ..., batch: int | Literal["auto"] = ...,
+        timeout: float | None = ..., retries: int = ...,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+        backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
+        progress: bool | dict[str, Any] = ..., desc: str | None = ...) -> Results[R]: ...
+@overload
+def map(fn: Callable[[T], R], items: Iterable[T], *,
+        backend: BackendName | None = ..., workers: int | None = ..., ordered: bool = ...,
+        window: int | None = ..., batch: int | Literal["auto"] = ...,
+        timeout: float | None = ..., retries: int = ...,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+        backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
+        progress: bool | dict[str, Any] = ..., desc: str | None = ...) -> Results[R]: ...
+def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
+        backend: str | None = None, workers: int | None = None, ordered: bool = True,
+        window: int | None = None, batch: int | str = "auto", timeout: float | None = None,
+        retries: int = 0,
+        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+        backoff: float = 0.1, on_error: str = "raise", rate: float | None = None,
+        progress: bool | dict[str, Any] = False, desc: str | None = None) -> Results[Any]:
+    """Run ``fn`` over ``items`` concurrently; stream the results.
+
+    Returns a :class:`Results`: iterate it for the results (input order when
+    ``ordered=True``, completion order otherwise), use it as a context manager,
+    ``close()`` it to stop early, read ``.stats``. Work starts at once in the
+    background; the input is read lazily, at most ``window`` items ahead.
+
+    ``backend``: "thread" (blocking code; the default for plain functions) or
+    "asyncio" (the default for coroutine functions, which run on an event loop
+    in a helper thread, so this works inside Jupyter's running loop too).
+    ``workers``: threads, or concurrent coroutines. ``batch``: "auto" (adaptive,
+    see the README) or a fixed number of items per batch. ``timeout``: seconds
+    per task; an overdue coroutine is cancelled, an overdue thread call is
+    abandoned; either way that item fails with ``TaskTimeout``. ``retries``:
+    extra attempts for failures matching ``retry_on``, after an exponential
+    backoff (``backoff`` * 2**attempt seconds, jittered by +/-50%).
+    ``on_error``: "raise" the first failure (after the results before it, in
+    ordered mode) and cancel the rest; "return" the exception in the result's
+    place; "skip" it (counted in ``stats``). ``rate``: at most this many task
+    starts per second, evenly spaced. ``progress``: a tqdm bar counting items
+    (True, or a dict of tqdm options); ``desc`` labels it.
+    """
+    where = "conveyor.map"
+    check_fn(fn, where)
+    check_items(items, where)
+    name = resolve_backend(backend, fn, where)
+    n_workers = _backends.default_workers(name) if workers is None else \
+        _positive_int(workers, "workers", where)
+    options = check_options(where, ordered=ordered, window=window, batch=batch,
+                            timeout=timeout, retries=retries, retry_on=retry_on,
+                            backoff=backoff, on_error=on_error, rate=rate,
+                            progress=progress, desc=desc)
+    be = _backends.create(name, n_workers)
+    return Results(start_run(fn, items, be, owns_backend=True, options=options))
+
+
+def amap(fn: Callable[[T], Awaitable[R]] | Callable[[T], R],
+         items: Iterable[T] | AsyncIterable[T], *,
+         backend: BackendName | None = None, workers: int | None = None, ordered: bool = True,
+         window: int | None = None, batch: int | Literal["auto"] = "auto",
+         timeout: float | None = None, retries: int = 0,
+         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+         backoff: float = 0.1, on_error: OnError = "raise", rate: float | None = None,
+         progress: bool | dict[str, Any] = False,
+         desc: str | None = None) -> AsyncResults[R]:
+    """``map`` for async code: ``async for r in conveyor.amap(fn, items): ...``.
+
+    Must be called with an event loop running. Coroutine functions run as
+    tasks on *that* loop; plain functions run on worker threads (never
+    blocking the loop). ``items`` may be an async iterable. Options as for
+    :func:`map`.
+    """
+    where = "conveyor.amap"
+    check_fn(fn, where)
+    check_items(items, where, allow_async=True)
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError("conveyor.amap must be used from async code (with an event loop "
+                           "running); from sync code, use conveyor.map.") from None
+    name = resolve_backend(backend, fn, where)
+    n_workers = _backends.default_workers(name) if workers is None else \
+        _positive_int(workers, "workers", where)
+    options = check_options(where, ordered=ordered, window=window, batch=batch,
+                            timeout=timeout, retries=retries, retry_on=retry_on,
+                            backoff=backoff, on_error=on_error, rate=rate,
+                            progress=progress, desc=desc)
+    extra: dict[str, Any] = {"loop": loop} if name == "asyncio" else {}
+    be = _backends.create(name, n_workers, **extra)
+    be.start()
+    source: Iterable[Any] = items if isinstance(items, Iterable) else \
+        iterate_async(items, loop)
+    return AsyncResults(start_run(fn, source, be, owns_backend=True, options=options))
+
+
+_ = builtins  # the module shadows builtins.map on purpose

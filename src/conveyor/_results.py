@@ -1,0 +1,164 @@
+"""What ``map`` and ``amap`` return: a stream of results over a running ``Run``."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from types import TracebackType
+from typing import Any, Generic, TypeVar
+
+from ._outbox import End
+from ._progress import Stats
+from ._scheduler import Run
+
+__all__ = ["AsyncResults", "Results"]
+
+R = TypeVar("R")
+
+
+class Results(Generic[R]):
+    """The results of ``conveyor.map``: an iterator, streamed as tasks finish.
+
+    * Iterate it (once) to get results: in input order with ``ordered=True``,
+      else as they complete. Work starts at once, in the background, and at
+      most ``window`` items are taken from the input ahead of what you have
+      consumed.
+    * ``close()`` stops the run: nothing new starts, queued work is dropped,
+      running coroutines are cancelled, and ``close`` returns once the run's
+      workers are idle (a thread call already running is waited for, since a
+      thread cannot be interrupted). Leaving a ``with`` block closes it, and so
+      does an early ``break`` once the object is garbage collected (at once
+      for ``for r in conveyor.map(...)``).
+    * On Ctrl-C while waiting for a result, the run is cancelled without
+      waiting for thread calls already running (they finish in the
+      background, starting nothing new), and ``KeyboardInterrupt`` propagates.
+    * ``stats`` is a live :class:`~conveyor.Stats` snapshot.
+    """
+
+    def __init__(self, run: Run) -> None:
+        self._run = run
+        self._gen: Iterator[R] = self._iterate()
+
+    def __iter__(self) -> Iterator[R]:
+        return self._gen
+
+    def __next__(self) -> R:
+        return next(self._gen)
+
+    def __enter__(self) -> Results[R]:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        run = getattr(self, "_run", None)
+        if run is not None and not run.finished:
+            run.close(wait=False)
+
+    @property
+    def stats(self) -> Stats:
+        return self._run.stats()
+
+    def close(self) -> None:
+        """Cancel the run (if it is still going) and wait until it has stopped."""
+        self._gen.close()
+        self._run.close(wait=True)
+
+    def _iterate(self) -> Iterator[R]:
+        run = self._run
+        get = run.outbox.get
+        took = run.took
+        try:
+            while True:
+                entry = get()
+                if type(entry) is list:
+                    took(len(entry))
+                    yield from entry
+                else:
+                    assert isinstance(entry, End)
+                    run.close(wait=True)
+                    if entry.error is not None:
+                        raise entry.error
+                    return
+        except (KeyboardInterrupt, SystemExit):
+            run.close(wait=False)
+            raise
+        finally:
+            run.close(wait=True)
+
+    def __repr__(self) -> str:
+        s = self._run.stats()
+        return (f"<conveyor.Results backend={s.backend!r} done={s.done} failed={s.failed} "
+                f"in_flight={s.in_flight}>")
+
+
+class AsyncResults(Generic[R]):
+    """The results of ``conveyor.amap``: an async iterator (``async for``).
+
+    The same semantics as :class:`Results`; use ``async with`` or ``aclose()``
+    to stop the run early. Waiting for results never blocks the event loop.
+    """
+
+    def __init__(self, run: Run, *, closer: Any = None) -> None:
+        self._run = run
+        self._closer = closer   # async callable closing a backend on the caller's loop
+        self._agen: AsyncIterator[R] = self._aiterate()
+
+    def __aiter__(self) -> AsyncIterator[R]:
+        return self._agen
+
+    async def __anext__(self) -> R:
+        return await self._agen.__anext__()
+
+    async def __aenter__(self) -> AsyncResults[R]:
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+    @property
+    def stats(self) -> Stats:
+        return self._run.stats()
+
+    async def aclose(self) -> None:
+        """Cancel the run (if it is still going) and wait until it has stopped."""
+        await self._agen.aclose()  # type: ignore[attr-defined]
+        await self._wait_stopped()
+
+    async def _wait_stopped(self) -> None:
+        import asyncio
+
+        run = self._run
+        run.stop()
+        if not run.finished:
+            loop = asyncio.get_running_loop()
+            done: asyncio.Future[None] = loop.create_future()
+
+            def wake() -> None:
+                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+            if run.on_exit(wake):
+                await done
+        run.close(wait=True)  # the thread has ended or is about to: a short join
+
+    async def _aiterate(self) -> AsyncIterator[R]:
+        run = self._run
+        aget = run.outbox.aget
+        took = run.took
+        try:
+            while True:
+                entry = await aget()
+                if type(entry) is list:
+                    took(len(entry))
+                    for value in entry:
+                        yield value
+                else:
+                    assert isinstance(entry, End)
+                    await self._wait_stopped()
+                    if entry.error is not None:
+                        raise entry.error
+                    return
+        finally:
+            await self._wait_stopped()

@@ -1,0 +1,547 @@
+"""The engine: one scheduler per map, running in its own dispatcher thread.
+
+::
+
+    input iterable ──islice──▶ ┌──────────── dispatcher thread ─────────────┐
+                               │ groups + batches (adaptive size, window)   │
+                               │ retries (backoff heap), rate, timeouts,    │──submit──▶ Backend
+                               │ steal, error policy, reorder, stats, bar   │◀─Completion── (sink)
+                               └────────────┬─────────────────▲─────────────┘
+                                   outbox (lists of results)  │ events: completions,
+                                            ▼                 │ "consumer took n", stop
+                                  Results / AsyncResults  ────┘
+                                  (the caller's thread or event loop)
+
+Everything that is *policy* lives here; backends hold mechanism only.
+
+Units. Items are pulled from the input in *groups* (one adaptive batch each),
+the unit of ordering: the reorder buffer is keyed by group number, never by
+item. A group is first submitted as one batch; what a batch did not cover
+(stolen tail, abandoned worker, crash) is submitted again as a smaller batch of
+the same group, and a retried item as a batch of one. Hand-offs between
+threads move lists: per item there is only the call of ``fn`` and storing its
+outcome.
+
+Window. ``outstanding`` counts items taken from the input and not yet handed
+to the consumer (running, queued, waiting to be retried, waiting to be
+reordered, or waiting in the outbox). No item is pulled while it is at the
+window, so memory is bounded and a slow consumer slows the producers.
+
+Ending. Exactly one end marker reaches the outbox: after the last result, or
+carrying the exception to raise. ``close()`` (early exit, an exception in the
+caller, Ctrl-C) stops the input at once, cancels queued and running batches
+(``Backend.cancel``) and waits for their completions before the thread ends.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from queue import Empty, SimpleQueue
+from typing import Any
+
+from ._batching import Batcher
+from ._outbox import End, Outbox
+from ._progress import Counters, ProgressBar, Stats
+from .backends._base import Backend, Batch, Completion
+from .errors import TaskTimeout
+
+__all__ = ["Options", "Run"]
+
+_UNSET: Any = object()   # a group slot whose outcome is not final yet
+_SKIP: Any = object()    # a failure dropped by on_error="skip"
+_STOP = object()         # event: the consumer asked the run to stop
+
+MAX_BACKOFF = 60.0
+DEFAULT_WINDOW_CAP = 65_536
+
+
+@dataclass(frozen=True)
+class Options:
+    """Checked, normalised options of one run (see ``_api`` for their meaning)."""
+
+    ordered: bool = True
+    window: int | None = None
+    batch: int | None = None          # None: adaptive
+    timeout: float | None = None
+    retries: int = 0
+    retry_on: tuple[type[BaseException], ...] = (Exception,)
+    backoff: float = 0.1
+    on_error: str = "raise"
+    rate: float | None = None
+    progress: bool = False
+    progress_options: tuple[tuple[str, Any], ...] = ()
+    desc: str | None = None
+
+
+class _Group:
+    __slots__ = ("base", "fatal", "items", "pending", "seq", "special", "values")
+
+    def __init__(self, seq: int, base: int, items: list[Any]) -> None:
+        self.seq = seq
+        self.base = base            # input index of items[0]
+        self.items = items
+        self.values: list[Any] | None = None
+        self.pending = len(items)   # outcomes not final yet
+        self.special = False        # holds _SKIP or a fatal error
+        self.fatal: int | None = None
+
+
+class Run:
+    """One map: owns the dispatcher thread, the outbox, and (maybe) a backend."""
+
+    def __init__(self, fn: Callable[[Any], Any], items: Iterator[Any], total: int | None,
+                 backend: Backend, *, owns_backend: bool, options: Options) -> None:
+        self.fn = fn
+        self.backend = backend
+        self.options = options
+        self.outbox = Outbox()
+        self.events: SimpleQueue[Any] = SimpleQueue()
+        self.counters = Counters()
+        self._it = items
+        self._total = total
+        self._owns_backend = owns_backend
+        self._workers = backend.workers
+        self._batcher = Batcher(backend.batch_target, backend.max_batch, options.batch)
+        if options.rate is not None:
+            self._batcher = Batcher(backend.batch_target, 1, 1)
+        # dispatcher-thread state
+        self._seq = itertools.count()
+        self._next_emit = 0
+        self._groups_made = 0
+        self._ready: dict[int, _Group] = {}
+        self._in_flight: dict[Batch, None] = {}   # insertion-ordered set
+        self._retry_heap: list[tuple[float, int, _Group, int, Any, int]] = []
+        self._retry_tie = itertools.count()
+        self._expired: dict[Batch, set[int]] = {}
+        self._outstanding = 0
+        self._pulled = 0
+        self._input_done = False
+        self._input_error: BaseException | None = None
+        self._halt_input = False        # a fatal failure: pull nothing more
+        self._stopping = False          # cancelled or ended: drain in-flight work
+        self._ended = False             # end marker sent
+        self._next_start = 0.0          # rate limiting
+        self._bar: ProgressBar | None = None
+        if options.progress:
+            self._bar = ProgressBar(total, options.desc, dict(options.progress_options))
+        self._exit_callbacks: list[Callable[[], None]] = []
+        self._exit_lock = threading.Lock()
+        self._exited = False
+        self._thread = threading.Thread(target=self._main, name="conveyor-scheduler",
+                                        daemon=True)
+
+    # -- consumer-side API ---------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stats(self) -> Stats:
+        return self.counters.snapshot(self.backend.name, self._workers)
+
+    def took(self, n: int) -> None:
+        """The consumer took ``n`` items from the outbox: free window space."""
+        self.events.put(n)
+
+    def stop(self) -> None:
+        """Ask the dispatcher to cancel the run (non-blocking, idempotent)."""
+        self.events.put(_STOP)
+
+    def close(self, *, wait: bool = True) -> None:
+        self.stop()
+        if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join()
+
+    def on_exit(self, callback: Callable[[], None]) -> bool:
+        """Call ``callback`` (in the dispatcher thread) when it ends; False if it has."""
+        with self._exit_lock:
+            if self._exited:
+                return False
+            self._exit_callbacks.append(callback)
+            return True
+
+    @property
+    def finished(self) -> bool:
+        return not self._thread.is_alive()
+
+    # -- dispatcher thread ---------------------------------------------------
+    def _main(self) -> None:
+        try:
+            if self._owns_backend:
+                self.backend.start()
+            self._loop()
+        except BaseException as exc:  # a bug in conveyor, or a backend failure
+            self._end(exc)
+        finally:
+            try:
+                self._drain()
+            finally:
+                if self._owns_backend:
+                    self.backend.close(cancel=True)
+                self.counters.ended = time.perf_counter()
+                if self._bar is not None:
+                    self._bar.close(self.counters.failed)
+                self._end(None)
+                with self._exit_lock:
+                    self._exited = True
+                    callbacks = self._exit_callbacks[:]
+                for cb in callbacks:
+                    cb()
+
+    def _loop(self) -> None:
+        events = self.events
+        handle = self._handle
+        while True:
+            if not self._stopping:
+                self._fill()
+                self._emit()
+            if self._finished():
+                return
+            wait = self._housekeeping()
+            try:
+                ev = events.get(timeout=wait) if wait is None or wait > 0 else events.get(False)
+            except Empty:
+                continue
+            handle(ev)
+            while not events.empty():
+                handle(events.get())
+
+    def _finished(self) -> bool:
+        if self._stopping:
+            return not self._in_flight
+        if self._in_flight or self._retry_heap:
+            return False
+        if not (self._input_done or self._halt_input):
+            return False
+        if self._next_emit < self._groups_made:
+            return False
+        self._end(self._input_error)
+        return True
+
+    def _drain(self) -> None:
+        """Cancel what is in flight and wait for every batch to report."""
+        self._stopping = True
+        self._retry_heap.clear()
+        for b in list(self._in_flight):
+            self.backend.cancel(b)
+        while self._in_flight:
+            ev = self.events.get()
+            if type(ev) is Completion:
+                self._in_flight.pop(ev.batch, None)
+                self.counters.busy += ev.busy
+
+    def _handle(self, ev: Any) -> None:
+        if type(ev) is Completion:
+            self._on_completion(ev)
+        elif type(ev) is int:
+            self._outstanding -= ev
+        elif ev is _STOP:
+            self._cancel()
+
+    def _cancel(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._retry_heap.clear()
+        for b in list(self._in_flight):
+            self.backend.cancel(b)
+        self._end(None)
+
+    def _end(self, error: BaseException | None) -> None:
+        if not self._ended:
+            self._ended = True
+            self.outbox.put(End(error))
+
+    # -- submitting ----------------------------------------------------------
+    def _window(self) -> int:
+        w = self.options.window
+        if w is not None:
+            return w
+        return max(4 * self._workers, min(2 * self._workers * self._batcher.size,
+                                          DEFAULT_WINDOW_CAP))
+
+    def _submit(self, items: list[Any], group: _Group, start: int, attempt: int = 0) -> None:
+        b = Batch(self.fn, items, self.events.put, owner=self, group=group, start=start,
+                  attempt=attempt, timed=self.options.timeout is not None)
+        self._in_flight[b] = None
+        self.backend.submit(b)
+
+    def _fill(self) -> None:
+        opts = self.options
+        heap = self._retry_heap
+        if heap:
+            now = time.monotonic()
+            while heap and heap[0][0] <= now and self._rate_allows():
+                _, _, g, pos, item, attempt = heapq.heappop(heap)
+                self._submit([item], g, pos, attempt)
+        if self._input_done or self._halt_input:
+            return
+        window = self._window()
+        while self._outstanding < window:
+            if opts.rate is not None and not self._rate_allows():
+                return
+            size = self._batcher.size
+            if opts.window is not None:
+                size = min(size, max(1, opts.window // (2 * self._workers)))
+            if self._total is not None:
+                remaining = self._total - self._pulled
+                size = min(size, max(1, -(-remaining // self._workers)))
+            size = max(1, min(size, window - self._outstanding))
+            try:
+                items = list(itertools.islice(self._it, size))
+            except Exception as exc:  # the input iterable failed: raise it after the results
+                _add_note(exc, f"conveyor: raised by the input iterable after {self._pulled} items")
+                self._input_error = exc
+                self._input_done = True
+                return
+            if not items:
+                self._input_done = True
+                return
+            n = len(items)
+            g = _Group(next(self._seq), self._pulled, items)
+            self._groups_made += 1
+            self._pulled += n
+            self._outstanding += n
+            self.counters.submitted += n
+            self._submit(items, g, 0)
+            if n < size:
+                self._input_done = True
+                return
+
+    def _rate_allows(self) -> bool:
+        rate = self.options.rate
+        if rate is None:
+            return True
+        now = time.monotonic()
+        if now < self._next_start:
+            return False
+        self._next_start = max(self._next_start + 1.0 / rate, now - 1.0 / rate)
+        return True
+
+    # -- completions and the error policy --------------------------------------
+    def _on_completion(self, c: Completion) -> None:
+        b = c.batch
+        self._in_flight.pop(b, None)
+        self._expired.pop(b, None)
+        counters = self.counters
+        counters.busy += c.busy
+        if self._stopping:
+            return
+        values = c.values
+        n = len(values)
+        g: _Group = b.group
+        if n < b.limit:  # the rest did not run: submit it again (same group)
+            self._submit(b.items[n:b.limit], g, b.start + n, b.attempt)
+        if n == 0:
+            return
+        final = n
+        if c.errors:
+            retrying, failures = self._triage(b, values, c.errors)
+            final -= retrying
+            counters.done += final - failures
+        else:
+            counters.done += n
+            self._batcher.observe(n, c.busy)
+        if g.values is None and b.start == 0 and n == len(g.items):
+            g.values = values
+        else:
+            if g.values is None:
+                g.values = [_UNSET] * len(g.items)
+            g.values[b.start:b.start + n] = values
+        g.pending -= final
+        if self._bar is not None and final:
+            self._bar.update(final)
+        if self.options.ordered:
+            if g.pending == 0 or (g.fatal is not None and _UNSET not in g.values[:g.fatal + 1]):
+                self._ready[g.seq] = g
+        else:
+            if g.pending == 0:
+                self._next_emit += 1   # unordered: counts the groups that are finished
+            self._emit_unordered(g, values)
+
+    def _triage(self, b: Batch, values: list[Any], errors: list[int]) -> tuple[int, int]:
+        """Apply retries and the error policy: (items to retry, final failures)."""
+        opts = self.options
+        counters = self.counters
+        g: _Group = b.group
+        retrying = failures = 0
+        for p in errors:
+            exc = values[p]
+            if b.attempt < opts.retries and isinstance(exc, opts.retry_on) \
+                    and not self._halt_input:
+                delay = opts.backoff * (2 ** b.attempt) * random.uniform(0.5, 1.5)
+                heapq.heappush(self._retry_heap, (
+                    time.monotonic() + min(delay, MAX_BACKOFF), next(self._retry_tie),
+                    g, b.start + p, b.items[p], b.attempt + 1))
+                values[p] = _UNSET
+                counters.retried += 1
+                retrying += 1
+                continue
+            index = g.base + b.start + p
+            _annotate(exc, index, self.backend.name, b.attempt)
+            counters.failed += 1
+            failures += 1
+            if isinstance(exc, TaskTimeout):
+                counters.timed_out += 1
+            if opts.on_error == "skip":
+                values[p] = _SKIP
+                g.special = True
+                counters.skipped += 1
+            elif opts.on_error == "raise":
+                g.special = True
+                pos = b.start + p
+                if g.fatal is None or pos < g.fatal:
+                    g.fatal = pos
+                self._on_fatal(g)
+        return retrying, failures
+
+    def _on_fatal(self, g: _Group) -> None:
+        """A failure will be raised: pull nothing more, cancel what comes after it."""
+        self._halt_input = True
+        if self.options.ordered:
+            for b in list(self._in_flight):
+                if b.group.seq > g.seq:
+                    self.backend.cancel(b)
+            self._retry_heap[:] = [r for r in self._retry_heap if r[2].seq <= g.seq]
+            heapq.heapify(self._retry_heap)
+
+    # -- emitting --------------------------------------------------------------
+    def _emit(self) -> None:
+        ready = self._ready
+        while self._next_emit in ready:
+            g = ready.pop(self._next_emit)
+            self._next_emit += 1
+            values = g.values
+            assert values is not None
+            if not g.special:
+                self.outbox.put(values)
+                continue
+            stop = g.fatal
+            head = values if stop is None else values[:stop]
+            chunk = [v for v in head if v is not _SKIP]
+            self._outstanding -= len(values) - len(chunk)
+            if chunk:
+                self.outbox.put(chunk)
+            if stop is not None:
+                self._raise(values[stop])
+                return
+
+    def _emit_unordered(self, g: _Group, values: list[Any]) -> None:
+        if not (g.special or _UNSET in values):
+            self.outbox.put(values)
+            return
+        chunk = []
+        error = None
+        for v in values:
+            if v is _UNSET:
+                continue
+            if v is _SKIP:
+                self._outstanding -= 1
+            elif self.options.on_error == "raise" and isinstance(v, BaseException) \
+                    and error is None:
+                error = v
+                self._outstanding -= 1
+            else:
+                chunk.append(v)
+        if chunk:
+            self.outbox.put(chunk)
+        if error is not None:
+            self._raise(error)
+
+    def _raise(self, error: BaseException) -> None:
+        self._end(error)
+        self._cancel()
+
+    # -- timers: timeouts, retries, rate, stealing -----------------------------
+    def _housekeeping(self) -> float | None:
+        """Expire overdue items, steal tails for idle workers; seconds to sleep."""
+        now = time.monotonic()
+        wake = math.inf
+        timeout = self.options.timeout
+        if self._stopping:
+            return None
+        if timeout is not None and self._in_flight:
+            wake = min(wake, now + timeout)
+            for r in self.backend.running():
+                b = r.batch
+                if b.owner is not self:
+                    continue
+                deadline = r.since + timeout
+                if deadline > now:
+                    wake = min(wake, deadline)
+                    continue
+                seen = self._expired.setdefault(b, set())
+                if r.pos in seen:
+                    continue
+                seen.add(r.pos)
+                index = b.group.base + b.start + r.pos
+                self.backend.expire(r, TaskTimeout(
+                    f"the task for item #{index} ran longer than timeout={timeout:g} s",
+                    index=index, seconds=timeout))
+        if self._retry_heap:
+            wake = min(wake, self._retry_heap[0][0])
+        if self.options.rate is not None and not (self._input_done or self._halt_input) \
+                and self._outstanding < self._window():
+            wake = min(wake, self._next_start)
+        if self.backend.can_steal and self._in_flight:
+            wake = min(wake, self._steal(now))
+        return None if wake == math.inf else max(0.0, wake - time.monotonic())
+
+    def _steal(self, now: float) -> float:
+        idle = self._workers - len(self._in_flight)
+        starved = self._input_done or self._halt_input or self._outstanding >= self._window()
+        if idle <= 0 or not starved:
+            return math.inf
+        after = 4 * self.backend.batch_target
+        wake = math.inf
+        for b in list(self._in_flight):
+            if idle <= 0:
+                break
+            it = b.it
+            if it is None or b.cancelled:
+                continue
+            hint = it.__length_hint__()  # type: ignore[attr-defined]
+            if hint <= 0:
+                continue
+            if now - b.started < after:
+                wake = min(wake, b.started + after)
+                continue
+            k = self.backend.steal(b)
+            if k is None:
+                continue
+            tail = b.items[k:b.limit]
+            b.limit = k
+            pieces = min(idle, len(tail))
+            step = -(-len(tail) // pieces)
+            for i in range(0, len(tail), step):
+                self._submit(tail[i:i + step], b.group, b.start + k + i, b.attempt)
+            idle -= pieces
+        return wake
+
+
+def _annotate(exc: BaseException, index: int, backend: str, attempt: int) -> None:
+    try:
+        exc.__conveyor_index__ = index  # type: ignore[attr-defined]
+    except AttributeError:
+        pass
+    tries = f" (after {attempt + 1} attempts)" if attempt else ""
+    _add_note(exc, f"conveyor: raised by the task for item #{index}{tries} "
+                   f"on the {backend} backend")
+
+
+def _add_note(exc: BaseException, note: str) -> None:
+    notes = getattr(exc, "__notes__", None)
+    if notes is not None and note in notes:
+        return
+    if hasattr(exc, "add_note"):
+        exc.add_note(note)
+    else:  # Python 3.10: keep the text where 3.11+ would put it
+        try:
+            exc.__notes__ = [*(notes or []), note]  # type: ignore[attr-defined]
+        except AttributeError:
+            pass

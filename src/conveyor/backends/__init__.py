@@ -1,0 +1,34 @@
+"""Backends: the mechanism behind each ``backend=`` name, imported only when used."""
+
+from __future__ import annotations
+
+import importlib
+import os
+from collections.abc import Callable
+from typing import Any
+
+from ._base import Backend
+
+__all__ = ["BACKENDS", "Backend", "create", "default_workers"]
+
+#: backend name -> (module, class). Modules are imported on first use only.
+BACKENDS: dict[str, tuple[str, str]] = {
+    "thread": ("conveyor.backends.thread", "ThreadBackend"),
+    "asyncio": ("conveyor.backends.asyncio", "AsyncioBackend"),
+}
+
+
+def default_workers(backend: str) -> int:
+    cpus = os.cpu_count() or 1
+    if backend == "asyncio":
+        return 100
+    return min(32, cpus + 4)
+
+
+def create(name: str, workers: int, *, initializer: Callable[..., object] | None = None,
+           initargs: tuple[Any, ...] = (), **options: Any) -> Backend:
+    module, cls = BACKENDS[name]
+    backend_cls = getattr(importlib.import_module(module), cls)
+    backend: Backend = backend_cls(workers, initializer=initializer, initargs=initargs,
+                                   **options)
+    return backend

@@ -1,0 +1,159 @@
+"""The backend protocol: how the scheduler hands work to a pool of workers.
+
+A backend is *mechanism only*: it runs a batch's items through a function and
+reports what happened. Everything that is policy (ordering, the window,
+retries, the error policy, timeouts' deadlines, rate, progress, stats) lives
+once, in ``conveyor._scheduler``.
+
+The unit of work is a :class:`Batch`: a function and a list of items. The
+backend reports a :class:`Completion` through ``batch.sink`` (a thread-safe
+callable supplied by whoever submitted the batch). A completion covers a
+*prefix* of the batch's items: ``values[i]`` is the outcome of
+``batch.items[i]`` for ``i < len(values)``; outcomes listed in ``errors`` are
+exception objects. Items beyond the prefix did not run, and the scheduler
+submits them again. That single rule covers every way a batch can end early:
+
+* the scheduler *stole* the unstarted tail of a long batch (:meth:`steal`),
+* a task overran its timeout and the worker was abandoned or killed
+  (:meth:`expire`: the prefix ends with the ``TaskTimeout``),
+* a worker process died (the prefix ends with ``WorkerCrashed``),
+* the batch was cancelled (:meth:`cancel`: usually an empty prefix).
+
+Per-item timeouts and crash attribution need to know which item each worker
+is running and since when: workers record it for batches with ``timed=True``
+and :meth:`running` reports it, so the scheduler can compute deadlines without
+a message per item.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar
+
+__all__ = ["Backend", "Batch", "Completion", "Running", "call_initializer"]
+
+
+class Batch:
+    """A function and a list of items to run through it, on one worker."""
+
+    __slots__ = (
+        "attempt", "cancelled", "fn", "group", "it", "items", "limit", "owner", "sink",
+        "start", "started", "timed",
+    )
+
+    def __init__(self, fn: Callable[[Any], Any], items: list[Any],
+                 sink: Callable[[Completion], None], *, owner: object = None,
+                 group: Any = None, start: int = 0, attempt: int = 0,
+                 timed: bool = False) -> None:
+        self.fn = fn
+        self.items = items
+        self.sink = sink
+        self.owner = owner          # the run (or pool) that submitted it
+        self.group = group          # scheduler's bookkeeping: which ordering group
+        self.start = start          # position of items[0] within that group
+        self.attempt = attempt      # 0 for a first try, n for the n-th retry
+        self.timed = timed          # workers record (item, start time) per item
+        self.limit = len(items)     # lowered when the scheduler steals the tail
+        self.cancelled = False
+        self.it: Iterator[Any] | None = None  # set by the worker that runs it
+        self.started = 0.0          # time.monotonic() when a worker took it
+
+    def __repr__(self) -> str:
+        return f"<Batch of {len(self.items)} at {self.start} attempt={self.attempt}>"
+
+
+class Completion:
+    """What a worker reports for a batch: outcomes of a prefix of its items."""
+
+    __slots__ = ("batch", "busy", "errors", "values")
+
+    def __init__(self, batch: Batch, values: list[Any], errors: list[int] | None,
+                 busy: float) -> None:
+        self.batch = batch
+        self.values = values        # outcome of batch.items[i] for i < len(values)
+        self.errors = errors        # positions whose value is an exception
+        self.busy = busy            # seconds the worker spent on it
+
+
+class Running:
+    """One worker busy on one item of a timed batch (see ``Backend.running``)."""
+
+    __slots__ = ("batch", "pos", "since")
+
+    def __init__(self, batch: Batch, pos: int, since: float) -> None:
+        self.batch = batch
+        self.pos = pos
+        self.since = since          # time.monotonic() when the item started
+
+
+class Backend(ABC):
+    """Runs batches on a set of workers. Subclasses hold mechanism only."""
+
+    name: ClassVar[str]
+    #: True if :meth:`steal` can take back the unstarted tail of a running batch.
+    can_steal: ClassVar[bool] = False
+    #: Default target duration of one batch, for adaptive batching (seconds).
+    batch_target: ClassVar[float] = 0.002
+    #: Largest batch adaptive batching may form.
+    max_batch: ClassVar[int] = 4096
+
+    workers: int
+
+    @abstractmethod
+    def start(self) -> None:
+        """Make the backend ready to accept batches (workers may start lazily)."""
+
+    @abstractmethod
+    def submit(self, batch: Batch) -> None:
+        """Queue ``batch``; its completion is reported through ``batch.sink``.
+
+        Thread-safe and non-blocking. Exactly one completion is reported for
+        every submitted batch, whatever happens to it.
+        """
+
+    def running(self) -> list[Running]:
+        """The item each worker is running, for batches submitted with ``timed``."""
+        return []
+
+    def expire(self, entry: Running, error: BaseException) -> bool:
+        """Stop the item ``entry`` describes, failing it with ``error``.
+
+        The backend reports a completion whose prefix ends with ``error`` at
+        ``entry.pos`` (unless the item finished first: then it returns False
+        and nothing changes). The worker is killed, cancelled or abandoned as
+        the mechanism allows, and replaced.
+        """
+        return False
+
+    def steal(self, batch: Batch) -> int | None:
+        """Take back the items of a running batch that have not started.
+
+        Returns the position of the first item taken (the worker's completion
+        will cover only the items before it), or None if nothing was taken.
+        """
+        return None
+
+    @abstractmethod
+    def cancel(self, batch: Batch) -> None:
+        """Best effort: run as little more of ``batch`` as possible.
+
+        A queued batch is dropped (reported with an empty prefix); a running
+        one stops at its next item, or at once where the mechanism allows.
+        """
+
+    @abstractmethod
+    def close(self, *, cancel: bool, wait: bool = True) -> None:
+        """Stop the workers.
+
+        ``cancel=False`` lets queued batches finish first; ``cancel=True``
+        drops them and stops what can be stopped. ``wait=True`` returns only
+        once every worker has ended (a thread stuck in a call it cannot leave
+        is the documented exception for ``wait=False``).
+        """
+
+
+def call_initializer(initializer: Callable[..., object] | None,
+                     initargs: tuple[Any, ...]) -> None:
+    if initializer is not None:
+        initializer(*initargs)

@@ -1,0 +1,306 @@
+"""backend="asyncio": worker coroutines on an event loop.
+
+::
+
+    scheduler --call_soon_threadsafe--> deque[Batch] / waiting workers
+                                          |  worker task 1..N (on the loop)
+                                          |  out.append(await fn(x)) per item
+    scheduler <--batch.sink(Completion)---+
+
+The loop is either the caller's (``conveyor.amap`` and ``Pool`` used from
+async code) or one this backend runs in a helper thread (sync
+``conveyor.map`` of a coroutine function, which therefore works even when the
+calling thread already runs a loop, as in a Jupyter cell). Worker tasks start
+lazily, up to ``workers``; batches handed over while a worker waits go to it
+directly, without a queue.
+
+Timeouts and cancellation are real: the worker task awaiting the item is
+cancelled. The worker tells an expiry (the item fails with ``TaskTimeout``,
+the worker goes on with the batch) from a cancellation of the run (the batch is
+reported with the items finished so far) by a flag set on the loop before the
+cancel. A coroutine that blocks the loop (``time.sleep`` inside ``async def``)
+cannot be cancelled by anyone; use the thread backend for such code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import inspect
+import threading
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from ..errors import WorkerInitError
+from ._base import Backend, Batch, Completion, Running
+
+__all__ = ["AsyncioBackend"]
+
+
+class _Worker:
+    __slots__ = ("batch", "cancelling", "current", "expired", "task")
+
+    def __init__(self) -> None:
+        self.task: asyncio.Task[None] | None = None
+        self.batch: Batch | None = None
+        self.current: tuple[Batch, int, float] | None = None
+        self.expired: BaseException | None = None
+        self.cancelling = False
+
+
+class AsyncioBackend(Backend):
+    name = "asyncio"
+    can_steal = True
+    batch_target = 0.002
+    max_batch = 4096
+
+    def __init__(self, workers: int, *, loop: asyncio.AbstractEventLoop | None = None,
+                 initializer: Callable[..., object] | None = None,
+                 initargs: tuple[Any, ...] = ()) -> None:
+        self.workers = workers
+        self._loop = loop
+        self._owns_loop = loop is None
+        self._thread: threading.Thread | None = None
+        self._initializer = initializer
+        self._initargs = initargs
+        # Loop-side state: touched only from the loop's thread.
+        self._pending: collections.deque[Batch] = collections.deque()
+        self._waiters: collections.deque[asyncio.Future[Batch | None]] = collections.deque()
+        self._workers: list[_Worker] = []
+        self._closing = False
+        self._closed = False
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        assert self._loop is not None, "backend not started"
+        return self._loop
+
+    # -- protocol ------------------------------------------------------------
+    def start(self) -> None:
+        if self._loop is not None:
+            return
+        loop = asyncio.new_event_loop()
+        ready = threading.Event()
+
+        def serve() -> None:
+            asyncio.set_event_loop(loop)
+            loop.call_soon(ready.set)
+            loop.run_forever()
+
+        self._loop = loop
+        self._thread = threading.Thread(target=serve, name="conveyor-asyncio", daemon=True)
+        self._thread.start()
+        ready.wait()
+
+    def _in_loop(self) -> bool:
+        loop = self.loop
+        try:
+            return asyncio.get_running_loop() is loop
+        except RuntimeError:
+            return False
+
+    def _call(self, fn: Callable[..., object], *args: Any) -> None:
+        if self._in_loop():
+            fn(*args)
+        else:
+            self.loop.call_soon_threadsafe(fn, *args)
+
+    def submit(self, batch: Batch) -> None:
+        self._call(self._enqueue, batch)
+
+    def running(self) -> list[Running]:
+        out = []
+        for w in list(self._workers):
+            cur = w.current
+            if cur is not None:
+                out.append(Running(cur[0], cur[1], cur[2]))
+        return out
+
+    def expire(self, entry: Running, error: BaseException) -> bool:
+        self._call(self._expire, entry, error)
+        return True
+
+    def steal(self, batch: Batch) -> int | None:
+        it = batch.it
+        if it is None:
+            return None
+        rest = list(it)   # one C-level call: atomic with respect to the worker
+        if not rest:
+            return None
+        return batch.limit - len(rest)
+
+    def cancel(self, batch: Batch) -> None:
+        batch.cancelled = True
+        self.steal(batch)
+        self._call(self._cancel_running, batch)
+
+    def close(self, *, cancel: bool, wait: bool = True) -> None:
+        if self._loop is None or self._closed:
+            return
+        if self._in_loop():
+            # Called on the loop itself (sync code in a callback): can't wait here.
+            self._begin_close(cancel)
+            return
+        if self._loop.is_closed() or not self._loop.is_running():
+            self._closed = True
+            return
+        fut = asyncio.run_coroutine_threadsafe(self.aclose(cancel=cancel), self._loop)
+        if not wait:
+            return
+        fut.result()
+        self._stop_own_loop()
+
+    async def aclose(self, *, cancel: bool) -> None:
+        """Close from the loop's own thread, awaiting the workers' end."""
+        if self._closed:
+            return
+        self._begin_close(cancel)
+        tasks = [w.task for w in self._workers if w.task is not None]
+        if tasks:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        self._closed = True
+
+    def _stop_own_loop(self) -> None:
+        if not self._owns_loop or self._thread is None:
+            return
+        loop = self.loop
+        if loop.is_running():
+            loop.call_soon_threadsafe(loop.stop)
+        self._thread.join()
+        loop.close()
+
+    # -- loop side -------------------------------------------------------------
+    def _begin_close(self, cancel: bool) -> None:
+        if self._closing:
+            return
+        self._closing = True
+        if cancel:
+            while self._pending:
+                b = self._pending.popleft()
+                b.cancelled = True
+                b.sink(Completion(b, [], None, 0.0))
+            for w in self._workers:
+                if w.task is not None:
+                    w.task.cancel()
+        else:
+            self._pending.extend([None] * len(self._workers))  # type: ignore[list-item]
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)
+
+    def _enqueue(self, batch: Batch) -> None:
+        if self._closing:
+            batch.cancelled = True
+            batch.sink(Completion(batch, [], None, 0.0))
+            return
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(batch)
+                return
+        self._pending.append(batch)
+        if len(self._workers) < self.workers:
+            w = _Worker()
+            self._workers.append(w)
+            w.task = self.loop.create_task(self._work(w))
+
+    def _expire(self, entry: Running, error: BaseException) -> None:
+        for w in self._workers:
+            cur = w.current
+            if cur is not None and cur[0] is entry.batch and cur[1] == entry.pos \
+                    and w.task is not None and w.expired is None:
+                w.expired = error
+                w.task.cancel()
+                return
+
+    def _cancel_running(self, batch: Batch) -> None:
+        for w in self._workers:
+            if w.batch is batch and w.task is not None and not w.cancelling:
+                w.cancelling = True
+                w.task.cancel()
+
+    async def _work(self, w: _Worker) -> None:
+        loop = self.loop
+        init_error: BaseException | None = None
+        try:
+            if self._initializer is not None:
+                r = self._initializer(*self._initargs)
+                if inspect.isawaitable(r):
+                    await r
+        except Exception as exc:
+            init_error = WorkerInitError(
+                f"the pool's initializer {self._initializer!r} raised {exc!r}")
+            init_error.__cause__ = exc
+        try:
+            while True:
+                if self._pending:
+                    batch = self._pending.popleft()
+                else:
+                    fut: asyncio.Future[Batch | None] = loop.create_future()
+                    self._waiters.append(fut)
+                    batch = await fut
+                if batch is None:
+                    return
+                if batch.cancelled:
+                    batch.sink(Completion(batch, [], None, 0.0))
+                elif init_error is not None:
+                    n = batch.limit
+                    batch.sink(Completion(batch, [init_error] * n, list(range(n)), 0.0))
+                else:
+                    await self._run(batch, w)
+        finally:
+            if w in self._workers:
+                self._workers.remove(w)
+
+    async def _run(self, batch: Batch, w: _Worker) -> None:
+        fn: Callable[[Any], Coroutine[Any, Any, Any]] = batch.fn
+        timed = batch.timed
+        t0 = time.monotonic()
+        batch.started = t0
+        w.batch = batch
+        it = batch.it = iter(batch.items)
+        out: list[Any] = []
+        errors: list[int] | None = None
+        task = w.task
+        try:
+            for x in it:
+                if timed:
+                    w.current = (batch, len(out), time.monotonic())
+                failed = False
+                try:
+                    value = await fn(x)
+                except asyncio.CancelledError:
+                    if w.expired is None:
+                        if w.cancelling and not self._closing:
+                            # This batch was cancelled, not the worker: stop
+                            # here, report the prefix, serve the next batch.
+                            w.cancelling = False
+                            _uncancel(task)
+                            break
+                        raise
+                    value, failed = w.expired, True
+                except BaseException as exc:  # the task's own failure
+                    value, failed = exc, True
+                if w.expired is not None:  # expired, even if the coroutine ignored it
+                    value, failed = w.expired, True
+                    w.expired = None
+                    _uncancel(task)
+                w.current = None
+                if failed:
+                    if errors is None:
+                        errors = []
+                    errors.append(len(out))
+                out.append(value)
+        finally:
+            w.current = None
+            w.batch = None
+            batch.sink(Completion(batch, out, errors, time.monotonic() - t0))
+
+
+def _uncancel(task: asyncio.Task[Any] | None) -> None:
+    # Python 3.11+: forget a cancellation we handled, so that the user's own
+    # asyncio.timeout() blocks in later items keep working.
+    if task is not None and hasattr(task, "uncancel"):
+        task.uncancel()

@@ -1,0 +1,246 @@
+"""backend="thread": worker threads pulling batches from one queue.
+
+::
+
+    scheduler --submit--> SimpleQueue[Batch] --get--> worker thread 1..N
+                                                       | out.extend(map(fn, it))
+    scheduler <--batch.sink(Completion)----------------+
+
+Mechanism only. A worker runs a batch through a *shared* iterator over its
+items (``batch.it``), so the scheduler can take back the unstarted tail of a
+long batch with one C-level ``list(batch.it)`` while the worker is busy
+(:meth:`ThreadBackend.steal`): a slow item never holds the items queued behind
+it hostage. The fast path is ``out.extend(map(fn, it))``: no Python code runs
+per item besides ``fn`` itself; an exception stops ``extend`` with the
+outcomes so far kept, is recorded at its position, and the loop resumes.
+
+Timed batches (``timeout=``) take a slower path that records, under a
+per-worker lock, which item is running and since when. A thread cannot be
+interrupted, so an expired item is *abandoned*: the worker is marked, a
+replacement thread starts at once, and the old thread exits as soon as the
+call returns, its result discarded.
+
+Threads start lazily (one per queued batch while there is no idle thread, up
+to ``workers``) and are daemon threads, so an abandoned call can never keep
+the interpreter from exiting; :meth:`close` joins every thread that is not
+abandoned.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import Callable
+from queue import SimpleQueue
+from typing import Any
+
+from ..errors import WorkerInitError
+from ._base import Backend, Batch, Completion, Running
+
+__all__ = ["ThreadBackend"]
+
+_counter = itertools.count(1)
+
+
+class _Worker:
+    __slots__ = ("abandoned", "current", "errors", "lock", "out", "thread")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.abandoned = False
+        self.current: tuple[Batch, int, float] | None = None
+        self.out: list[Any] = []
+        self.errors: list[int] = []
+        self.thread: threading.Thread | None = None
+
+
+class ThreadBackend(Backend):
+    name = "thread"
+    can_steal = True
+    batch_target = 0.002
+    max_batch = 4096
+
+    def __init__(self, workers: int, *, initializer: Callable[..., object] | None = None,
+                 initargs: tuple[Any, ...] = ()) -> None:
+        self.workers = workers
+        self._initializer = initializer
+        self._initargs = initargs
+        self._queue: SimpleQueue[Batch | None] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._live: list[_Worker] = []          # not abandoned, not exited
+        self._idle = threading.Semaphore(0)     # released by a worker when it goes idle
+        self._closed = False
+        self._prefix = f"conveyor-thread-{next(_counter)}"
+        self._n = itertools.count(1)
+
+    # -- protocol ------------------------------------------------------------
+    def start(self) -> None:
+        pass
+
+    def submit(self, batch: Batch) -> None:
+        self._queue.put(batch)
+        # Like ThreadPoolExecutor: reuse an idle thread if there is one.
+        if self._idle.acquire(blocking=False):
+            return
+        with self._lock:
+            if len(self._live) < self.workers and not self._closed:
+                self._spawn()
+
+    def running(self) -> list[Running]:
+        out = []
+        for w in list(self._live):
+            cur = w.current
+            if cur is not None:
+                out.append(Running(cur[0], cur[1], cur[2]))
+        return out
+
+    def expire(self, entry: Running, error: BaseException) -> bool:
+        for w in list(self._live):
+            with w.lock:
+                cur = w.current
+                if cur is None or cur[0] is not entry.batch or cur[1] != entry.pos:
+                    continue
+                w.abandoned = True
+                values = w.out[:entry.pos] + [error]
+                errors = [*w.errors, entry.pos]
+                busy = time.monotonic() - entry.batch.started
+            with self._lock:
+                if w in self._live:
+                    self._live.remove(w)
+                if not self._closed:
+                    self._spawn()
+            entry.batch.sink(Completion(entry.batch, values, errors, busy))
+            return True
+        return False
+
+    def steal(self, batch: Batch) -> int | None:
+        it = batch.it
+        if it is None:
+            return None
+        # One C-level call: atomic with respect to the worker pulling from `it`.
+        rest = list(it)
+        if not rest:
+            return None
+        return batch.limit - len(rest)
+
+    def cancel(self, batch: Batch) -> None:
+        batch.cancelled = True
+        if batch.it is not None:
+            self.steal(batch)
+
+    def close(self, *, cancel: bool, wait: bool = True) -> None:
+        with self._lock:
+            if self._closed:
+                workers = list(self._live)
+            else:
+                self._closed = True
+                workers = list(self._live)
+                if cancel:
+                    self._drain()
+                for _ in workers:
+                    self._queue.put(None)
+        if wait:
+            me = threading.current_thread()
+            for w in workers:
+                if w.thread is not None and w.thread is not me:
+                    w.thread.join()
+
+    # -- internals -----------------------------------------------------------
+    def _drain(self) -> None:
+        while not self._queue.empty():
+            b = self._queue.get()
+            if b is not None:
+                b.cancelled = True
+                b.sink(Completion(b, [], None, 0.0))
+
+    def _spawn(self) -> None:
+        w = _Worker()
+        t = threading.Thread(target=self._work, args=(w,), daemon=True,
+                             name=f"{self._prefix}-{next(self._n)}")
+        w.thread = t
+        self._live.append(w)
+        t.start()
+
+    def _work(self, w: _Worker) -> None:
+        init_error: BaseException | None = None
+        try:
+            if self._initializer is not None:
+                self._initializer(*self._initargs)
+        except BaseException as exc:
+            init_error = WorkerInitError(
+                f"the pool's initializer {self._initializer!r} raised {exc!r}")
+            init_error.__cause__ = exc
+        get = self._queue.get
+        try:
+            while True:
+                batch = get()
+                if batch is None:
+                    return
+                if batch.cancelled:
+                    batch.sink(Completion(batch, [], None, 0.0))
+                elif init_error is not None:
+                    n = batch.limit
+                    batch.sink(Completion(batch, [init_error] * n, list(range(n)), 0.0))
+                else:
+                    done = _run_timed(batch, w) if batch.timed else _run(batch)
+                    if done is None:
+                        return  # abandoned: expire() reported and replaced us
+                    batch.sink(done)
+                if w.abandoned:
+                    return
+                self._idle.release()
+        finally:
+            with self._lock:
+                if w in self._live:
+                    self._live.remove(w)
+
+
+def _run(batch: Batch) -> Completion:
+    fn = batch.fn
+    t0 = time.monotonic()
+    batch.started = t0
+    it = batch.it = iter(batch.items)
+    out: list[Any] = []
+    errors: list[int] | None = None
+    while True:
+        try:
+            out.extend(map(fn, it))
+            break
+        except BaseException as exc:  # the task's own failure, whatever its type
+            if errors is None:
+                errors = []
+            errors.append(len(out))
+            out.append(exc)
+    return Completion(batch, out, errors, time.monotonic() - t0)
+
+
+def _run_timed(batch: Batch, w: _Worker) -> Completion | None:
+    fn = batch.fn
+    t0 = time.monotonic()
+    batch.started = t0
+    it = batch.it = iter(batch.items)
+    out: list[Any] = []
+    errors: list[int] = []
+    with w.lock:
+        w.out = out
+        w.errors = errors
+    lock = w.lock
+    for x in it:
+        with lock:
+            if w.abandoned:
+                return None
+            w.current = (batch, len(out), time.monotonic())
+        failed = False
+        try:
+            value = fn(x)
+        except BaseException as exc:  # the task's own failure, whatever its type
+            value, failed = exc, True
+        with lock:
+            if w.abandoned:
+                return None
+            w.current = None
+            if failed:
+                errors.append(len(out))
+            out.append(value)
+    return Completion(batch, out, errors or None, time.monotonic() - t0)

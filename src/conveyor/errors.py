@@ -1,0 +1,113 @@
+"""conveyor's exceptions.
+
+Every exception conveyor raises *itself* derives from :class:`ConveyorError`,
+so ``except conveyor.errors.ConveyorError`` catches anything the library adds
+on top of your own code. Exceptions raised *by your function* reach you as
+their own type (a ``KeyError`` stays a ``KeyError``), with a note saying which
+item failed and, for work that ran in another process, the worker-side
+traceback attached as ``__cause__``.
+
+Argument checks raise the ordinary ``TypeError`` / ``ValueError`` (those are
+the user's mistakes, not failures of a run), before any work starts.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConveyorError",
+    "PoolClosed",
+    "RemoteTraceback",
+    "TaskTimeout",
+    "WorkerCrashed",
+    "WorkerInitError",
+    "item_index",
+]
+
+
+class ConveyorError(Exception):
+    """Root of every exception conveyor raises on its own account."""
+
+
+class TaskTimeout(ConveyorError, TimeoutError):
+    """Raised in place of a task's result when it ran longer than ``timeout=``.
+
+    Who stops what: on the asyncio backend the coroutine is cancelled; on the
+    thread backend the call cannot be interrupted, so it is *abandoned*: its
+    worker thread is replaced at once, and the abandoned call runs on until it
+    returns, its result discarded. Subject to ``retries`` like any failure.
+    """
+
+    def __init__(self, message: str, *, index: int | None = None,
+                 seconds: float | None = None) -> None:
+        super().__init__(message)
+        self.index = index
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_timeout, (str(self), self.index, self.seconds))
+
+
+def _rebuild_timeout(message: str, index: int | None, seconds: float | None) -> TaskTimeout:
+    return TaskTimeout(message, index=index, seconds=seconds)
+
+
+class WorkerCrashed(ConveyorError):
+    """Raised in place of a task's result when the worker running it died.
+
+    Raised by backends whose workers can die under a task (processes, cluster
+    workers): the task that was running is failed with this error, the worker
+    is replaced and the run goes on. ``pid`` and ``exitcode`` (negative: the
+    signal number) say which worker and how it ended, where known.
+    """
+
+    def __init__(self, message: str, *, pid: int | None = None,
+                 exitcode: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+        self.exitcode = exitcode
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_crashed, (str(self), self.pid, self.exitcode))
+
+
+def _rebuild_crashed(message: str, pid: int | None, exitcode: int | None) -> WorkerCrashed:
+    return WorkerCrashed(message, pid=pid, exitcode=exitcode)
+
+
+class WorkerInitError(ConveyorError):
+    """Raised in place of every task of a worker whose ``initializer`` failed.
+
+    The initializer's own exception is the ``__cause__``. The run's error
+    policy applies to these failures like to any other.
+    """
+
+
+class PoolClosed(ConveyorError, RuntimeError):
+    """Raised by :class:`conveyor.Pool` methods called after ``close()``."""
+
+
+class RemoteTraceback(Exception):
+    """Carries the text of a traceback formatted where the task ran.
+
+    Attached as ``__cause__`` of a task's exception when the exception crossed
+    a process boundary and lost its own frames; printing the exception then
+    shows the lines of your function that failed.
+    """
+
+    def __init__(self, tb: str) -> None:
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return "\n\n" + self.tb
+
+
+def item_index(exc: BaseException) -> int | None:
+    """The input position (0-based) of the item whose task raised ``exc``.
+
+    conveyor records it on every exception it hands back from a task (raised
+    with ``on_error="raise"`` or returned with ``on_error="return"``); ``None``
+    for an exception that did not come out of a conveyor task.
+    """
+    value = getattr(exc, "__conveyor_index__", None)
+    return value if isinstance(value, int) else None
