@@ -15,7 +15,6 @@
 See the README for the backends, the options and the guarantees.
 """
 
-from __future__ import annotations
 
 from . import errors as errors
 from ._api import amap as amap

@@ -9,11 +9,11 @@ import operator
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Literal, TypeVar, overload
 
-from . import backends as _backends
+from . import _backends
 from ._asyncinput import iterate_async
+from ._backends._base import Backend
 from ._results import AsyncResults, Results
 from ._scheduler import Options, Run
-from .backends._base import Backend
 
 __all__ = ["amap", "check_fn", "check_options", "is_async_fn", "map", "resolve_backend"]
 
@@ -161,7 +161,7 @@ def start_run(fn: Callable[[Any], Any], items: Iterable[Any], backend: Backend, 
 
 
 @overload
-def map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], *,  # type: ignore[overload-overlap]
+def map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], *,
         backend: BackendName | None = ..., workers: int | None = ..., ordered: bool = ...,
         window: int | None = ..., batch: int | Literal["auto"] = ...,
         timeout: float | None = ..., retries: int = ...,
@@ -219,15 +219,30 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
     return Results(start_run(fn, items, be, owns_backend=True, options=options))
 
 
-def amap(fn: Callable[[T], Awaitable[R]] | Callable[[T], R],
-         items: Iterable[T] | AsyncIterable[T], *,
+@overload
+def amap(fn: Callable[[T], Awaitable[R]], items: Iterable[T] | AsyncIterable[T], *,
+         backend: BackendName | None = ..., workers: int | None = ..., ordered: bool = ...,
+         window: int | None = ..., batch: int | Literal["auto"] = ...,
+         timeout: float | None = ..., retries: int = ...,
+         retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+         backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
+         progress: bool | dict[str, Any] = ..., desc: str | None = ...) -> AsyncResults[R]: ...
+@overload
+def amap(fn: Callable[[T], R], items: Iterable[T] | AsyncIterable[T], *,
+         backend: BackendName | None = ..., workers: int | None = ..., ordered: bool = ...,
+         window: int | None = ..., batch: int | Literal["auto"] = ...,
+         timeout: float | None = ..., retries: int = ...,
+         retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
+         backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
+         progress: bool | dict[str, Any] = ..., desc: str | None = ...) -> AsyncResults[R]: ...
+def amap(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any], *,
          backend: BackendName | None = None, workers: int | None = None, ordered: bool = True,
          window: int | None = None, batch: int | Literal["auto"] = "auto",
          timeout: float | None = None, retries: int = 0,
          retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
          backoff: float = 0.1, on_error: OnError = "raise", rate: float | None = None,
          progress: bool | dict[str, Any] = False,
-         desc: str | None = None) -> AsyncResults[R]:
+         desc: str | None = None) -> AsyncResults[Any]:
     """``map`` for async code: ``async for r in conveyor.amap(fn, items): ...``.
 
     Must be called with an event loop running. Coroutine functions run as

@@ -9,6 +9,7 @@ outbox serves a sync consumer (``Results``) and an async one
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from queue import Empty, SimpleQueue
 from typing import Any
@@ -40,10 +41,9 @@ class Outbox:
                 waiter, self._waiter = self._waiter, None
             if waiter is not None:
                 loop, fut = waiter
-                try:
+                # RuntimeError: the consumer's loop is closed, nobody to wake.
+                with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_wake, fut)
-                except RuntimeError:  # the consumer's loop is closed: nobody to wake
-                    pass
 
     def get(self) -> list[Any] | End:
         """Block until the next entry (interruptible by Ctrl-C in the main thread)."""

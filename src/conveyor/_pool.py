@@ -9,11 +9,11 @@ from concurrent.futures import Future
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
 
-from . import backends as _backends
+from . import _backends
 from ._api import check_fn, check_items, check_options, resolve_backend, start_run
+from ._backends._base import Batch, Completion
 from ._results import Results
 from ._scheduler import Run
-from .backends._base import Batch, Completion
 from .errors import PoolClosed
 
 if TYPE_CHECKING:
@@ -123,7 +123,7 @@ class Pool:
             raise PoolClosed(f"conveyor.Pool.{what}: the pool is closed; create a new Pool")
 
     @overload
-    def map(self, fn: Callable[[T], Awaitable[R]],  # type: ignore[overload-overlap]
+    def map(self, fn: Callable[[T], Awaitable[R]],
             items: Iterable[T], **options: Unpack[MapOptions]) -> Results[R]: ...
     @overload
     def map(self, fn: Callable[[T], R], items: Iterable[T],

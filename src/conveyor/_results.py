@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -36,9 +36,9 @@ class Results(Generic[R]):
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self._gen: Iterator[R] = self._iterate()
+        self._gen: Generator[R, None, None] = self._iterate()
 
-    def __iter__(self) -> Iterator[R]:
+    def __iter__(self) -> Generator[R, None, None]:
         return self._gen
 
     def __next__(self) -> R:
@@ -65,7 +65,7 @@ class Results(Generic[R]):
         self._gen.close()
         self._run.close(wait=True)
 
-    def _iterate(self) -> Iterator[R]:
+    def _iterate(self) -> Generator[R, None, None]:
         run = self._run
         get = run.outbox.get
         took = run.took
@@ -103,9 +103,9 @@ class AsyncResults(Generic[R]):
     def __init__(self, run: Run, *, closer: Any = None) -> None:
         self._run = run
         self._closer = closer   # async callable closing a backend on the caller's loop
-        self._agen: AsyncIterator[R] = self._aiterate()
+        self._agen: AsyncGenerator[R, None] = self._aiterate()
 
-    def __aiter__(self) -> AsyncIterator[R]:
+    def __aiter__(self) -> AsyncGenerator[R, None]:
         return self._agen
 
     async def __anext__(self) -> R:
@@ -124,7 +124,7 @@ class AsyncResults(Generic[R]):
 
     async def aclose(self) -> None:
         """Cancel the run (if it is still going) and wait until it has stopped."""
-        await self._agen.aclose()  # type: ignore[attr-defined]
+        await self._agen.aclose()
         await self._wait_stopped()
 
     async def _wait_stopped(self) -> None:
@@ -136,14 +136,18 @@ class AsyncResults(Generic[R]):
             loop = asyncio.get_running_loop()
             done: asyncio.Future[None] = loop.create_future()
 
+            def settle() -> None:
+                if not done.done():
+                    done.set_result(None)
+
             def wake() -> None:
-                loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+                loop.call_soon_threadsafe(settle)
 
             if run.on_exit(wake):
                 await done
         run.close(wait=True)  # the thread has ended or is about to: a short join
 
-    async def _aiterate(self) -> AsyncIterator[R]:
+    async def _aiterate(self) -> AsyncGenerator[R, None]:
         run = self._run
         aget = run.outbox.aget
         took = run.took

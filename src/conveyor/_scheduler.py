@@ -35,6 +35,7 @@ caller, Ctrl-C) stops the input at once, cancels queued and running batches
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import math
@@ -46,10 +47,10 @@ from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Any
 
+from ._backends._base import Backend, Batch, Completion
 from ._batching import Batcher
 from ._outbox import End, Outbox
 from ._progress import Counters, ProgressBar, Stats
-from .backends._base import Backend, Batch, Completion
 from .errors import TaskTimeout
 
 __all__ = ["Options", "Run"]
@@ -525,10 +526,8 @@ class Run:
 
 
 def _annotate(exc: BaseException, index: int, backend: str, attempt: int) -> None:
-    try:
+    with contextlib.suppress(AttributeError):  # an exception type with __slots__
         exc.__conveyor_index__ = index  # type: ignore[attr-defined]
-    except AttributeError:
-        pass
     tries = f" (after {attempt + 1} attempts)" if attempt else ""
     _add_note(exc, f"conveyor: raised by the task for item #{index}{tries} "
                    f"on the {backend} backend")
@@ -541,7 +540,5 @@ def _add_note(exc: BaseException, note: str) -> None:
     if hasattr(exc, "add_note"):
         exc.add_note(note)
     else:  # Python 3.10: keep the text where 3.11+ would put it
-        try:
+        with contextlib.suppress(AttributeError):
             exc.__notes__ = [*(notes or []), note]  # type: ignore[attr-defined]
-        except AttributeError:
-            pass

@@ -54,6 +54,9 @@ class _Worker:
         self.errors: list[int] = []
         self.thread: threading.Thread | None = None
 
+    def gone(self) -> bool:
+        return self.abandoned
+
 
 class ThreadBackend(Backend):
     name = "thread"
@@ -102,7 +105,7 @@ class ThreadBackend(Backend):
                 if cur is None or cur[0] is not entry.batch or cur[1] != entry.pos:
                     continue
                 w.abandoned = True
-                values = w.out[:entry.pos] + [error]
+                values = [*w.out[:entry.pos], error]
                 errors = [*w.errors, entry.pos]
                 busy = time.monotonic() - entry.batch.started
             with self._lock:
@@ -237,7 +240,7 @@ def _run_timed(batch: Batch, w: _Worker) -> Completion | None:
         except BaseException as exc:  # the task's own failure, whatever its type
             value, failed = exc, True
         with lock:
-            if w.abandoned:
+            if w.gone():  # abandoned while fn ran: expire() has reported this item
                 return None
             w.current = None
             if failed:

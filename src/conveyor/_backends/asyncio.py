@@ -65,7 +65,7 @@ class AsyncioBackend(Backend):
         self._initializer = initializer
         self._initargs = initargs
         # Loop-side state: touched only from the loop's thread.
-        self._pending: collections.deque[Batch] = collections.deque()
+        self._pending: collections.deque[Batch | None] = collections.deque()
         self._waiters: collections.deque[asyncio.Future[Batch | None]] = collections.deque()
         self._workers: list[_Worker] = []
         self._closing = False
@@ -178,13 +178,14 @@ class AsyncioBackend(Backend):
         if cancel:
             while self._pending:
                 b = self._pending.popleft()
-                b.cancelled = True
-                b.sink(Completion(b, [], None, 0.0))
+                if b is not None:
+                    b.cancelled = True
+                    b.sink(Completion(b, [], None, 0.0))
             for w in self._workers:
                 if w.task is not None:
                     w.task.cancel()
         else:
-            self._pending.extend([None] * len(self._workers))  # type: ignore[list-item]
+            self._pending.extend([None] * len(self._workers))
         while self._waiters:
             fut = self._waiters.popleft()
             if not fut.done():

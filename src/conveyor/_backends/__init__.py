@@ -13,8 +13,8 @@ __all__ = ["BACKENDS", "Backend", "create", "default_workers"]
 
 #: backend name -> (module, class). Modules are imported on first use only.
 BACKENDS: dict[str, tuple[str, str]] = {
-    "thread": ("conveyor.backends.thread", "ThreadBackend"),
-    "asyncio": ("conveyor.backends.asyncio", "AsyncioBackend"),
+    "thread": ("conveyor._backends.thread", "ThreadBackend"),
+    "asyncio": ("conveyor._backends.asyncio", "AsyncioBackend"),
 }
 
 

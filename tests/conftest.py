@@ -1,0 +1,73 @@
+"""Shared fixtures: every contract test runs on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+BACKENDS = ["thread", "asyncio"]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
+
+
+def task(backend: str, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``fn`` as the backend wants it: itself for threads, wrapped in ``async def`` for asyncio."""
+    if backend == "asyncio":
+        async def coro(x: Any) -> Any:
+            return fn(x)
+        coro.__qualname__ = getattr(fn, "__qualname__", "coro")
+        return coro
+    return fn
+
+
+def waiting_task(backend: str, gate: threading.Event, slow: Callable[[Any], bool],
+                 limit: float = 10.0) -> Callable[[Any], Any]:
+    """A task that, for items where ``slow(x)``, waits (boundedly) for ``gate``."""
+    if backend == "asyncio":
+        async def acoro(x: Any) -> Any:
+            if slow(x):
+                deadline = time.monotonic() + limit
+                # the gate is a threading.Event set from the test thread: poll it
+                while not gate.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
+                    await asyncio.sleep(0.005)
+            return x
+        return acoro
+
+    def sync(x: Any) -> Any:
+        if slow(x):
+            gate.wait(limit)
+        return x
+    return sync
+
+
+def conveyor_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("conveyor-") and t.is_alive()]
+
+
+def wait_no_conveyor_threads(limit: float = 10.0) -> list[threading.Thread]:
+    deadline = time.monotonic() + limit
+    left = conveyor_threads()
+    while left and time.monotonic() < deadline:
+        for t in left:
+            t.join(max(0.0, deadline - time.monotonic()))
+        left = conveyor_threads()
+    return left
+
+
+@pytest.fixture(autouse=True)
+def no_thread_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
+    """After every test, no conveyor thread may still be running."""
+    yield
+    if request.node.get_closest_marker("leaves_abandoned_threads"):
+        return
+    left = wait_no_conveyor_threads()
+    assert not left, f"threads left running: {[t.name for t in left]}"

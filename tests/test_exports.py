@@ -1,0 +1,57 @@
+"""The front door: what ``conveyor`` exports, and how it is typed."""
+
+from __future__ import annotations
+
+import sys
+from typing import TYPE_CHECKING
+
+import conveyor
+import conveyor.errors
+
+if sys.version_info >= (3, 11):
+    from typing import assert_type
+else:  # pragma: no cover
+    from typing_extensions import assert_type
+
+
+def test_all_matches_module() -> None:
+    public = {name for name in dir(conveyor) if not name.startswith("_")}
+    assert set(conveyor.__all__) - {"__version__"} == public
+    for name in conveyor.__all__:
+        assert hasattr(conveyor, name), name
+
+
+def test_errors_hierarchy() -> None:
+    e = conveyor.errors
+    assert issubclass(e.TaskTimeout, e.ConveyorError)
+    assert issubclass(e.TaskTimeout, TimeoutError)
+    assert issubclass(e.WorkerCrashed, e.ConveyorError)
+    assert issubclass(e.PoolClosed, e.ConveyorError)
+    assert issubclass(e.WorkerInitError, e.ConveyorError)
+    for name in e.__all__:
+        obj = getattr(e, name)
+        assert obj.__doc__, f"{name} needs a docstring saying who raises it"
+
+
+def test_py_typed_is_shipped() -> None:
+    from importlib.resources import files
+
+    assert files("conveyor").joinpath("py.typed").is_file()
+
+
+if TYPE_CHECKING:
+    # Checked by mypy --strict (CI), never run.
+    def _typing() -> None:
+        def f(x: int) -> str:
+            return str(x)
+
+        async def g(x: int) -> bytes:
+            return b""
+
+        assert_type(conveyor.map(f, [1, 2]), conveyor.Results[str])
+        assert_type(conveyor.map(g, [1, 2]), conveyor.Results[bytes])
+        assert_type(conveyor.amap(g, [1, 2]), conveyor.AsyncResults[bytes])
+        with conveyor.Pool() as pool:
+            assert_type(pool.map(f, [1]), conveyor.Results[str])
+            assert_type(pool.submit(f, 1).result(), str)
+        assert_type(conveyor.map(f, [1]).stats, conveyor.Stats)
