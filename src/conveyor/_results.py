@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import weakref
 from collections.abc import AsyncGenerator, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -36,7 +38,11 @@ class Results(Generic[R]):
 
     def __init__(self, run: Run) -> None:
         self._run = run
-        self._gen: Generator[R, None, None] = self._iterate()
+        # The generator holds the run, never this object: `for r in map(...)`
+        # keeps only the generator alive, and dropping it (an early `break`)
+        # closes the run at once.
+        self._gen: Generator[R, None, None] = _iterate(run)
+        weakref.finalize(self._gen, run.close, wait=False)
 
     def __iter__(self) -> Generator[R, None, None]:
         return self._gen
@@ -51,11 +57,6 @@ class Results(Generic[R]):
                  tb: TracebackType | None) -> None:
         self.close()
 
-    def __del__(self) -> None:
-        run = getattr(self, "_run", None)
-        if run is not None and not run.finished:
-            run.close(wait=False)
-
     @property
     def stats(self) -> Stats:
         return self._run.stats()
@@ -65,32 +66,32 @@ class Results(Generic[R]):
         self._gen.close()
         self._run.close(wait=True)
 
-    def _iterate(self) -> Generator[R, None, None]:
-        run = self._run
-        get = run.outbox.get
-        took = run.took
-        try:
-            while True:
-                entry = get()
-                if type(entry) is list:
-                    took(len(entry))
-                    yield from entry
-                else:
-                    assert isinstance(entry, End)
-                    run.close(wait=True)
-                    if entry.error is not None:
-                        raise entry.error
-                    return
-        except (KeyboardInterrupt, SystemExit):
-            run.close(wait=False)
-            raise
-        finally:
-            run.close(wait=True)
-
     def __repr__(self) -> str:
         s = self._run.stats()
         return (f"<conveyor.Results backend={s.backend!r} done={s.done} failed={s.failed} "
                 f"in_flight={s.in_flight}>")
+
+
+def _iterate(run: Run) -> Generator[Any, None, None]:
+    get = run.outbox.get
+    took = run.took
+    try:
+        while True:
+            entry = get()
+            if type(entry) is list:
+                took(len(entry))
+                yield from entry
+            else:
+                assert isinstance(entry, End)
+                run.close(wait=True)
+                if entry.error is not None:
+                    raise entry.error
+                return
+    except (KeyboardInterrupt, SystemExit):
+        run.close(wait=False)   # don't wait for thread calls already running
+        raise
+    finally:
+        run.close(wait=True)
 
 
 class AsyncResults(Generic[R]):
@@ -100,10 +101,10 @@ class AsyncResults(Generic[R]):
     to stop the run early. Waiting for results never blocks the event loop.
     """
 
-    def __init__(self, run: Run, *, closer: Any = None) -> None:
+    def __init__(self, run: Run) -> None:
         self._run = run
-        self._closer = closer   # async callable closing a backend on the caller's loop
-        self._agen: AsyncGenerator[R, None] = self._aiterate()
+        self._agen: AsyncGenerator[R, None] = _aiterate(run)
+        weakref.finalize(self._agen, run.close, wait=False)
 
     def __aiter__(self) -> AsyncGenerator[R, None]:
         return self._agen
@@ -125,44 +126,43 @@ class AsyncResults(Generic[R]):
     async def aclose(self) -> None:
         """Cancel the run (if it is still going) and wait until it has stopped."""
         await self._agen.aclose()
-        await self._wait_stopped()
+        await _wait_stopped(self._run)
 
-    async def _wait_stopped(self) -> None:
-        import asyncio
 
-        run = self._run
-        run.stop()
-        if not run.finished:
-            loop = asyncio.get_running_loop()
-            done: asyncio.Future[None] = loop.create_future()
+async def _wait_stopped(run: Run) -> None:
+    """Stop the run and await the end of its dispatcher without blocking the loop."""
+    run.stop()
+    if not run.finished:
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
 
-            def settle() -> None:
-                if not done.done():
-                    done.set_result(None)
+        def settle() -> None:
+            if not done.done():
+                done.set_result(None)
 
-            def wake() -> None:
-                loop.call_soon_threadsafe(settle)
+        def wake() -> None:
+            loop.call_soon_threadsafe(settle)
 
-            if run.on_exit(wake):
-                await done
-        run.close(wait=True)  # the thread has ended or is about to: a short join
+        if run.on_exit(wake):
+            await done
+    run.close(wait=True)  # the thread has ended or is about to: a short join
 
-    async def _aiterate(self) -> AsyncGenerator[R, None]:
-        run = self._run
-        aget = run.outbox.aget
-        took = run.took
-        try:
-            while True:
-                entry = await aget()
-                if type(entry) is list:
-                    took(len(entry))
-                    for value in entry:
-                        yield value
-                else:
-                    assert isinstance(entry, End)
-                    await self._wait_stopped()
-                    if entry.error is not None:
-                        raise entry.error
-                    return
-        finally:
-            await self._wait_stopped()
+
+async def _aiterate(run: Run) -> AsyncGenerator[Any, None]:
+    aget = run.outbox.aget
+    took = run.took
+    try:
+        while True:
+            entry = await aget()
+            if type(entry) is list:
+                took(len(entry))
+                for value in entry:
+                    yield value
+            else:
+                assert isinstance(entry, End)
+                await _wait_stopped(run)
+                if entry.error is not None:
+                    raise entry.error
+                return
+    finally:
+        await _wait_stopped(run)

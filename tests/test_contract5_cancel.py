@@ -1,0 +1,151 @@
+"""Contract 5: early exit, close(), an exception in the caller and Ctrl-C stop the run."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+import conveyor
+
+from .conftest import conveyor_threads, task, wait_no_conveyor_threads
+
+
+def started_counter(backend: str) -> tuple[list[int], object]:
+    started: list[int] = []
+    fn = task(backend, lambda x: started.append(x) or x)
+    return started, fn
+
+
+def test_break_stops_new_work(backend: str) -> None:
+    started, fn = started_counter(backend)
+    for i, _ in enumerate(conveyor.map(fn, itertools.count(), backend=backend,  # type: ignore[call-overload]
+                                       window=64)):
+        if i == 100:
+            break
+    assert not wait_no_conveyor_threads()
+    n = len(started)
+    assert n <= 100 + 64 + 1
+    assert len(started) == n   # nothing more runs after the loop was left
+
+
+def test_close_is_prompt_and_final(backend: str) -> None:
+    started, fn = started_counter(backend)
+    results = conveyor.map(fn, itertools.count(), backend=backend,  # type: ignore[call-overload]
+                           window=32)
+    next(iter(results))
+    t0 = time.monotonic()
+    results.close()
+    assert time.monotonic() - t0 < 2
+    assert not conveyor_threads()
+    assert list(results) == []
+    n = len(started)
+    assert n <= 1 + 32 + 1
+
+
+def test_exception_in_caller_with_block(backend: str) -> None:
+    started, fn = started_counter(backend)
+    with pytest.raises(ZeroDivisionError), \
+            conveyor.map(fn, itertools.count(), backend=backend,  # type: ignore[call-overload]
+                         window=16) as results:
+        for r in results:
+            if r == 10:
+                1 / 0  # noqa: B018
+    assert not conveyor_threads()
+
+
+def test_close_cancels_running_coroutines() -> None:
+    import asyncio
+
+    cancelled = []
+
+    async def slow(x: int) -> int:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.append(x)
+            raise
+        return x
+
+    results = conveyor.map(slow, range(10), workers=10)
+    time.sleep(0.2)  # workload: let the coroutines start (nothing to synchronise on)
+    t0 = time.monotonic()
+    results.close()
+    assert time.monotonic() - t0 < 2
+    assert sorted(cancelled) == list(range(10))
+
+
+def test_pending_work_dropped_running_thread_call_finishes() -> None:
+    """A thread call that is running when the run is closed is waited for; queued ones never start."""
+    entered = threading.Event()
+    release = threading.Event()
+    started = []
+
+    def work(x: int) -> int:
+        started.append(x)
+        if x == 0:
+            entered.set()
+            release.wait(10)
+        return x
+
+    results = conveyor.map(work, range(1000), workers=1, batch=1, window=50)
+    assert entered.wait(10)
+    closer = threading.Thread(target=results.close)
+    closer.start()
+    closer.join(0.2)
+    assert closer.is_alive()      # waiting for the running call
+    release.set()
+    closer.join(10)
+    assert not closer.is_alive()
+    assert started == [0]
+
+
+SIGINT_SCRIPT = textwrap.dedent("""
+    import asyncio, sys, threading, time
+    import conveyor
+
+    backend = sys.argv[1]
+    if backend == "asyncio":
+        async def work(x):
+            await asyncio.sleep(60)
+    else:
+        def work(x):
+            time.sleep(0.05)
+    try:
+        print("ready", flush=True)
+        for _ in conveyor.map(work, range(10**9), backend=backend, workers=8):
+            pass
+    except KeyboardInterrupt:
+        left = [t.name for t in threading.enumerate() if t.name.startswith("conveyor-")
+                and t.name != "conveyor-scheduler" and backend == "asyncio"]
+        print("interrupted", left, flush=True)
+        sys.exit(3)
+""")
+
+
+@pytest.mark.parametrize("backend", ["thread", "asyncio"])
+def test_ctrl_c_returns_promptly(backend: str, tmp_path: object) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, backend],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # workload: let the run get going before the signal
+        t0 = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 3, (out, err)
+    assert "interrupted" in out
+    assert elapsed < 2.0
