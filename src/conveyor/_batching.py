@@ -41,13 +41,14 @@ class Batcher:
         if self.fixed is not None or n <= 0:
             return
         per = busy / n
+        if busy > 2 * self.target:
+            # Too long: trust this batch alone, and shrink at once (to one item
+            # for tasks slower than the target).
+            self._per_item = per
+            self.size = max(1, min(int(self.target / per), self.max_size))
+            return
         est = self._per_item
         est = per if est is None else 0.7 * est + 0.3 * per
         self._per_item = est
         fits = int(self.target / est) if est > 0 else self.max_size
-        if busy > 2 * self.target:
-            # Too long: shrink at once (to one item for slow tasks).
-            new = max(1, min(fits, self.size // 2 if fits >= self.size else fits))
-        else:
-            new = min(max(fits, 1), 2 * self.size)
-        self.size = max(1, min(new, self.max_size))
+        self.size = max(1, min(fits, 2 * self.size, self.max_size))

@@ -161,10 +161,15 @@ class Pool:
         def report(done: Completion) -> None:
             with self._lock:
                 self._futures.discard(fut)
-            if not fut.set_running_or_notify_cancel():
-                return  # cancelled by the caller (or by close(cancel=True))
+            if fut.done():
+                return  # cancelled before it started
             if not done.values:
-                fut.set_exception(PoolClosed("the pool closed before this call started"))
+                if fut.running():   # cancelled while it ran (asyncio: a real cancel)
+                    fut.set_exception(PoolClosed("the pool was closed with cancel=True "
+                                                 "while this call ran"))
+                else:               # dropped from the queue before it started
+                    fut.cancel()
+                    fut.set_running_or_notify_cancel()
                 return
             value = done.values[0]
             if done.errors:
@@ -173,6 +178,7 @@ class Pool:
                 fut.set_result(value)
 
         batch = Batch(wrapper, [(args, kwargs)], report, owner=self)
+        batch.on_start = fut.set_running_or_notify_cancel
 
         def on_cancel(f: Future[Any]) -> None:
             if f.cancelled():
@@ -197,7 +203,7 @@ class Pool:
             run.close(wait=True)
         if cancel:
             for f in futures:
-                f.cancel()
+                f.cancel()   # only succeeds for calls that have not started
         self._backend.close(cancel=cancel, wait=True)
 
     def __repr__(self) -> str:

@@ -82,7 +82,7 @@ class Options:
 
 
 class _Group:
-    __slots__ = ("base", "fatal", "items", "pending", "seq", "special", "values")
+    __slots__ = ("base", "emitted", "fatal", "items", "pending", "seq", "special", "values")
 
     def __init__(self, seq: int, base: int, items: list[Any]) -> None:
         self.seq = seq
@@ -92,6 +92,7 @@ class _Group:
         self.pending = len(items)   # outcomes not final yet
         self.special = False        # holds _SKIP or a fatal error
         self.fatal: int | None = None
+        self.emitted = 0            # ordered mode: items of the group handed out so far
 
 
 class Run:
@@ -117,6 +118,8 @@ class Run:
         self._next_emit = 0
         self._groups_made = 0
         self._ready: dict[int, _Group] = {}
+        self._live: dict[int, _Group] = {}       # ordered mode: groups not handed out
+        self._head_dirty = False
         self._in_flight: dict[Batch, None] = {}   # insertion-ordered set
         self._retry_heap: list[tuple[float, int, _Group, int, Any, int]] = []
         self._retry_tie = itertools.count()
@@ -305,6 +308,8 @@ class Run:
                 return
             n = len(items)
             g = _Group(next(self._seq), self._pulled, items)
+            if opts.ordered:
+                self._live[g.seq] = g
             self._groups_made += 1
             self._pulled += n
             self._outstanding += n
@@ -321,7 +326,8 @@ class Run:
         now = time.monotonic()
         if now < self._next_start:
             return False
-        self._next_start = max(self._next_start + 1.0 / rate, now - 1.0 / rate)
+        # Strict spacing (no bursts): starts are at least 1/rate apart.
+        self._next_start = max(self._next_start, now) + 1.0 / rate
         return True
 
     # -- completions and the error policy --------------------------------------
@@ -329,43 +335,70 @@ class Run:
         b = c.batch
         self._in_flight.pop(b, None)
         self._expired.pop(b, None)
-        counters = self.counters
-        counters.busy += c.busy
+        self.counters.busy += c.busy
         if self._stopping:
             return
-        values = c.values
+        n = len(c.values)
+        if n < b.limit:  # the rest did not run: submit it again (same group)
+            self._submit(b.items[n:b.limit], b.group, b.start + n, b.attempt)
+        done = b.harvested
+        if n <= done:
+            return
+        if not c.errors and not done:
+            self._batcher.observe(n, c.busy)
+        values = c.values if not done else c.values[done:]
+        errors = c.errors if not done or not c.errors else [p - done for p in c.errors
+                                                          if p >= done]
+        self._absorb(b, done, values, errors)
+
+    def _harvest(self, b: Batch) -> None:
+        """Take the outcomes a long-running batch has so far, to deliver them now."""
+        got = self.backend.harvest(b)
+        if got is None:
+            return
+        values, errors = got
+        offset = b.harvested
+        b.harvested = offset + len(values)
+        self._absorb(b, offset, values, [p - offset for p in errors] or None)
+
+    def _absorb(self, b: Batch, offset: int, values: list[Any],
+                errors: list[int] | None) -> None:
+        """Record outcomes of ``b.items[offset:offset + len(values)]``."""
+        counters = self.counters
         n = len(values)
         g: _Group = b.group
-        if n < b.limit:  # the rest did not run: submit it again (same group)
-            self._submit(b.items[n:b.limit], g, b.start + n, b.attempt)
-        if n == 0:
-            return
+        start = b.start + offset
         final = n
-        if c.errors:
-            retrying, failures = self._triage(b, values, c.errors)
+        clean = True
+        if errors:
+            retrying, failures = self._triage(b, offset, values, errors)
             final -= retrying
             counters.done += final - failures
+            clean = not (retrying or g.special)
         else:
             counters.done += n
-            self._batcher.observe(n, c.busy)
-        if g.values is None and b.start == 0 and n == len(g.items):
+        if g.values is None and start == 0 and n == len(g.items):
             g.values = values
         else:
             if g.values is None:
                 g.values = [_UNSET] * len(g.items)
-            g.values[b.start:b.start + n] = values
+            g.values[start:start + n] = values
         g.pending -= final
         if self._bar is not None and final:
             self._bar.update(final)
         if self.options.ordered:
-            if g.pending == 0 or (g.fatal is not None and _UNSET not in g.values[:g.fatal + 1]):
+            if g.pending == 0 or (g.fatal is not None
+                                  and _first_unset(g.values, 0, g.fatal + 1) > g.fatal):
                 self._ready[g.seq] = g
+            elif g.seq == self._next_emit:
+                self._head_dirty = True
         else:
             if g.pending == 0:
                 self._next_emit += 1   # unordered: counts the groups that are finished
-            self._emit_unordered(g, values)
+            self._emit_unordered(g, values, clean)
 
-    def _triage(self, b: Batch, values: list[Any], errors: list[int]) -> tuple[int, int]:
+    def _triage(self, b: Batch, offset: int, values: list[Any],
+                errors: list[int]) -> tuple[int, int]:
         """Apply retries and the error policy: (items to retry, final failures)."""
         opts = self.options
         counters = self.counters
@@ -378,12 +411,12 @@ class Run:
                 delay = opts.backoff * (2 ** b.attempt) * random.uniform(0.5, 1.5)
                 heapq.heappush(self._retry_heap, (
                     time.monotonic() + min(delay, MAX_BACKOFF), next(self._retry_tie),
-                    g, b.start + p, b.items[p], b.attempt + 1))
+                    g, b.start + offset + p, b.items[offset + p], b.attempt + 1))
                 values[p] = _UNSET
                 counters.retried += 1
                 retrying += 1
                 continue
-            index = g.base + b.start + p
+            index = g.base + b.start + offset + p
             _annotate(exc, index, self.backend.name, b.attempt)
             counters.failed += 1
             failures += 1
@@ -395,7 +428,7 @@ class Run:
                 counters.skipped += 1
             elif opts.on_error == "raise":
                 g.special = True
-                pos = b.start + p
+                pos = b.start + offset + p
                 if g.fatal is None or pos < g.fatal:
                     g.fatal = pos
                 self._on_fatal(g)
@@ -413,27 +446,53 @@ class Run:
 
     # -- emitting --------------------------------------------------------------
     def _emit(self) -> None:
+        """Ordered mode: hand out finished groups in order (and the head's prefix)."""
         ready = self._ready
-        while self._next_emit in ready:
-            g = ready.pop(self._next_emit)
+        while True:
+            g = ready.pop(self._next_emit, None)
+            if g is None:
+                if self._head_dirty:
+                    self._emit_head_prefix()
+                return
             self._next_emit += 1
+            self._live.pop(g.seq, None)
             values = g.values
             assert values is not None
-            if not g.special:
+            done = g.emitted
+            if not g.special and not done:
                 self.outbox.put(values)
                 continue
-            stop = g.fatal
-            head = values if stop is None else values[:stop]
-            chunk = [v for v in head if v is not _SKIP]
-            self._outstanding -= len(values) - len(chunk)
+            stop = len(values) if g.fatal is None else g.fatal
+            chunk = [v for v in values[done:stop] if v is not _SKIP]
+            self._outstanding -= len(values) - done - len(chunk)
             if chunk:
                 self.outbox.put(chunk)
-            if stop is not None:
-                self._raise(values[stop])
+            if g.fatal is not None:
+                self._raise(values[g.fatal])
                 return
 
-    def _emit_unordered(self, g: _Group, values: list[Any]) -> None:
-        if not (g.special or _UNSET in values):
+    def _emit_head_prefix(self) -> None:
+        """The head group is not finished, but its first items are: hand those out."""
+        self._head_dirty = False
+        g = self._live.get(self._next_emit)
+        if g is None or g.values is None:
+            return
+        values = g.values
+        k = _first_unset(values, g.emitted)
+        if g.fatal is not None:
+            k = min(k, g.fatal)
+        if k <= g.emitted:
+            return
+        chunk = values[g.emitted:k]
+        if g.special:
+            chunk = [v for v in chunk if v is not _SKIP]
+            self._outstanding -= k - g.emitted - len(chunk)
+        g.emitted = k
+        if chunk:
+            self.outbox.put(chunk)
+
+    def _emit_unordered(self, g: _Group, values: list[Any], clean: bool) -> None:
+        if clean:
             self.outbox.put(values)
             return
         chunk = []
@@ -489,40 +548,60 @@ class Run:
         if self.options.rate is not None and not (self._input_done or self._halt_input) \
                 and self._outstanding < self._window():
             wake = min(wake, self._next_start)
-        if self.backend.can_steal and self._in_flight:
-            wake = min(wake, self._steal(now))
+        if self._in_flight:
+            wake = min(wake, self._rebalance(now))
         return None if wake == math.inf else max(0.0, wake - time.monotonic())
 
-    def _steal(self, now: float) -> float:
+    def _rebalance(self, now: float) -> float:
+        """Batches running long: deliver what they have finished (harvest), and
+        hand their unstarted items to idle workers when those have nothing
+        else to do (steal). Returns when to look again."""
+        after = 4 * self.backend.batch_target
+        poll = max(after, 0.05)
         idle = self._workers - len(self._in_flight)
         starved = self._input_done or self._halt_input or self._outstanding >= self._window()
-        if idle <= 0 or not starved:
-            return math.inf
-        after = 4 * self.backend.batch_target
+        can_steal = self.backend.can_steal and starved
+        ordered = self.options.ordered
         wake = math.inf
         for b in list(self._in_flight):
-            if idle <= 0:
+            if self._stopping:
                 break
             it = b.it
-            if it is None or b.cancelled:
-                continue
-            hint = it.__length_hint__()  # type: ignore[attr-defined]
-            if hint <= 0:
+            if it is None or b.cancelled or b.limit < 2:
                 continue
             if now - b.started < after:
                 wake = min(wake, b.started + after)
                 continue
-            k = self.backend.steal(b)
-            if k is None:
-                continue
-            tail = b.items[k:b.limit]
-            b.limit = k
-            pieces = min(idle, len(tail))
-            step = -(-len(tail) // pieces)
-            for i in range(0, len(tail), step):
-                self._submit(tail[i:i + step], b.group, b.start + k + i, b.attempt)
-            idle -= pieces
+            out = b.out
+            if out is not None and len(out) > b.harvested and \
+                    (not ordered or b.group.seq == self._next_emit):
+                self._harvest(b)
+            hint: int = it.__length_hint__()  # type: ignore[attr-defined]
+            if can_steal and idle > 0 and hint > 0:
+                k = self.backend.steal(b)
+                if k is not None:
+                    tail = b.items[k:b.limit]
+                    b.limit = k
+                    pieces = min(idle, len(tail))
+                    step = -(-len(tail) // pieces)
+                    for i in range(0, len(tail), step):
+                        self._submit(tail[i:i + step], b.group, b.start + k + i, b.attempt)
+                    idle -= pieces
+            if out is not None and len(out) < b.limit:
+                wake = min(wake, now + poll)
         return wake
+
+
+def _first_unset(values: list[Any], start: int, stop: int | None = None) -> int:
+    """Index of the first not-final slot in ``values[start:stop]`` (else ``stop``).
+
+    By identity: user values may have an ``__eq__`` that is not a bool (arrays).
+    """
+    end = len(values) if stop is None else stop
+    for i in range(start, end):
+        if values[i] is _UNSET:
+            return i
+    return end
 
 
 def _annotate(exc: BaseException, index: int, backend: str, attempt: int) -> None:

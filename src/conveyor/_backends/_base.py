@@ -19,6 +19,10 @@ submits them again. That single rule covers every way a batch can end early:
 * a worker process died (the prefix ends with ``WorkerCrashed``),
 * the batch was cancelled (:meth:`cancel`: usually an empty prefix).
 
+A worker that shares its outcome list as ``batch.out`` (threads, asyncio)
+also lets the scheduler :meth:`harvest` the outcomes of a long batch before it
+ends.
+
 Per-item timeouts and crash attribution need to know which item each worker
 is running and since when: workers record it for batches with ``timed=True``
 and :meth:`running` reports it, so the scheduler can compute deadlines without
@@ -31,15 +35,15 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
-__all__ = ["Backend", "Batch", "Completion", "Running", "call_initializer"]
+__all__ = ["Backend", "Batch", "Completion", "Running", "should_skip"]
 
 
 class Batch:
     """A function and a list of items to run through it, on one worker."""
 
     __slots__ = (
-        "attempt", "cancelled", "fn", "group", "it", "items", "limit", "owner", "sink",
-        "start", "started", "timed",
+        "attempt", "cancelled", "errs", "fn", "group", "harvested", "it", "items", "limit",
+        "on_start", "out", "owner", "sink", "start", "started", "timed",
     )
 
     def __init__(self, fn: Callable[[Any], Any], items: list[Any],
@@ -58,6 +62,13 @@ class Batch:
         self.cancelled = False
         self.it: Iterator[Any] | None = None  # set by the worker that runs it
         self.started = 0.0          # time.monotonic() when a worker took it
+        # Shared with the worker while it runs (backends that can harvest):
+        self.out: list[Any] | None = None     # outcomes so far, in order
+        self.errs: list[int] | None = None    # positions in `out` that are errors
+        self.harvested = 0          # outcomes the scheduler has already taken
+        #: Called by the worker as it takes the batch; False means "don't run it"
+        #: (Pool.submit: Future.set_running_or_notify_cancel).
+        self.on_start: Callable[[], bool] | None = None
 
     def __repr__(self) -> str:
         return f"<Batch of {len(self.items)} at {self.start} attempt={self.attempt}>"
@@ -134,6 +145,26 @@ class Backend(ABC):
         """
         return None
 
+    def harvest(self, batch: Batch) -> tuple[list[Any], list[int]] | None:
+        """The outcomes of a running batch finished since the last harvest.
+
+        Returns ``(values, errors)`` for positions ``batch.harvested`` up to the
+        worker's progress (``errors`` as positions in the batch), or None.
+        The final completion still covers the whole prefix; the scheduler
+        skips what it harvested. Lets a batch stuck on one slow item deliver
+        the results of the items before it.
+        """
+        out, errs = batch.out, batch.errs
+        if out is None:
+            return None
+        start = batch.harvested
+        end = len(out)   # errs gets a position before out gets the exception
+        if end <= start:
+            return None
+        values = out[start:end]
+        errors = [p for p in errs if start <= p < end] if errs else []
+        return values, errors
+
     @abstractmethod
     def cancel(self, batch: Batch) -> None:
         """Best effort: run as little more of ``batch`` as possible.
@@ -153,7 +184,9 @@ class Backend(ABC):
         """
 
 
-def call_initializer(initializer: Callable[..., object] | None,
-                     initargs: tuple[Any, ...]) -> None:
-    if initializer is not None:
-        initializer(*initargs)
+def should_skip(batch: Batch) -> bool:
+    """A worker's check as it takes ``batch``: True if it must not run."""
+    if batch.cancelled:
+        return True
+    on_start = batch.on_start
+    return on_start is not None and not on_start()

@@ -33,7 +33,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..errors import WorkerInitError
-from ._base import Backend, Batch, Completion, Running
+from ._base import Backend, Batch, Completion, Running, should_skip
 
 __all__ = ["AsyncioBackend"]
 
@@ -244,7 +244,7 @@ class AsyncioBackend(Backend):
                     batch = await fut
                 if batch is None:
                     return
-                if batch.cancelled:
+                if should_skip(batch):
                     batch.sink(Completion(batch, [], None, 0.0))
                 elif init_error is not None:
                     n = batch.limit
@@ -261,9 +261,10 @@ class AsyncioBackend(Backend):
         t0 = time.monotonic()
         batch.started = t0
         w.batch = batch
-        it = batch.it = iter(batch.items)
         out: list[Any] = []
-        errors: list[int] | None = None
+        errors: list[int] = []
+        batch.out, batch.errs = out, errors
+        it = batch.it = iter(batch.items)
         task = w.task
         try:
             for x in it:
@@ -290,14 +291,12 @@ class AsyncioBackend(Backend):
                     _uncancel(task)
                 w.current = None
                 if failed:
-                    if errors is None:
-                        errors = []
                     errors.append(len(out))
                 out.append(value)
         finally:
             w.current = None
             w.batch = None
-            batch.sink(Completion(batch, out, errors, time.monotonic() - t0))
+            batch.sink(Completion(batch, out, errors or None, time.monotonic() - t0))
 
 
 def _uncancel(task: asyncio.Task[Any] | None) -> None:

@@ -36,7 +36,7 @@ from queue import SimpleQueue
 from typing import Any
 
 from ..errors import WorkerInitError
-from ._base import Backend, Batch, Completion, Running
+from ._base import Backend, Batch, Completion, Running, should_skip
 
 __all__ = ["ThreadBackend"]
 
@@ -180,7 +180,7 @@ class ThreadBackend(Backend):
                 batch = get()
                 if batch is None:
                     return
-                if batch.cancelled:
+                if should_skip(batch):
                     batch.sink(Completion(batch, [], None, 0.0))
                 elif init_error is not None:
                     n = batch.limit
@@ -203,28 +203,28 @@ def _run(batch: Batch) -> Completion:
     fn = batch.fn
     t0 = time.monotonic()
     batch.started = t0
-    it = batch.it = iter(batch.items)
     out: list[Any] = []
-    errors: list[int] | None = None
+    errors: list[int] = []
+    batch.out, batch.errs = out, errors
+    it = batch.it = iter(batch.items)
     while True:
         try:
             out.extend(map(fn, it))
             break
         except BaseException as exc:  # the task's own failure, whatever its type
-            if errors is None:
-                errors = []
             errors.append(len(out))
             out.append(exc)
-    return Completion(batch, out, errors, time.monotonic() - t0)
+    return Completion(batch, out, errors or None, time.monotonic() - t0)
 
 
 def _run_timed(batch: Batch, w: _Worker) -> Completion | None:
     fn = batch.fn
     t0 = time.monotonic()
     batch.started = t0
-    it = batch.it = iter(batch.items)
     out: list[Any] = []
     errors: list[int] = []
+    batch.out, batch.errs = out, errors
+    it = batch.it = iter(batch.items)
     with w.lock:
         w.out = out
         w.errors = errors

@@ -1,0 +1,73 @@
+"""Adaptive batching: tiny tasks are grouped, long ones are not, nothing is held hostage."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import conveyor
+from conveyor._batching import Batcher
+
+from .conftest import task, waiting_task
+
+
+def test_batcher_grows_for_tiny_tasks_and_shrinks_for_long_ones() -> None:
+    b = Batcher(target=0.002, max_size=4096)
+    assert b.size == 1
+    sizes = []
+    for _ in range(20):
+        b.observe(b.size, b.size * 1e-7)      # 0.1 us per item
+        sizes.append(b.size)
+    assert sizes[:3] == [2, 4, 8]              # doubles at most per step
+    assert b.size == 4096                      # capped
+    b.observe(b.size, 10.0)                    # a batch that took 10 s
+    assert b.size == 1                         # long tasks are not grouped
+
+
+def test_batcher_fixed_size() -> None:
+    b = Batcher(target=0.002, max_size=4096, fixed=7)
+    b.observe(7, 1e-9)
+    assert b.size == 7
+
+
+def test_tiny_tasks_are_batched(backend: str) -> None:
+    sizes: list[int] = []
+    results = conveyor.map(task(backend, lambda x: x), range(200_000), backend=backend)
+    assert sum(results) == sum(range(200_000))
+    # 200k items in far fewer hand-offs: the per-item cost is not a per-batch cost
+    run = results._run
+    sizes.append(run._batcher.size)
+    assert sizes[0] > 64
+
+
+def test_one_long_task_does_not_hold_short_ones_hostage(backend: str) -> None:
+    """Item 40 blocks until all 199 others are delivered (unordered): if any of
+    them were stuck in a batch behind it, the gate would not open for 10 s."""
+    gate = threading.Event()
+    fn = waiting_task(backend, gate, lambda x: x == 40, limit=10)
+    t0 = time.monotonic()
+    seen = 0
+    with conveyor.map(fn, range(200), backend=backend, workers=4,  # type: ignore[call-overload]
+                      ordered=False) as results:
+        for _ in results:
+            seen += 1
+            if seen == 199:
+                gate.set()
+    assert seen == 200
+    assert time.monotonic() - t0 < 5
+
+
+def test_steal_also_after_tasks_became_slow(backend: str) -> None:
+    """The batch size has grown on fast items when a slow one arrives."""
+    gate = threading.Event()
+    fn = waiting_task(backend, gate, lambda x: x == 30_000, limit=10)
+    t0 = time.monotonic()
+    seen = 0
+    with conveyor.map(fn, range(30_500), backend=backend, workers=4,  # type: ignore[call-overload]
+                      ordered=False) as results:
+        for _ in results:
+            seen += 1
+            if seen == 30_499:
+                gate.set()
+    assert seen == 30_500
+    assert time.monotonic() - t0 < 5

@@ -1,0 +1,88 @@
+"""rate=, progress=, stats, and sync map inside a running event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import threading
+import time
+
+import pytest
+
+import conveyor
+
+from .conftest import task
+
+
+def test_rate_spaces_task_starts(backend: str) -> None:
+    starts: list[float] = []
+    fn = task(backend, lambda x: starts.append(time.monotonic()) or x)
+    out = list(conveyor.map(fn, range(11), backend=backend, workers=8, rate=50))
+    assert out == list(range(11))
+    starts.sort()
+    # at most 50 starts per second: 11 starts span at least 10 intervals of 20 ms
+    assert starts[-1] - starts[0] >= 10 / 50 * 0.95
+    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    assert min(gaps) >= 0.02 * 0.5   # no bursts
+
+
+def test_progress_bar_counts_items(backend: str) -> None:
+    buf = io.StringIO()
+    out = list(conveyor.map(task(backend, lambda x: x), range(5000), backend=backend,
+                            progress={"file": buf, "mininterval": 0}, desc="squares"))
+    assert len(out) == 5000
+    text = buf.getvalue()
+    assert "squares" in text
+    assert "5000/5000" in text          # items, not batches
+
+
+def test_stats(backend: str) -> None:
+    def f(x: int) -> int:
+        if x % 10 == 0:
+            raise ValueError(x)
+        return x
+
+    results = conveyor.map(task(backend, f), range(100), backend=backend, workers=3,
+                           on_error="return")
+    assert len(list(results)) == 100
+    s = results.stats
+    assert isinstance(s, conveyor.Stats)
+    assert (s.submitted, s.done, s.failed, s.skipped, s.in_flight) == (100, 90, 10, 0, 0)
+    assert s.backend == backend and s.workers == 3
+    assert s.wall_time > 0 and s.throughput > 0
+    assert 0 <= s.busy_fraction <= 1
+    with pytest.raises(AttributeError):
+        s.done = 5  # type: ignore[misc]   # frozen
+
+
+def test_busy_fraction_reflects_work() -> None:
+    gate = threading.Event()
+
+    def busy(x: int) -> int:
+        gate.wait(0.05)   # each task keeps its worker busy 50 ms
+        return x
+
+    results = conveyor.map(busy, range(8), workers=4)
+    list(results)
+    assert results.stats.busy_fraction > 0.5
+
+
+def test_sync_map_of_coroutine_inside_running_loop() -> None:
+    """As in a Jupyter cell: a loop is running in this thread, and map still works."""
+    async def double(x: int) -> int:
+        await asyncio.sleep(0.001)
+        return 2 * x
+
+    async def cell() -> list[int]:
+        return list(conveyor.map(double, range(50)))   # sync call inside the loop
+
+    assert asyncio.run(cell()) == [2 * x for x in range(50)]
+
+
+def test_default_backend_for_coroutine_function() -> None:
+    async def f(x: int) -> int:
+        return x
+
+    results = conveyor.map(f, range(3))
+    assert list(results) == [0, 1, 2]
+    assert results.stats.backend == "asyncio"
