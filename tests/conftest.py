@@ -6,16 +6,17 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 
-BACKENDS = ["thread", "asyncio"]
+BackendName = Literal["thread", "asyncio"]
+BACKENDS: list[BackendName] = ["thread", "asyncio"]
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> str:
-    name: str = request.param
+def backend(request: pytest.FixtureRequest) -> BackendName:
+    name: BackendName = request.param
     return name
 
 

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import conveyor
 from conveyor._batching import Batcher
 
-from .conftest import task, waiting_task
+from .conftest import BackendName, task, waiting_task
 
 
 def test_batcher_grows_for_tiny_tasks_and_shrinks_for_long_ones() -> None:
@@ -30,24 +33,41 @@ def test_batcher_fixed_size() -> None:
     assert b.size == 7
 
 
-def test_tiny_tasks_are_batched(backend: str) -> None:
-    sizes: list[int] = []
+def test_tiny_tasks_are_batched(backend: BackendName) -> None:
     results = conveyor.map(task(backend, lambda x: x), range(200_000), backend=backend)
     assert sum(results) == sum(range(200_000))
     # 200k items in far fewer hand-offs: the per-item cost is not a per-batch cost
-    run = results._run
-    sizes.append(run._batcher.size)
-    assert sizes[0] > 64
+    assert results.stats.batches < 200_000 / 64
 
 
-def test_one_long_task_does_not_hold_short_ones_hostage(backend: str) -> None:
+def test_long_tasks_are_not_batched(backend: BackendName) -> None:
+    gate = threading.Event()
+
+    def slow(x: int) -> int:
+        gate.wait(0.01)    # every task takes 10 ms, well above the 2 ms batch target
+        return x
+
+    if backend == "asyncio":
+        async def aslow(x: int) -> int:
+            await asyncio.sleep(0.01)
+            return x
+        fn: Callable[[int], Any] = aslow
+    else:
+        fn = slow
+    results = conveyor.map(fn, range(40), backend=backend, workers=4)
+    assert list(results) == list(range(40))
+    # the first batch is one item; after that, 10 ms tasks stay one per batch
+    assert results.stats.batches >= 38
+
+
+def test_one_long_task_does_not_hold_short_ones_hostage(backend: BackendName) -> None:
     """Item 40 blocks until all 199 others are delivered (unordered): if any of
     them were stuck in a batch behind it, the gate would not open for 10 s."""
     gate = threading.Event()
     fn = waiting_task(backend, gate, lambda x: x == 40, limit=10)
     t0 = time.monotonic()
     seen = 0
-    with conveyor.map(fn, range(200), backend=backend, workers=4,  # type: ignore[call-overload]
+    with conveyor.map(fn, range(200), backend=backend, workers=4,
                       ordered=False) as results:
         for _ in results:
             seen += 1
@@ -57,13 +77,13 @@ def test_one_long_task_does_not_hold_short_ones_hostage(backend: str) -> None:
     assert time.monotonic() - t0 < 5
 
 
-def test_steal_also_after_tasks_became_slow(backend: str) -> None:
+def test_steal_also_after_tasks_became_slow(backend: BackendName) -> None:
     """The batch size has grown on fast items when a slow one arrives."""
     gate = threading.Event()
     fn = waiting_task(backend, gate, lambda x: x == 30_000, limit=10)
     t0 = time.monotonic()
     seen = 0
-    with conveyor.map(fn, range(30_500), backend=backend, workers=4,  # type: ignore[call-overload]
+    with conveyor.map(fn, range(30_500), backend=backend, workers=4,
                       ordered=False) as results:
         for _ in results:
             seen += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import builtins
 from collections import Counter
+from typing import Literal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 import conveyor
 
-from .conftest import BACKENDS, task
+from .conftest import BACKENDS, BackendName, task
 
 
 def square(x: int) -> int:
@@ -27,11 +28,12 @@ def square(x: int) -> int:
     ordered=st.booleans(),
     window=st.one_of(st.none(), st.integers(50, 400)),
 )
-def test_same_answer_as_map(items: list[int], backend: str, workers: int, batch: int | str,
+def test_same_answer_as_map(items: list[int], backend: BackendName, workers: int,
+                            batch: int | Literal["auto"],
                             ordered: bool, window: int | None) -> None:
     fn = task(backend, square)
     expected = list(builtins.map(square, items))
-    results = conveyor.map(fn, iter(items), backend=backend,  # type: ignore[call-overload]
+    results = conveyor.map(fn, iter(items), backend=backend,
                            workers=workers, batch=batch, ordered=ordered, window=window)
     got = list(results)
     if ordered:
@@ -43,7 +45,7 @@ def test_same_answer_as_map(items: list[int], backend: str, workers: int, batch:
 
 
 @pytest.mark.parametrize("ordered", [True, False])
-def test_large_input_every_item_once(backend: str, ordered: bool) -> None:
+def test_large_input_every_item_once(backend: BackendName, ordered: bool) -> None:
     n = 50_000
     got = list(conveyor.map(task(backend, square), range(n), ordered=ordered))
     if ordered:
@@ -52,7 +54,7 @@ def test_large_input_every_item_once(backend: str, ordered: bool) -> None:
         assert sorted(got) == [x * x for x in range(n)]
 
 
-def test_unordered_streams_in_completion_order(backend: str) -> None:
+def test_unordered_streams_in_completion_order(backend: BackendName) -> None:
     import threading
 
     from .conftest import waiting_task
@@ -60,7 +62,7 @@ def test_unordered_streams_in_completion_order(backend: str) -> None:
     gate = threading.Event()
     fn = waiting_task(backend, gate, lambda x: x == 0)
     seen = []
-    with conveyor.map(fn, range(20), backend=backend,  # type: ignore[call-overload]
+    with conveyor.map(fn, range(20), backend=backend,
                       workers=4, ordered=False) as results:
         for r in results:
             seen.append(r)

@@ -10,7 +10,7 @@ import pytest
 
 import conveyor
 
-from .conftest import task, waiting_task
+from .conftest import BackendName, task, waiting_task
 
 
 class CountingSource:
@@ -25,7 +25,7 @@ class CountingSource:
             yield i
 
 
-def test_endless_generator(backend: str) -> None:
+def test_endless_generator(backend: BackendName) -> None:
     src = CountingSource()
     out = []
     for r in conveyor.map(task(backend, lambda x: x + 1), src, backend=backend):
@@ -36,11 +36,11 @@ def test_endless_generator(backend: str) -> None:
 
 
 @pytest.mark.parametrize("window", [8, 64])
-def test_slow_first_item_does_not_pull_the_input(backend: str, window: int) -> None:
+def test_slow_first_item_does_not_pull_the_input(backend: BackendName, window: int) -> None:
     gate = threading.Event()
     src = CountingSource()
     fn = waiting_task(backend, gate, lambda x: x == 0)
-    with conveyor.map(fn, src, backend=backend, workers=4,  # type: ignore[call-overload]
+    with conveyor.map(fn, src, backend=backend, workers=4,
                       window=window) as results:
         it = iter(results)
         # Everything but item 0 finishes; the run must stop at the window.
@@ -53,10 +53,10 @@ def test_slow_first_item_does_not_pull_the_input(backend: str, window: int) -> N
     assert src.pulled <= 100 + window + 1
 
 
-def test_slow_consumer_slows_the_producer(backend: str) -> None:
+def test_slow_consumer_slows_the_producer(backend: BackendName) -> None:
     src = CountingSource()
     window = 32
-    with conveyor.map(task(backend, lambda x: x), src, backend=backend,  # type: ignore[call-overload]
+    with conveyor.map(task(backend, lambda x: x), src, backend=backend,
                       window=window) as results:
         for i, r in enumerate(results):
             assert r == i
@@ -66,7 +66,7 @@ def test_slow_consumer_slows_the_producer(backend: str) -> None:
                 break
 
 
-def test_memory_does_not_grow_with_input(backend: str) -> None:
+def test_memory_does_not_grow_with_input(backend: BackendName) -> None:
     """RSS after 400k items is close to RSS after 50k (no per-item accumulation)."""
     import gc
 

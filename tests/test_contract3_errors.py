@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import traceback
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ import pytest
 import conveyor
 from conveyor.errors import item_index
 
-from .conftest import task
+from .conftest import BackendName, task
 
 
 class Boom(Exception):
@@ -24,7 +25,7 @@ def fail_at_7(x: int) -> int:
     return x
 
 
-def test_raise_keeps_type_traceback_and_index(backend: str) -> None:
+def test_raise_keeps_type_traceback_and_index(backend: BackendName) -> None:
     got = []
     with pytest.raises(Boom) as info:
         for r in conveyor.map(task(backend, fail_at_7), range(100), backend=backend,
@@ -39,21 +40,21 @@ def test_raise_keeps_type_traceback_and_index(backend: str) -> None:
     assert "item #7" in text               # the note
 
 
-def test_raise_unordered(backend: str) -> None:
+def test_raise_unordered(backend: BackendName) -> None:
     with pytest.raises(Boom) as info:
         list(conveyor.map(task(backend, fail_at_7), range(100), backend=backend,
                           ordered=False))
     assert item_index(info.value) == 7
 
 
-def test_return_policy(backend: str) -> None:
+def test_return_policy(backend: BackendName) -> None:
     out = list(conveyor.map(task(backend, fail_at_7), range(10), backend=backend,
                             on_error="return"))
     assert out[:7] == list(range(7)) and out[8:] == [8, 9]
     assert isinstance(out[7], Boom) and item_index(out[7]) == 7
 
 
-def test_skip_policy_counts(backend: str) -> None:
+def test_skip_policy_counts(backend: BackendName) -> None:
     def odd_fails(x: int) -> int:
         if x % 2:
             raise ValueError(x)
@@ -66,7 +67,7 @@ def test_skip_policy_counts(backend: str) -> None:
     assert (s.done, s.failed, s.skipped) == (500, 500, 500)
 
 
-def test_first_failure_stops_the_input(backend: str) -> None:
+def test_first_failure_stops_the_input(backend: BackendName) -> None:
     pulled = 0
 
     def source() -> Iterator[int]:
@@ -80,7 +81,7 @@ def test_first_failure_stops_the_input(backend: str) -> None:
     assert pulled < 100
 
 
-def test_retries_then_success(backend: str) -> None:
+def test_retries_then_success(backend: BackendName) -> None:
     attempts: dict[int, int] = {}
     lock = threading.Lock()
 
@@ -99,7 +100,7 @@ def test_retries_then_success(backend: str) -> None:
     assert all(attempts[x] == (3 if x % 3 == 0 else 1) for x in range(30))
 
 
-def test_retries_exhausted_and_retry_on(backend: str) -> None:
+def test_retries_exhausted_and_retry_on(backend: BackendName) -> None:
     calls: dict[int, int] = {}
     lock = threading.Lock()
 
@@ -119,7 +120,7 @@ def test_retries_exhausted_and_retry_on(backend: str) -> None:
     assert "after 4 attempts" in "".join(getattr(out[1], "__notes__", []))
 
 
-def test_backoff_is_exponential(backend: str) -> None:
+def test_backoff_is_exponential(backend: BackendName) -> None:
     import time
 
     stamps: list[float] = []
@@ -131,14 +132,14 @@ def test_backoff_is_exponential(backend: str) -> None:
     out = list(conveyor.map(task(backend, fails), [0], backend=backend, retries=3,
                             backoff=0.02, on_error="return"))
     assert isinstance(out[0], OSError)
-    gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(stamps)]
     # backoff * 2**attempt, jittered by +/-50%: at least 0.01, 0.02, 0.04 s
     assert len(gaps) == 3
-    for gap, floor in zip(gaps, [0.01, 0.02, 0.04]):
+    for gap, floor in zip(gaps, [0.01, 0.02, 0.04], strict=False):
         assert gap >= floor * 0.95
 
 
-def test_input_iterable_error_after_results(backend: str) -> None:
+def test_input_iterable_error_after_results(backend: BackendName) -> None:
     def source() -> Iterator[int]:
         yield from range(5)
         raise RuntimeError("source broke")

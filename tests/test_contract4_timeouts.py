@@ -5,11 +5,15 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 import conveyor
 from conveyor.errors import TaskTimeout, item_index
+
+from .conftest import BackendName
 
 
 def test_coroutine_is_cancelled_on_timeout() -> None:
@@ -25,7 +29,7 @@ def test_coroutine_is_cancelled_on_timeout() -> None:
         return x
 
     t0 = time.monotonic()
-    out = list(conveyor.map(work, range(8), timeout=0.2, on_error="return", batch=4))
+    out: list[Any] = list(conveyor.map(work, range(8), timeout=0.2, on_error="return", batch=4))
     assert time.monotonic() - t0 < 10
     assert cancelled.is_set()
     assert isinstance(out[3], TaskTimeout) and item_index(out[3]) == 3
@@ -42,7 +46,7 @@ def test_coroutine_that_swallows_cancel_still_times_out() -> None:
                 return -1   # ignores the cancellation
         return x
 
-    out = list(conveyor.map(stubborn, range(4), timeout=0.2, on_error="return"))
+    out: list[Any] = list(conveyor.map(stubborn, range(4), timeout=0.2, on_error="return"))
     assert isinstance(out[1], TaskTimeout)
     assert out[0] == 0 and out[2:] == [2, 3]
 
@@ -61,7 +65,7 @@ def test_thread_task_is_abandoned_and_reported() -> None:
     t0 = time.monotonic()
     results = conveyor.map(work, range(10), workers=2, timeout=0.2, on_error="return",
                            batch=5)
-    out = list(results)
+    out: list[Any] = list(results)
     assert time.monotonic() - t0 < 10          # the run did not wait for the stuck call
     assert isinstance(out[2], TaskTimeout) and item_index(out[2]) == 2
     assert [x for i, x in enumerate(out) if i != 2] == [0, 1, 3, 4, 5, 6, 7, 8, 9]
@@ -73,7 +77,7 @@ def test_thread_task_is_abandoned_and_reported() -> None:
     assert not wait_no_conveyor_threads()
 
 
-def test_timeout_then_raise_policy(backend: str) -> None:
+def test_timeout_then_raise_policy(backend: BackendName) -> None:
     gate = threading.Event()
 
     if backend == "asyncio":
@@ -81,7 +85,7 @@ def test_timeout_then_raise_policy(backend: str) -> None:
             if x == 5:
                 await asyncio.sleep(30)
             return x
-        fn: object = afn
+        fn: Callable[[int], Any] = afn
     else:
         def sfn(x: int) -> int:
             if x == 5:
@@ -91,7 +95,7 @@ def test_timeout_then_raise_policy(backend: str) -> None:
     got = []
     t0 = time.monotonic()
     with pytest.raises(TaskTimeout) as info:
-        for r in conveyor.map(fn, range(20), backend=backend,  # type: ignore[call-overload]
+        for r in conveyor.map(fn, range(20), backend=backend,
                               timeout=0.2):
             got.append(r)
     gate.set()
@@ -101,7 +105,7 @@ def test_timeout_then_raise_policy(backend: str) -> None:
     assert isinstance(info.value, TimeoutError)
 
 
-def test_timed_out_task_is_retried(backend: str) -> None:
+def test_timed_out_task_is_retried(backend: BackendName) -> None:
     tries: dict[int, int] = {}
 
     if backend == "asyncio":
@@ -110,7 +114,7 @@ def test_timed_out_task_is_retried(backend: str) -> None:
             if x == 1 and tries[x] == 1:
                 await asyncio.sleep(30)
             return x
-        fn: object = afn
+        fn: Callable[[int], Any] = afn
     else:
         gate = threading.Event()
 
@@ -120,7 +124,7 @@ def test_timed_out_task_is_retried(backend: str) -> None:
                 gate.wait(2)
             return x
         fn = sfn
-    out = list(conveyor.map(fn, range(3), backend=backend,  # type: ignore[call-overload]
+    out: list[Any] = list(conveyor.map(fn, range(3), backend=backend,
                             timeout=0.2, retries=1, backoff=0.001))
     assert out == [0, 1, 2]
     assert tries[1] == 2

@@ -10,23 +10,29 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
 import conveyor
 
-from .conftest import conveyor_threads, task, wait_no_conveyor_threads
+from .conftest import BackendName, conveyor_threads, task, wait_no_conveyor_threads
 
 
-def started_counter(backend: str) -> tuple[list[int], object]:
+def started_counter(backend: BackendName) -> tuple[list[int], Callable[[Any], Any]]:
     started: list[int] = []
-    fn = task(backend, lambda x: started.append(x) or x)
-    return started, fn
+
+    def note(x: int) -> int:
+        started.append(x)
+        return x
+
+    return started, task(backend, note)
 
 
-def test_break_stops_new_work(backend: str) -> None:
+def test_break_stops_new_work(backend: BackendName) -> None:
     started, fn = started_counter(backend)
-    for i, _ in enumerate(conveyor.map(fn, itertools.count(), backend=backend,  # type: ignore[call-overload]
+    for i, _ in enumerate(conveyor.map(fn, itertools.count(), backend=backend,
                                        window=64)):
         if i == 100:
             break
@@ -36,9 +42,9 @@ def test_break_stops_new_work(backend: str) -> None:
     assert len(started) == n   # nothing more runs after the loop was left
 
 
-def test_close_is_prompt_and_final(backend: str) -> None:
+def test_close_is_prompt_and_final(backend: BackendName) -> None:
     started, fn = started_counter(backend)
-    results = conveyor.map(fn, itertools.count(), backend=backend,  # type: ignore[call-overload]
+    results = conveyor.map(fn, itertools.count(), backend=backend,
                            window=32)
     next(iter(results))
     t0 = time.monotonic()
@@ -50,10 +56,10 @@ def test_close_is_prompt_and_final(backend: str) -> None:
     assert n <= 1 + 32 + 1
 
 
-def test_exception_in_caller_with_block(backend: str) -> None:
-    started, fn = started_counter(backend)
+def test_exception_in_caller_with_block(backend: BackendName) -> None:
+    _started, fn = started_counter(backend)
     with pytest.raises(ZeroDivisionError), \
-            conveyor.map(fn, itertools.count(), backend=backend,  # type: ignore[call-overload]
+            conveyor.map(fn, itertools.count(), backend=backend,
                          window=16) as results:
         for r in results:
             if r == 10:
@@ -83,7 +89,7 @@ def test_close_cancels_running_coroutines() -> None:
 
 
 def test_pending_work_dropped_running_thread_call_finishes() -> None:
-    """A thread call that is running when the run is closed is waited for; queued ones never start."""
+    """A thread call running when the run is closed is waited for; queued ones never start."""
     entered = threading.Event()
     release = threading.Event()
     started = []
@@ -131,7 +137,7 @@ SIGINT_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("backend", ["thread", "asyncio"])
-def test_ctrl_c_returns_promptly(backend: str, tmp_path: object) -> None:
+def test_ctrl_c_returns_promptly(backend: BackendName, tmp_path: object) -> None:
     proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, backend],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import threading
 import time
 
@@ -11,22 +12,26 @@ import pytest
 
 import conveyor
 
-from .conftest import task
+from .conftest import BackendName, task
 
 
-def test_rate_spaces_task_starts(backend: str) -> None:
+def test_rate_spaces_task_starts(backend: BackendName) -> None:
     starts: list[float] = []
-    fn = task(backend, lambda x: starts.append(time.monotonic()) or x)
+    def start(x: int) -> int:
+        starts.append(time.monotonic())
+        return x
+
+    fn = task(backend, start)
     out = list(conveyor.map(fn, range(11), backend=backend, workers=8, rate=50))
     assert out == list(range(11))
     starts.sort()
     # at most 50 starts per second: 11 starts span at least 10 intervals of 20 ms
     assert starts[-1] - starts[0] >= 10 / 50 * 0.95
-    gaps = [b - a for a, b in zip(starts, starts[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) >= 0.02 * 0.5   # no bursts
 
 
-def test_progress_bar_counts_items(backend: str) -> None:
+def test_progress_bar_counts_items(backend: BackendName) -> None:
     buf = io.StringIO()
     out = list(conveyor.map(task(backend, lambda x: x), range(5000), backend=backend,
                             progress={"file": buf, "mininterval": 0}, desc="squares"))
@@ -36,7 +41,7 @@ def test_progress_bar_counts_items(backend: str) -> None:
     assert "5000/5000" in text          # items, not batches
 
 
-def test_stats(backend: str) -> None:
+def test_stats(backend: BackendName) -> None:
     def f(x: int) -> int:
         if x % 10 == 0:
             raise ValueError(x)

@@ -110,7 +110,7 @@ def test_close_cancel_drops_queued_work() -> None:
 
 def test_future_cancel_before_start() -> None:
     release = threading.Event()
-    ran = []
+    ran: list[int] = []
     with conveyor.Pool(workers=1) as pool:
         pool.submit(release.wait, 10)
         f = pool.submit(ran.append, 1)
@@ -121,7 +121,7 @@ def test_future_cancel_before_start() -> None:
 
 def test_with_block_error_cancels() -> None:
     release = threading.Event()
-    with pytest.raises(RuntimeError), conveyor.Pool(workers=1) as pool:  # noqa: PT012
+    with pytest.raises(RuntimeError), conveyor.Pool(workers=1) as pool:
         pool.submit(release.wait, 0.3)
         queued = pool.submit(abs, 1)
         raise RuntimeError("caller failed")

@@ -1,5 +1,8 @@
 """The hand-off from the dispatcher thread to the consumer: lists of results.
 
+An entry is a list of results, a tuple of such lists (what one turn of the
+dispatcher produced), or the final :class:`End`.
+
 A ``SimpleQueue`` (C-implemented, so a blocking ``get`` in the main thread is
 interrupted by Ctrl-C) plus an optional asyncio waiter, so that the same
 outbox serves a sync consumer (``Results``) and an async one
@@ -34,7 +37,7 @@ class Outbox:
         self._lock = threading.Lock()
         self._waiter: tuple[asyncio.AbstractEventLoop, asyncio.Future[None]] | None = None
 
-    def put(self, entry: list[Any] | End) -> None:
+    def put(self, entry: list[Any] | tuple[list[Any], ...] | End) -> None:
         self._q.put(entry)
         if self._waiter is not None:
             with self._lock:
@@ -45,16 +48,16 @@ class Outbox:
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_wake, fut)
 
-    def get(self) -> list[Any] | End:
+    def get(self) -> list[Any] | tuple[list[Any], ...] | End:
         """Block until the next entry (interruptible by Ctrl-C in the main thread)."""
-        entry: list[Any] | End = self._q.get()
+        entry: list[Any] | tuple[list[Any], ...] | End = self._q.get()
         return entry
 
-    async def aget(self) -> list[Any] | End:
+    async def aget(self) -> list[Any] | tuple[list[Any], ...] | End:
         """Await the next entry without blocking the event loop."""
         while True:
             try:
-                entry: list[Any] | End = self._q.get(block=False)
+                entry: list[Any] | tuple[list[Any], ...] | End = self._q.get(block=False)
                 return entry
             except Empty:
                 pass

@@ -146,7 +146,12 @@ class Pool:
             self._runs.add(run)
         return Results(run)
 
-    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+    @overload
+    def submit(self, fn: Callable[..., Awaitable[R]], /,
+               *args: Any, **kwargs: Any) -> Future[R]: ...
+    @overload
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]: ...
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         """Run ``fn(*args, **kwargs)`` on a worker; returns a ``concurrent.futures.Future``.
 
         ``future.cancel()`` succeeds while the call has not started. The
@@ -156,7 +161,7 @@ class Pool:
         check_fn(fn, where)
         resolve_backend(self.backend_name, fn, where)
         wrapper = _AsyncApply(fn) if self.backend_name == "asyncio" else _Apply(fn)
-        fut: Future[R] = Future()
+        fut: Future[Any] = Future()
 
         def report(done: Completion) -> None:
             with self._lock:

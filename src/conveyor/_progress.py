@@ -22,6 +22,8 @@ class Stats:
     (until it ended, once it has). ``throughput``: finished items per second
     of wall time. ``busy_fraction``: the time workers spent running this run's
     tasks divided by ``wall_time * workers`` (1.0: every worker busy all along).
+    ``batches``: how many batches the items travelled in (adaptive batching at
+    work: far fewer than the items for tiny tasks, one per item for long ones).
     """
 
     backend: str
@@ -36,12 +38,13 @@ class Stats:
     wall_time: float
     throughput: float
     busy_fraction: float
+    batches: int
 
 
 class Counters:
     """Mutable counters owned by the scheduler's thread."""
 
-    __slots__ = ("busy", "done", "ended", "failed", "retried", "skipped", "started",
+    __slots__ = ("batches", "busy", "done", "ended", "failed", "retried", "skipped", "started",
                  "submitted", "timed_out")
 
     def __init__(self) -> None:
@@ -54,6 +57,7 @@ class Counters:
         self.timed_out = 0
         self.retried = 0
         self.busy = 0.0
+        self.batches = 0
 
     def snapshot(self, backend: str, workers: int) -> Stats:
         end = self.ended if self.ended is not None else time.perf_counter()
@@ -64,7 +68,7 @@ class Counters:
             failed=self.failed, skipped=self.skipped, timed_out=self.timed_out,
             retried=self.retried, in_flight=max(0, self.submitted - finished),
             wall_time=wall, throughput=finished / wall,
-            busy_fraction=min(1.0, self.busy / (wall * workers)),
+            busy_fraction=min(1.0, self.busy / (wall * workers)), batches=self.batches,
         )
 
 

@@ -81,6 +81,10 @@ def _iterate(run: Run) -> Generator[Any, None, None]:
             if type(entry) is list:
                 took(len(entry))
                 yield from entry
+            elif type(entry) is tuple:
+                for chunk in entry:
+                    took(len(chunk))
+                    yield from chunk
             else:
                 assert isinstance(entry, End)
                 run.close(wait=True)
@@ -158,6 +162,11 @@ async def _aiterate(run: Run) -> AsyncGenerator[Any, None]:
                 took(len(entry))
                 for value in entry:
                     yield value
+            elif type(entry) is tuple:
+                for chunk in entry:
+                    took(len(chunk))
+                    for value in chunk:
+                        yield value
             else:
                 assert isinstance(entry, End)
                 await _wait_stopped(run)

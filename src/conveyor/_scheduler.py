@@ -124,7 +124,10 @@ class Run:
         self._retry_heap: list[tuple[float, int, _Group, int, Any, int]] = []
         self._retry_tie = itertools.count()
         self._expired: dict[Batch, set[int]] = {}
-        self._outstanding = 0
+        self._outstanding = 0           # items taken, minus those dropped (not delivered)
+        self.consumed = 0               # items the consumer took (written by the consumer)
+        self._want_room = False         # the window is full: tell me when items are taken
+        self._out: list[list[Any]] = []  # chunks to hand out at the end of this turn
         self._pulled = 0
         self._input_done = False
         self._input_error: BaseException | None = None
@@ -149,8 +152,16 @@ class Run:
         return self.counters.snapshot(self.backend.name, self._workers)
 
     def took(self, n: int) -> None:
-        """The consumer took ``n`` items from the outbox: free window space."""
-        self.events.put(n)
+        """The consumer took ``n`` items from the outbox: free window space.
+
+        Called by the consumer only. The dispatcher is woken only when it is
+        waiting for room in the window (it sets ``_want_room`` and then looks
+        at ``consumed`` again, so one of the two always sees the other).
+        """
+        self.consumed += n
+        if self._want_room:
+            self._want_room = False
+            self.events.put(0)
 
     def stop(self) -> None:
         """Ask the dispatcher to cancel the run (non-blocking, idempotent)."""
@@ -204,9 +215,13 @@ class Run:
             if not self._stopping:
                 self._fill()
                 self._emit()
+            if self._out:
+                self._flush()
             if self._finished():
                 return
             wait = self._housekeeping()
+            if self._out:
+                self._flush()
             try:
                 ev = events.get(timeout=wait) if wait is None or wait > 0 else events.get(False)
             except Empty:
@@ -242,8 +257,6 @@ class Run:
     def _handle(self, ev: Any) -> None:
         if type(ev) is Completion:
             self._on_completion(ev)
-        elif type(ev) is int:
-            self._outstanding -= ev
         elif ev is _STOP:
             self._cancel()
 
@@ -256,9 +269,20 @@ class Run:
             self.backend.cancel(b)
         self._end(None)
 
+    def _flush(self) -> None:
+        """Hand this turn's chunks to the consumer in one entry (one wake-up)."""
+        out = self._out
+        if len(out) == 1:
+            self.outbox.put(out[0])
+        else:
+            self.outbox.put(tuple(out))
+        self._out = []
+
     def _end(self, error: BaseException | None) -> None:
         if not self._ended:
             self._ended = True
+            if self._out:
+                self._flush()
             self.outbox.put(End(error))
 
     # -- submitting ----------------------------------------------------------
@@ -273,6 +297,7 @@ class Run:
         b = Batch(self.fn, items, self.events.put, owner=self, group=group, start=start,
                   attempt=attempt, timed=self.options.timeout is not None)
         self._in_flight[b] = None
+        self.counters.batches += 1
         self.backend.submit(b)
 
     def _fill(self) -> None:
@@ -286,36 +311,63 @@ class Run:
         if self._input_done or self._halt_input:
             return
         window = self._window()
-        while self._outstanding < window:
-            if opts.rate is not None and not self._rate_allows():
+        workers = self._workers
+        size = self._batcher.size
+        if opts.window is not None:
+            size = min(size, max(1, opts.window // (2 * workers)))
+        # Hot loop (one turn per batch): locals only.
+        it = self._it
+        total = self._total
+        rate = opts.rate
+        ordered = opts.ordered
+        live = self._live
+        seq = self._seq
+        in_flight = self._in_flight
+        submit = self.backend.submit
+        fn = self.fn
+        sink = self.events.put
+        timed = opts.timeout is not None
+        counters = self.counters
+        while True:
+            room = window - (self._outstanding - self.consumed)
+            if room <= 0:
+                self._want_room = True
+                room = window - (self._outstanding - self.consumed)
+                if room <= 0:
+                    return
+            if rate is not None and not self._rate_allows():
                 return
-            size = self._batcher.size
-            if opts.window is not None:
-                size = min(size, max(1, opts.window // (2 * self._workers)))
-            if self._total is not None:
-                remaining = self._total - self._pulled
-                size = min(size, max(1, -(-remaining // self._workers)))
-            size = max(1, min(size, window - self._outstanding))
+            want = size
+            if total is not None:
+                want = min(want, max(1, -(-(total - self._pulled) // workers)))
+            want = max(1, min(want, room))
             try:
-                items = list(itertools.islice(self._it, size))
+                if want == 1:
+                    x = next(it, _UNSET)
+                    items = [] if x is _UNSET else [x]
+                else:
+                    items = list(itertools.islice(it, want))
             except Exception as exc:  # the input iterable failed: raise it after the results
                 _add_note(exc, f"conveyor: raised by the input iterable after {self._pulled} items")
                 self._input_error = exc
                 self._input_done = True
                 return
-            if not items:
+            n = len(items)
+            if not n:
                 self._input_done = True
                 return
-            n = len(items)
-            g = _Group(next(self._seq), self._pulled, items)
-            if opts.ordered:
-                self._live[g.seq] = g
+            g = _Group(next(seq), self._pulled, items)
+            if ordered:
+                live[g.seq] = g
             self._groups_made += 1
             self._pulled += n
             self._outstanding += n
-            self.counters.submitted += n
-            self._submit(items, g, 0)
-            if n < size:
+            counters.submitted += n
+            counters.batches += 1
+            b = Batch(fn, items, sink, owner=self, group=g, timed=timed)
+            in_flight[b] = None
+            submit(b)
+            if n < want:
                 self._input_done = True
                 return
 
@@ -460,13 +512,13 @@ class Run:
             assert values is not None
             done = g.emitted
             if not g.special and not done:
-                self.outbox.put(values)
+                self._out.append(values)
                 continue
             stop = len(values) if g.fatal is None else g.fatal
             chunk = [v for v in values[done:stop] if v is not _SKIP]
             self._outstanding -= len(values) - done - len(chunk)
             if chunk:
-                self.outbox.put(chunk)
+                self._out.append(chunk)
             if g.fatal is not None:
                 self._raise(values[g.fatal])
                 return
@@ -489,11 +541,11 @@ class Run:
             self._outstanding -= k - g.emitted - len(chunk)
         g.emitted = k
         if chunk:
-            self.outbox.put(chunk)
+            self._out.append(chunk)
 
     def _emit_unordered(self, g: _Group, values: list[Any], clean: bool) -> None:
         if clean:
-            self.outbox.put(values)
+            self._out.append(values)
             return
         chunk = []
         error = None
@@ -509,7 +561,7 @@ class Run:
             else:
                 chunk.append(v)
         if chunk:
-            self.outbox.put(chunk)
+            self._out.append(chunk)
         if error is not None:
             self._raise(error)
 
@@ -546,7 +598,7 @@ class Run:
         if self._retry_heap:
             wake = min(wake, self._retry_heap[0][0])
         if self.options.rate is not None and not (self._input_done or self._halt_input) \
-                and self._outstanding < self._window():
+                and self._outstanding - self.consumed < self._window():
             wake = min(wake, self._next_start)
         if self._in_flight:
             wake = min(wake, self._rebalance(now))
@@ -559,7 +611,8 @@ class Run:
         after = 4 * self.backend.batch_target
         poll = max(after, 0.05)
         idle = self._workers - len(self._in_flight)
-        starved = self._input_done or self._halt_input or self._outstanding >= self._window()
+        starved = self._input_done or self._halt_input or \
+            self._outstanding - self.consumed >= self._window()
         can_steal = self.backend.can_steal and starved
         ordered = self.options.ordered
         wake = math.inf

@@ -20,8 +20,8 @@ interrupted, so an expired item is *abandoned*: the worker is marked, a
 replacement thread starts at once, and the old thread exits as soon as the
 call returns, its result discarded.
 
-Threads start lazily (one per queued batch while there is no idle thread, up
-to ``workers``) and are daemon threads, so an abandoned call can never keep
+Threads start lazily (another one whenever a batch is left waiting in the
+queue, up to ``workers``) and are daemon threads, so an abandoned call can never keep
 the interpreter from exiting; :meth:`close` joins every thread that is not
 abandoned.
 """
@@ -72,7 +72,6 @@ class ThreadBackend(Backend):
         self._queue: SimpleQueue[Batch | None] = SimpleQueue()
         self._lock = threading.Lock()
         self._live: list[_Worker] = []          # not abandoned, not exited
-        self._idle = threading.Semaphore(0)     # released by a worker when it goes idle
         self._closed = False
         self._prefix = f"conveyor-thread-{next(_counter)}"
         self._n = itertools.count(1)
@@ -82,13 +81,17 @@ class ThreadBackend(Backend):
         pass
 
     def submit(self, batch: Batch) -> None:
-        self._queue.put(batch)
-        # Like ThreadPoolExecutor: reuse an idle thread if there is one.
-        if self._idle.acquire(blocking=False):
-            return
-        with self._lock:
-            if len(self._live) < self.workers and not self._closed:
-                self._spawn()
+        queue = self._queue
+        queue.put(batch)
+        # Start another thread whenever a batch is left waiting, up to `workers`.
+        # This errs on the side of starting threads: counting idle ones exactly
+        # (ThreadPoolExecutor's semaphore) costs two Python-level lock round
+        # trips per task, and an approximate count can leave queued work
+        # waiting behind a busy thread while the pool is below `workers`.
+        if len(self._live) < self.workers and queue.qsize():
+            with self._lock:
+                if len(self._live) < self.workers and not self._closed:
+                    self._spawn()
 
     def running(self) -> list[Running]:
         out = []
@@ -192,7 +195,6 @@ class ThreadBackend(Backend):
                     batch.sink(done)
                 if w.abandoned:
                     return
-                self._idle.release()
         finally:
             with self._lock:
                 if w in self._live:
