@@ -367,6 +367,10 @@ class Run:
             b = Batch(fn, items, sink, owner=self, group=g, timed=timed)
             in_flight[b] = None
             submit(b)
+            if len(in_flight) == workers:
+                # Every worker has a batch: let them start (release the GIL
+                # once) before preparing the batches that will queue up.
+                time.sleep(0)
             if n < want:
                 self._input_done = True
                 return

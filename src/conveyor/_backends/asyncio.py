@@ -70,6 +70,9 @@ class AsyncioBackend(Backend):
         self._workers: list[_Worker] = []
         self._closing = False
         self._closed = False
+        # Thread-safe hand-over from submit() (deque appends/pops are atomic).
+        self._inbox: collections.deque[Batch] = collections.deque()
+        self._inbox_scheduled = False
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -107,7 +110,12 @@ class AsyncioBackend(Backend):
             self.loop.call_soon_threadsafe(fn, *args)
 
     def submit(self, batch: Batch) -> None:
-        self._call(self._enqueue, batch)
+        # Batches submitted in a burst cross to the loop together: one
+        # call_soon_threadsafe (one wake-up of the loop) per burst, not per batch.
+        self._inbox.append(batch)
+        if not self._inbox_scheduled:
+            self._inbox_scheduled = True
+            self.loop.call_soon_threadsafe(self._drain_inbox)
 
     def running(self) -> list[Running]:
         out = []
@@ -190,6 +198,14 @@ class AsyncioBackend(Backend):
             fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
+
+    def _drain_inbox(self) -> None:
+        # Clear the flag first: a batch appended after this point either is
+        # seen by the loop below or schedules another drain.
+        self._inbox_scheduled = False
+        inbox = self._inbox
+        while inbox:
+            self._enqueue(inbox.popleft())
 
     def _enqueue(self, batch: Batch) -> None:
         if self._closing:
