@@ -71,6 +71,59 @@ def test_async_iterable_input() -> None:
     assert asyncio.run(main()) == list(range(1, 21))
 
 
+def test_results_flow_while_the_async_source_is_quiet() -> None:
+    """The source waits until the consumer has seen its first 5 results."""
+    async def main() -> list[int]:
+        seen_five = asyncio.Event()
+
+        async def source() -> AsyncIterator[int]:
+            for i in range(5):
+                yield i
+            await asyncio.wait_for(seen_five.wait(), 10)
+            for i in range(5, 10):
+                yield i
+
+        async def inc(x: int) -> int:
+            return x + 1
+
+        out = []
+        async for r in conveyor.amap(inc, source()):
+            out.append(r)
+            if len(out) == 5:
+                seen_five.set()
+        return out
+
+    assert asyncio.run(main()) == list(range(1, 11))
+
+
+def test_async_source_error_and_bounded_read_ahead() -> None:
+    pulled = 0
+
+    async def source() -> AsyncIterator[int]:
+        nonlocal pulled
+        for i in range(10**9):
+            pulled = i + 1
+            if i == 2000:
+                raise ValueError("source broke")
+            yield i
+
+    async def ident(x: int) -> int:
+        await asyncio.sleep(0)
+        return x
+
+    async def main() -> list[int]:
+        out = []
+        with pytest.raises(ValueError, match="source broke"):
+            async for r in conveyor.amap(ident, source(), window=64):
+                out.append(r)
+                if r == 100:
+                    # the pump reads ahead a bounded amount, not the whole source
+                    assert pulled <= 100 + 64 + 256 + 2
+        return out
+
+    assert asyncio.run(main()) == list(range(2000))
+
+
 def test_early_break_and_error() -> None:
     async def f(x: int) -> int:
         if x == 50:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterat
 from typing import Any, Literal, TypeVar, overload
 
 from . import _backends
-from ._asyncinput import iterate_async
+from ._asyncinput import AsyncSource
 from ._backends._base import Backend
 from ._results import AsyncResults, Results
 from ._scheduler import Options, Run
@@ -151,10 +151,11 @@ def _name(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def start_run(fn: Callable[[Any], Any], items: Iterable[Any], backend: Backend, *,
-              owns_backend: bool, options: Options) -> Run:
-    iterator: Iterator[Any] = iter(items)
-    run = Run(fn, iterator, _length(items), backend, owns_backend=owns_backend,
+def start_run(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncSource,
+              backend: Backend, *, owns_backend: bool, options: Options) -> Run:
+    source: Iterator[Any] | AsyncSource = items if isinstance(items, AsyncSource) \
+        else iter(items)
+    run = Run(fn, source, _length(items), backend, owns_backend=owns_backend,
               options=options)
     run.start()
     return run
@@ -268,8 +269,8 @@ def amap(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any], *,
     extra: dict[str, Any] = {"loop": loop} if name == "asyncio" else {}
     be = _backends.create(name, n_workers, **extra)
     be.start()
-    source: Iterable[Any] = items if isinstance(items, Iterable) else \
-        iterate_async(items, loop)
+    source: Iterable[Any] | AsyncSource = items if isinstance(items, Iterable) else \
+        AsyncSource(items, loop)
     return AsyncResults(start_run(fn, source, be, owns_backend=True, options=options))
 
 

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Any
 
+from ._asyncinput import AsyncSource
 from ._backends._base import Backend, Batch, Completion
 from ._batching import Batcher
 from ._outbox import End, Outbox
@@ -58,6 +59,7 @@ __all__ = ["Options", "Run"]
 _UNSET: Any = object()   # a group slot whose outcome is not final yet
 _SKIP: Any = object()    # a failure dropped by on_error="skip"
 _STOP = object()         # event: the consumer asked the run to stop
+_INPUT = object()        # event: an async input has items again
 
 MAX_BACKOFF = 60.0
 DEFAULT_WINDOW_CAP = 65_536
@@ -98,15 +100,19 @@ class _Group:
 class Run:
     """One map: owns the dispatcher thread, the outbox, and (maybe) a backend."""
 
-    def __init__(self, fn: Callable[[Any], Any], items: Iterator[Any], total: int | None,
-                 backend: Backend, *, owns_backend: bool, options: Options) -> None:
+    def __init__(self, fn: Callable[[Any], Any], items: Iterator[Any] | AsyncSource,
+                 total: int | None, backend: Backend, *, owns_backend: bool,
+                 options: Options) -> None:
         self.fn = fn
         self.backend = backend
         self.options = options
         self.outbox = Outbox()
         self.events: SimpleQueue[Any] = SimpleQueue()
         self.counters = Counters()
-        self._it = items
+        # The input: a sync iterator pulled here, or an async source pumped
+        # on an event loop that this thread takes from without blocking.
+        self._source = items if isinstance(items, AsyncSource) else None
+        self._it: Iterator[Any] = iter(()) if isinstance(items, AsyncSource) else items
         self._total = total
         self._owns_backend = owns_backend
         self._workers = backend.workers
@@ -146,6 +152,9 @@ class Run:
 
     # -- consumer-side API ---------------------------------------------------
     def start(self) -> None:
+        if self._source is not None:
+            events = self.events
+            self._source.start(lambda: events.put(_INPUT))
         self._thread.start()
 
     def stats(self) -> Stats:
@@ -194,6 +203,8 @@ class Run:
             self._end(exc)
         finally:
             try:
+                if self._source is not None:
+                    self._source.close()
                 self._drain()
             finally:
                 if self._owns_backend:
@@ -259,6 +270,7 @@ class Run:
             self._on_completion(ev)
         elif ev is _STOP:
             self._cancel()
+        # _INPUT needs no handling: waking up makes the loop fill again.
 
     def _cancel(self) -> None:
         if self._stopping:
@@ -341,21 +353,26 @@ class Run:
             if total is not None:
                 want = min(want, max(1, -(-(total - self._pulled) // workers)))
             want = max(1, min(want, room))
-            try:
-                if want == 1:
-                    x = next(it, _UNSET)
-                    items = [] if x is _UNSET else [x]
-                else:
-                    items = list(itertools.islice(it, want))
-            except Exception as exc:  # the input iterable failed: raise it after the results
-                _add_note(exc, f"conveyor: raised by the input iterable after {self._pulled} items")
-                self._input_error = exc
-                self._input_done = True
-                return
+            if self._source is not None:
+                items = self._source.take(want)
+                if not items:
+                    if self._source.finished:   # else: _INPUT wakes us when items come
+                        self._end_input(self._source.error)
+                    return
+            else:
+                try:
+                    if want == 1:
+                        x = next(it, _UNSET)
+                        items = [] if x is _UNSET else [x]
+                    else:
+                        items = list(itertools.islice(it, want))
+                except Exception as exc:  # the input failed: raise it after the results
+                    self._end_input(exc)
+                    return
+                if not items:
+                    self._input_done = True
+                    return
             n = len(items)
-            if not n:
-                self._input_done = True
-                return
             g = _Group(next(seq), self._pulled, items)
             if ordered:
                 live[g.seq] = g
@@ -367,13 +384,19 @@ class Run:
             b = Batch(fn, items, sink, owner=self, group=g, timed=timed)
             in_flight[b] = None
             submit(b)
+            if n < want and self._source is None:
+                self._input_done = True
+                return
             if len(in_flight) == workers:
                 # Every worker has a batch: let them start (release the GIL
                 # once) before preparing the batches that will queue up.
                 time.sleep(0)
-            if n < want:
-                self._input_done = True
-                return
+
+    def _end_input(self, error: BaseException | None) -> None:
+        self._input_done = True
+        if error is not None:
+            _add_note(error, f"conveyor: raised by the input iterable after {self._pulled} items")
+            self._input_error = error
 
     def _rate_allows(self) -> bool:
         rate = self.options.rate
