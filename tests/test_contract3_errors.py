@@ -6,6 +6,7 @@ import itertools
 import threading
 import traceback
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -150,3 +151,16 @@ def test_input_iterable_error_after_results(backend: BackendName) -> None:
             got.append(r)
     assert got == list(range(5))
     assert "input iterable" in "".join(getattr(info.value, "__notes__", []))
+
+
+def test_task_raising_stopiteration_is_an_error(backend: BackendName) -> None:
+    def stop_at_3(x: int) -> int:
+        if x == 3:
+            raise StopIteration("not the end of the input")
+        return x
+
+    out: list[Any] = list(conveyor.map(task(backend, stop_at_3), range(10), backend=backend,
+                                       on_error="return", batch=5))
+    assert out[:3] == [0, 1, 2]
+    assert out[4:] == [4, 5, 6, 7, 8, 9]
+    assert isinstance(out[3], (StopIteration, RuntimeError))

@@ -3,16 +3,16 @@
 ::
 
     scheduler --submit--> SimpleQueue[Batch] --get--> worker thread 1..N
-                                                       | out.extend(map(fn, it))
+                                                       | for x in it: append(fn(x))
     scheduler <--batch.sink(Completion)----------------+
 
 Mechanism only. A worker runs a batch through a *shared* iterator over its
 items (``batch.it``), so the scheduler can take back the unstarted tail of a
 long batch with one C-level ``list(batch.it)`` while the worker is busy
 (:meth:`ThreadBackend.steal`): a slow item never holds the items queued behind
-it hostage. The fast path is ``out.extend(map(fn, it))``: no Python code runs
-per item besides ``fn`` itself; an exception stops ``extend`` with the
-outcomes so far kept, is recorded at its position, and the loop resumes.
+it hostage. The fast path per item is a call and an append (the ``try``
+costs nothing until something raises); outcomes go to ``batch.out``, which
+the scheduler may read (harvest) while the batch runs.
 
 Timed batches (``timeout=``) take a slower path that records, under a
 per-worker lock, which item is running and since when. A thread cannot be
@@ -209,13 +209,15 @@ def _run(batch: Batch) -> Completion:
     errors: list[int] = []
     batch.out, batch.errs = out, errors
     it = batch.it = iter(batch.items)
-    while True:
+    append = out.append
+    # Not out.extend(map(fn, it)): a StopIteration raised by fn would end
+    # extend() as if the batch were exhausted, losing the item silently.
+    for x in it:
         try:
-            out.extend(map(fn, it))
-            break
+            append(fn(x))
         except BaseException as exc:  # the task's own failure, whatever its type
             errors.append(len(out))
-            out.append(exc)
+            append(exc)
     return Completion(batch, out, errors or None, time.monotonic() - t0)
 
 
