@@ -10,10 +10,10 @@ from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterat
 from typing import Any, Literal, TypeVar, overload
 
 from . import _backends
-from ._asyncinput import AsyncSource
 from ._backends._base import Backend
 from ._results import AsyncResults, Results
 from ._scheduler import Options, Run
+from ._source import AsyncSource, Source, ThreadSource, reads_directly
 
 __all__ = ["amap", "check_fn", "check_options", "is_async_fn", "map", "resolve_backend"]
 
@@ -141,20 +141,28 @@ def check_items(items: object, where: str, *, allow_async: bool = False) -> None
 
 
 def _length(items: object) -> int | None:
-    try:
-        return len(items)  # type: ignore[arg-type]
-    except TypeError:
+    if isinstance(items, Source):
         return None
+    try:
+        n = len(items)  # type: ignore[arg-type]
+    except Exception:  # no len(), or one that fails (range(2**64): OverflowError)
+        return None
+    return n if isinstance(n, int) else None
 
 
 def _name(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def start_run(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncSource,
+def start_run(fn: Callable[[Any], Any], items: Iterable[Any] | Source,
               backend: Backend, *, owns_backend: bool, options: Options) -> Run:
-    source: Iterator[Any] | AsyncSource = items if isinstance(items, AsyncSource) \
-        else iter(items)
+    source: Iterator[Any] | Source
+    if isinstance(items, Source):
+        source = items
+    elif reads_directly(items):
+        source = iter(items)
+    else:
+        source = ThreadSource(items)
     run = Run(fn, source, _length(items), backend, owns_backend=owns_backend,
               options=options)
     run.start()
@@ -269,7 +277,7 @@ def amap(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any], *,
     extra: dict[str, Any] = {"loop": loop} if name == "asyncio" else {}
     be = _backends.create(name, n_workers, **extra)
     be.start()
-    source: Iterable[Any] | AsyncSource = items if isinstance(items, Iterable) else \
+    source: Iterable[Any] | Source = items if isinstance(items, Iterable) else \
         AsyncSource(items, loop)
     return AsyncResults(start_run(fn, source, be, owns_backend=True, options=options))
 

@@ -49,9 +49,19 @@ class Outbox:
                     loop.call_soon_threadsafe(_wake, fut)
 
     def get(self) -> list[Any] | tuple[list[Any], ...] | End:
-        """Block until the next entry (interruptible by Ctrl-C in the main thread)."""
-        entry: list[Any] | tuple[list[Any], ...] | End = self._q.get()
-        return entry
+        """Block until the next entry; Ctrl-C interrupts the wait promptly.
+
+        The wait is cut into short slices: a real SIGINT interrupts a lock wait
+        on POSIX, but ``_thread.interrupt_main`` (used by some hosts) and
+        Windows consoles only take effect when Python code runs again.
+        """
+        q = self._q
+        while True:
+            try:
+                entry: list[Any] | tuple[list[Any], ...] | End = q.get(True, 0.1)
+                return entry
+            except Empty:
+                continue
 
     async def aget(self) -> list[Any] | tuple[list[Any], ...] | End:
         """Await the next entry without blocking the event loop."""

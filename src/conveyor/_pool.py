@@ -205,7 +205,10 @@ class Pool:
             runs = list(self._runs)
             futures = list(self._futures)
         for run in runs:
-            run.close(wait=True)
+            if not run.finished:
+                run.close(wait=True, error=PoolClosed(
+                    "the pool was closed while this map was running; consume a map's "
+                    "results before closing its pool"))
         if cancel:
             for f in futures:
                 f.cancel()   # only succeeds for calls that have not started

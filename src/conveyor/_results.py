@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import weakref
 from collections.abc import AsyncGenerator, Generator
 from types import TracebackType
@@ -62,9 +63,16 @@ class Results(Generic[R]):
         return self._run.stats()
 
     def close(self) -> None:
-        """Cancel the run (if it is still going) and wait until it has stopped."""
-        self._gen.close()
+        """Cancel the run (if it is still going) and wait until it has stopped.
+
+        May be called from another thread while a loop is iterating: that loop
+        then ends after the results it already holds.
+        """
         self._run.close(wait=True)
+        # ValueError: another thread is inside the generator right now; it
+        # sees the end of the run and finishes on its own.
+        with contextlib.suppress(ValueError):
+            self._gen.close()
 
     def __repr__(self) -> str:
         s = self._run.stats()
@@ -75,6 +83,7 @@ class Results(Generic[R]):
 def _iterate(run: Run) -> Generator[Any, None, None]:
     get = run.outbox.get
     took = run.took
+    wait = True
     try:
         while True:
             entry = get()
@@ -92,10 +101,10 @@ def _iterate(run: Run) -> Generator[Any, None, None]:
                     raise entry.error
                 return
     except (KeyboardInterrupt, SystemExit):
-        run.close(wait=False)   # don't wait for thread calls already running
+        wait = False   # Ctrl-C: don't wait for thread calls already running
         raise
     finally:
-        run.close(wait=True)
+        run.close(wait=wait)
 
 
 class AsyncResults(Generic[R]):
@@ -128,9 +137,16 @@ class AsyncResults(Generic[R]):
         return self._run.stats()
 
     async def aclose(self) -> None:
-        """Cancel the run (if it is still going) and wait until it has stopped."""
-        await self._agen.aclose()
+        """Cancel the run (if it is still going) and wait until it has stopped.
+
+        May be called from another task while one iterates: that loop then
+        ends after the results it already holds.
+        """
         await _wait_stopped(self._run)
+        # RuntimeError: another task is inside the generator right now; it
+        # sees the end of the run and finishes on its own.
+        with contextlib.suppress(RuntimeError):
+            await self._agen.aclose()
 
 
 async def _wait_stopped(run: Run) -> None:

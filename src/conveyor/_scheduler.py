@@ -47,11 +47,11 @@ from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from ._asyncinput import AsyncSource
 from ._backends._base import Backend, Batch, Completion
 from ._batching import Batcher
 from ._outbox import End, Outbox
 from ._progress import Counters, ProgressBar, Stats
+from ._source import Source
 from .errors import TaskTimeout
 
 __all__ = ["Options", "Run"]
@@ -83,6 +83,15 @@ class Options:
     desc: str | None = None
 
 
+class _Stop:
+    """Event: stop the run and raise ``error`` in the consumer."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class _Group:
     __slots__ = ("base", "emitted", "fatal", "items", "pending", "seq", "special", "values")
 
@@ -100,7 +109,7 @@ class _Group:
 class Run:
     """One map: owns the dispatcher thread, the outbox, and (maybe) a backend."""
 
-    def __init__(self, fn: Callable[[Any], Any], items: Iterator[Any] | AsyncSource,
+    def __init__(self, fn: Callable[[Any], Any], items: Iterator[Any] | Source,
                  total: int | None, backend: Backend, *, owns_backend: bool,
                  options: Options) -> None:
         self.fn = fn
@@ -109,10 +118,10 @@ class Run:
         self.outbox = Outbox()
         self.events: SimpleQueue[Any] = SimpleQueue()
         self.counters = Counters()
-        # The input: a sync iterator pulled here, or an async source pumped
-        # on an event loop that this thread takes from without blocking.
-        self._source = items if isinstance(items, AsyncSource) else None
-        self._it: Iterator[Any] = iter(()) if isinstance(items, AsyncSource) else items
+        # The input: an iterator over a built-in collection, read here, or a
+        # Source whose pump reads it elsewhere (see _source).
+        self._source = items if isinstance(items, Source) else None
+        self._it: Iterator[Any] = iter(()) if isinstance(items, Source) else items
         self._total = total
         self._owns_backend = owns_backend
         self._workers = backend.workers
@@ -138,6 +147,7 @@ class Run:
         self._input_done = False
         self._input_error: BaseException | None = None
         self._halt_input = False        # a fatal failure: pull nothing more
+        self._fatal_index: float = math.inf   # input index of the failure to raise
         self._stopping = False          # cancelled or ended: drain in-flight work
         self._ended = False             # end marker sent
         self._next_start = 0.0          # rate limiting
@@ -172,12 +182,16 @@ class Run:
             self._want_room = False
             self.events.put(0)
 
-    def stop(self) -> None:
-        """Ask the dispatcher to cancel the run (non-blocking, idempotent)."""
-        self.events.put(_STOP)
+    def stop(self, error: BaseException | None = None) -> None:
+        """Ask the dispatcher to cancel the run (non-blocking, idempotent).
 
-    def close(self, *, wait: bool = True) -> None:
-        self.stop()
+        ``error``, if given, is raised in the consumer in place of the results
+        not produced (e.g. ``PoolClosed`` when the pool is closed under it).
+        """
+        self.events.put(_STOP if error is None else _Stop(error))
+
+    def close(self, *, wait: bool = True, error: BaseException | None = None) -> None:
+        self.stop(error)
         if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
             self._thread.join()
 
@@ -224,8 +238,8 @@ class Run:
         handle = self._handle
         while True:
             if not self._stopping:
+                self._emit()    # first: what it hands out (or skips) frees window room
                 self._fill()
-                self._emit()
             if self._out:
                 self._flush()
             if self._finished():
@@ -260,7 +274,12 @@ class Run:
         for b in list(self._in_flight):
             self.backend.cancel(b)
         while self._in_flight:
-            ev = self.events.get()
+            wait = self._expire_overdue(time.monotonic())
+            try:
+                ev = self.events.get(timeout=None if wait == math.inf else
+                                     max(0.0, wait - time.monotonic()))
+            except Empty:
+                continue
             if type(ev) is Completion:
                 self._in_flight.pop(ev.batch, None)
                 self.counters.busy += ev.busy
@@ -269,6 +288,9 @@ class Run:
         if type(ev) is Completion:
             self._on_completion(ev)
         elif ev is _STOP:
+            self._cancel()
+        elif type(ev) is _Stop:
+            self._end(ev.error)
             self._cancel()
         # _INPUT needs no handling: waking up makes the loop fill again.
 
@@ -340,6 +362,7 @@ class Run:
         sink = self.events.put
         timed = opts.timeout is not None
         counters = self.counters
+        src = self._source
         while True:
             room = window - (self._outstanding - self.consumed)
             if room <= 0:
@@ -353,22 +376,30 @@ class Run:
             if total is not None:
                 want = min(want, max(1, -(-(total - self._pulled) // workers)))
             want = max(1, min(want, room))
-            if self._source is not None:
-                items = self._source.take(want)
+            if src is not None:
+                # The pump may read what the window has room for, no more.
+                ask = self._pulled + room - src.requested
+                if ask > 0:
+                    src.request(ask)
+                items, ended = src.take(want)
                 if not items:
-                    if self._source.finished:   # else: _INPUT wakes us when items come
-                        self._end_input(self._source.error)
+                    if ended:   # else: _INPUT wakes us when items come
+                        self._end_input(src.error)
                     return
             else:
+                items = []
                 try:
                     if want == 1:
                         x = next(it, _UNSET)
-                        items = [] if x is _UNSET else [x]
+                        if x is not _UNSET:
+                            items.append(x)
                     else:
-                        items = list(itertools.islice(it, want))
+                        items.extend(itertools.islice(it, want))  # keeps what came before an error
                 except Exception as exc:  # the input failed: raise it after the results
-                    self._end_input(exc)
-                    return
+                    self._end_input(exc, len(items))
+                    if not items:
+                        return
+                    want = len(items) + 1   # submit what came before, then stop
                 if not items:
                     self._input_done = True
                     return
@@ -384,7 +415,7 @@ class Run:
             b = Batch(fn, items, sink, owner=self, group=g, timed=timed)
             in_flight[b] = None
             submit(b)
-            if n < want and self._source is None:
+            if n < want and src is None:
                 self._input_done = True
                 return
             if len(in_flight) == workers:
@@ -392,10 +423,11 @@ class Run:
                 # once) before preparing the batches that will queue up.
                 time.sleep(0)
 
-    def _end_input(self, error: BaseException | None) -> None:
+    def _end_input(self, error: BaseException | None, more: int = 0) -> None:
         self._input_done = True
         if error is not None:
-            _add_note(error, f"conveyor: raised by the input iterable after {self._pulled} items")
+            _add_note(error, "conveyor: raised by the input iterable after "
+                             f"{self._pulled + more} items")
             self._input_error = error
 
     def _rate_allows(self) -> bool:
@@ -418,7 +450,7 @@ class Run:
         if self._stopping:
             return
         n = len(c.values)
-        if n < b.limit:  # the rest did not run: submit it again (same group)
+        if n < b.limit and not b.cancelled:  # the rest did not run: submit it again
             self._submit(b.items[n:b.limit], b.group, b.start + n, b.attempt)
         done = b.harvested
         if n <= done:
@@ -449,8 +481,9 @@ class Run:
         start = b.start + offset
         final = n
         clean = True
+        raised: list[int] = []
         if errors:
-            retrying, failures = self._triage(b, offset, values, errors)
+            retrying, failures = self._triage(b, offset, values, errors, raised)
             final -= retrying
             counters.done += final - failures
             clean = not (retrying or g.special)
@@ -474,19 +507,25 @@ class Run:
         else:
             if g.pending == 0:
                 self._next_emit += 1   # unordered: counts the groups that are finished
-            self._emit_unordered(g, values, clean)
+            self._emit_unordered(values, clean, raised)
 
-    def _triage(self, b: Batch, offset: int, values: list[Any],
-                errors: list[int]) -> tuple[int, int]:
-        """Apply retries and the error policy: (items to retry, final failures)."""
+    def _triage(self, b: Batch, offset: int, values: list[Any], errors: list[int],
+                raised: list[int]) -> tuple[int, int]:
+        """Apply retries and the error policy: (items to retry, final failures).
+
+        Positions (in ``values``) of failures to raise are added to ``raised``.
+        """
         opts = self.options
         counters = self.counters
         g: _Group = b.group
         retrying = failures = 0
         for p in errors:
             exc = values[p]
+            index = g.base + b.start + offset + p
+            # Retry unless a failure to raise comes before this item (ordered:
+            # items before the raised one still count, exactly like map()).
             if b.attempt < opts.retries and isinstance(exc, opts.retry_on) \
-                    and not self._halt_input:
+                    and index < self._fatal_index:
                 delay = opts.backoff * (2 ** b.attempt) * random.uniform(0.5, 1.5)
                 heapq.heappush(self._retry_heap, (
                     time.monotonic() + min(delay, MAX_BACKOFF), next(self._retry_tie),
@@ -495,7 +534,6 @@ class Run:
                 counters.retried += 1
                 retrying += 1
                 continue
-            index = g.base + b.start + offset + p
             _annotate(exc, index, self.backend.name, b.attempt)
             counters.failed += 1
             failures += 1
@@ -506,10 +544,12 @@ class Run:
                 g.special = True
                 counters.skipped += 1
             elif opts.on_error == "raise":
+                raised.append(p)
                 g.special = True
                 pos = b.start + offset + p
                 if g.fatal is None or pos < g.fatal:
                     g.fatal = pos
+                self._fatal_index = min(self._fatal_index, index)
                 self._on_fatal(g)
         return retrying, failures
 
@@ -520,7 +560,8 @@ class Run:
             for b in list(self._in_flight):
                 if b.group.seq > g.seq:
                     self.backend.cancel(b)
-            self._retry_heap[:] = [r for r in self._retry_heap if r[2].seq <= g.seq]
+            fatal = self._fatal_index
+            self._retry_heap[:] = [r for r in self._retry_heap if r[2].base + r[3] < fatal]
             heapq.heapify(self._retry_heap)
 
     # -- emitting --------------------------------------------------------------
@@ -570,58 +611,64 @@ class Run:
         if chunk:
             self._out.append(chunk)
 
-    def _emit_unordered(self, g: _Group, values: list[Any], clean: bool) -> None:
+    def _emit_unordered(self, values: list[Any], clean: bool, raised: list[int]) -> None:
         if clean:
             self._out.append(values)
             return
+        # By position: a task may *return* an exception object as its value.
+        drop = set(raised)
         chunk = []
-        error = None
-        for v in values:
+        for p, v in enumerate(values):
             if v is _UNSET:
                 continue
-            if v is _SKIP:
-                self._outstanding -= 1
-            elif self.options.on_error == "raise" and isinstance(v, BaseException) \
-                    and error is None:
-                error = v
+            if v is _SKIP or p in drop:
                 self._outstanding -= 1
             else:
                 chunk.append(v)
         if chunk:
             self._out.append(chunk)
-        if error is not None:
-            self._raise(error)
+        if raised:
+            self._raise(values[min(raised)])
 
     def _raise(self, error: BaseException) -> None:
         self._end(error)
         self._cancel()
 
     # -- timers: timeouts, retries, rate, stealing -----------------------------
+    def _expire_overdue(self, now: float) -> float:
+        """Stop the items that overran ``timeout``; returns the next deadline.
+
+        Also while the run is stopping: a cancelled run waits for the items
+        that are running, and a hung one must not make that wait endless.
+        """
+        timeout = self.options.timeout
+        if timeout is None or not self._in_flight:
+            return math.inf
+        wake = now + timeout
+        for r in self.backend.running():
+            b = r.batch
+            if b.owner is not self:
+                continue
+            deadline = r.since + timeout
+            if deadline > now:
+                wake = min(wake, deadline)
+                continue
+            seen = self._expired.setdefault(b, set())
+            if r.pos in seen:
+                continue
+            seen.add(r.pos)
+            index = b.group.base + b.start + r.pos
+            self.backend.expire(r, TaskTimeout(
+                f"the task for item #{index} ran longer than timeout={timeout:g} s",
+                index=index, seconds=timeout))
+        return wake
+
     def _housekeeping(self) -> float | None:
         """Expire overdue items, steal tails for idle workers; seconds to sleep."""
         now = time.monotonic()
-        wake = math.inf
-        timeout = self.options.timeout
+        wake = self._expire_overdue(now)
         if self._stopping:
-            return None
-        if timeout is not None and self._in_flight:
-            wake = min(wake, now + timeout)
-            for r in self.backend.running():
-                b = r.batch
-                if b.owner is not self:
-                    continue
-                deadline = r.since + timeout
-                if deadline > now:
-                    wake = min(wake, deadline)
-                    continue
-                seen = self._expired.setdefault(b, set())
-                if r.pos in seen:
-                    continue
-                seen.add(r.pos)
-                index = b.group.base + b.start + r.pos
-                self.backend.expire(r, TaskTimeout(
-                    f"the task for item #{index} ran longer than timeout={timeout:g} s",
-                    index=index, seconds=timeout))
+            return None if wake == math.inf else max(0.0, wake - time.monotonic())
         if self._retry_heap:
             wake = min(wake, self._retry_heap[0][0])
         if self.options.rate is not None and not (self._input_done or self._halt_input) \
@@ -685,7 +732,7 @@ def _first_unset(values: list[Any], start: int, stop: int | None = None) -> int:
 
 
 def _annotate(exc: BaseException, index: int, backend: str, attempt: int) -> None:
-    with contextlib.suppress(AttributeError):  # an exception type with __slots__
+    with contextlib.suppress(Exception):  # a type with __slots__ or a strict __setattr__
         exc.__conveyor_index__ = index  # type: ignore[attr-defined]
     tries = f" (after {attempt + 1} attempts)" if attempt else ""
     _add_note(exc, f"conveyor: raised by the task for item #{index}{tries} "
@@ -693,11 +740,13 @@ def _annotate(exc: BaseException, index: int, backend: str, attempt: int) -> Non
 
 
 def _add_note(exc: BaseException, note: str) -> None:
-    notes = getattr(exc, "__notes__", None)
-    if notes is not None and note in notes:
-        return
-    if hasattr(exc, "add_note"):
-        exc.add_note(note)
-    else:  # Python 3.10: keep the text where 3.11+ would put it
-        with contextlib.suppress(AttributeError):
+    # Some exception types refuse new attributes (frozen dataclasses, a strict
+    # __setattr__): the note is a courtesy, never a reason to fail the run.
+    with contextlib.suppress(Exception):
+        notes = getattr(exc, "__notes__", None)
+        if isinstance(notes, list) and note in notes:
+            return
+        if hasattr(exc, "add_note"):
+            exc.add_note(note)
+        else:  # Python 3.10: keep the text where 3.11+ would put it
             exc.__notes__ = [*(notes or []), note]  # type: ignore[attr-defined]

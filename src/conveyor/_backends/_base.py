@@ -35,7 +35,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
-__all__ = ["Backend", "Batch", "Completion", "Running", "should_skip"]
+__all__ = ["Backend", "Batch", "Completion", "Running", "init_failure", "should_skip"]
 
 
 class Batch:
@@ -190,3 +190,12 @@ def should_skip(batch: Batch) -> bool:
         return True
     on_start = batch.on_start
     return on_start is not None and not on_start()
+
+
+def init_failure(error: BaseException) -> BaseException:
+    """A fresh ``WorkerInitError`` per item (each gets its own index and notes)."""
+    from ..errors import WorkerInitError
+
+    exc = WorkerInitError(str(error))
+    exc.__cause__ = error.__cause__
+    return exc

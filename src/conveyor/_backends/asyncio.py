@@ -33,7 +33,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..errors import WorkerInitError
-from ._base import Backend, Batch, Completion, Running, should_skip
+from ._base import Backend, Batch, Completion, Running, init_failure, should_skip
 
 __all__ = ["AsyncioBackend"]
 
@@ -264,7 +264,8 @@ class AsyncioBackend(Backend):
                     batch.sink(Completion(batch, [], None, 0.0))
                 elif init_error is not None:
                     n = batch.limit
-                    batch.sink(Completion(batch, [init_error] * n, list(range(n)), 0.0))
+                    batch.sink(Completion(batch, [init_failure(init_error) for _ in range(n)],
+                                          list(range(n)), 0.0))
                 else:
                     await self._run(batch, w)
         finally:
@@ -289,7 +290,7 @@ class AsyncioBackend(Backend):
                 failed = False
                 try:
                     value = await fn(x)
-                except asyncio.CancelledError:
+                except asyncio.CancelledError as exc:
                     if w.expired is None:
                         if w.cancelling and not self._closing:
                             # This batch was cancelled, not the worker: stop
@@ -297,8 +298,13 @@ class AsyncioBackend(Backend):
                             w.cancelling = False
                             _uncancel(task)
                             break
-                        raise
-                    value, failed = w.expired, True
+                        if self._closing or _was_cancelled(task):
+                            raise
+                        # Nobody cancelled us: the coroutine raised
+                        # CancelledError itself, a failure like any other.
+                        value, failed = exc, True
+                    else:
+                        value, failed = w.expired, True
                 except BaseException as exc:  # the task's own failure
                     value, failed = exc, True
                 if w.expired is not None:  # expired, even if the coroutine ignored it
@@ -313,6 +319,14 @@ class AsyncioBackend(Backend):
             w.current = None
             w.batch = None
             batch.sink(Completion(batch, out, errors or None, time.monotonic() - t0))
+
+
+def _was_cancelled(task: asyncio.Task[Any] | None) -> bool:
+    """Did someone call ``task.cancel()``? (Python 3.11+ can tell; 3.10: assume so.)"""
+    if task is None:
+        return False
+    cancelling = getattr(task, "cancelling", None)
+    return True if cancelling is None else bool(cancelling())
 
 
 def _uncancel(task: asyncio.Task[Any] | None) -> None:

@@ -36,7 +36,7 @@ from queue import SimpleQueue
 from typing import Any
 
 from ..errors import WorkerInitError
-from ._base import Backend, Batch, Completion, Running, should_skip
+from ._base import Backend, Batch, Completion, Running, init_failure, should_skip
 
 __all__ = ["ThreadBackend"]
 
@@ -187,7 +187,8 @@ class ThreadBackend(Backend):
                     batch.sink(Completion(batch, [], None, 0.0))
                 elif init_error is not None:
                     n = batch.limit
-                    batch.sink(Completion(batch, [init_error] * n, list(range(n)), 0.0))
+                    batch.sink(Completion(batch, [init_failure(init_error) for _ in range(n)],
+                                          list(range(n)), 0.0))
                 else:
                     done = _run_timed(batch, w) if batch.timed else _run(batch)
                     if done is None:

@@ -1,0 +1,197 @@
+"""Reading the input of a run without ever blocking the dispatcher.
+
+Built-in collections (list, tuple, range, dict, set, str, ...) are read by the
+dispatcher thread itself: that cannot block and costs nothing. Any other
+iterable -- a generator, a file, a paged API client, an async iterable -- may
+take its time to produce the next item, and the dispatcher must keep
+delivering results, enforcing timeouts and obeying ``close()`` meanwhile. So a
+*pump* reads it (a thread named ``conveyor-input``, or a task on the caller's
+event loop for an async iterable) into a buffer the dispatcher takes from.
+
+The pump reads only what the dispatcher has *requested* (the room left in the
+window), so the window bounds what is taken from the input, buffer included.
+Each side wakes the other only when that one waits: the dispatcher for items
+(``_want``), the pump for requests (``_idle``); each sets its flag before
+looking once more, so a wake-up is never lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import threading
+from collections.abc import AsyncIterable, Callable, Iterable, Iterator
+from typing import Any
+
+__all__ = ["AsyncSource", "Source", "ThreadSource", "reads_directly"]
+
+#: Input types the dispatcher reads itself: in memory, never blocking.
+_DIRECT = (list, tuple, range, dict, set, frozenset, str, bytes, bytearray)
+
+
+def reads_directly(items: object) -> bool:
+    return type(items) in _DIRECT
+
+
+class Source:
+    """The buffer between a pump and the dispatcher (see the module docstring)."""
+
+    def __init__(self) -> None:
+        self._buf: collections.deque[Any] = collections.deque()
+        self.finished = False                 # the input is exhausted, or failed
+        self.error: BaseException | None = None
+        self.requested = 0                    # written by the dispatcher
+        self._pumped = 0                      # written by the pump
+        self._want = False                    # the dispatcher waits for items
+        self._idle = False                    # the pump waits for requests
+        self._stop = False
+        self._wake: Callable[[], None] = _nothing
+
+    def start(self, wake: Callable[[], None]) -> None:
+        """Start the pump; ``wake()`` is called from it when items arrive or it ends."""
+        self._wake = wake
+        self._start()
+
+    def request(self, n: int) -> None:
+        """Allow the pump to read ``n`` more items (dispatcher thread)."""
+        self.requested += n
+        if self._idle:
+            self._kick()
+
+    def take(self, n: int) -> tuple[list[Any], bool]:
+        """Up to ``n`` items available now, and whether the input has ended."""
+        finished = self.finished    # read first: every item came before it
+        buf = self._buf
+        items = [buf.popleft() for _ in range(min(n, len(buf)))]
+        if not items and not finished:
+            self._want = True
+            finished = self.finished
+            items = [buf.popleft() for _ in range(min(n, len(buf)))]
+        return items, finished and not items and not buf
+
+    def close(self) -> None:
+        """Stop the pump (it ends at its next item; from any thread)."""
+        self._stop = True
+        self._kick()
+
+    # -- pump side -------------------------------------------------------------
+    def _got(self, x: Any) -> None:
+        self._buf.append(x)
+        self._pumped += 1
+        if self._want:
+            self._want = False
+            self._wake()
+
+    def _end(self, error: BaseException | None) -> None:
+        self.error = error
+        self.finished = True
+        self._wake()
+
+    def _start(self) -> None:
+        raise NotImplementedError
+
+    def _kick(self) -> None:
+        raise NotImplementedError
+
+
+class ThreadSource(Source):
+    """Pumps a sync iterable from a thread of its own."""
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        super().__init__()
+        self._it: Iterator[Any] = iter(items)
+        self._more = threading.Event()
+        self._thread = threading.Thread(target=self._pump, name="conveyor-input",
+                                        daemon=True)
+
+    def _start(self) -> None:
+        self._thread.start()
+
+    def _kick(self) -> None:
+        self._more.set()
+
+    def _pump(self) -> None:
+        it = self._it
+        error: BaseException | None = None
+        try:
+            while not self._stop:
+                if self._pumped >= self.requested:
+                    self._idle = True
+                    self._more.clear()
+                    if self._pumped >= self.requested and not self._stop:
+                        self._more.wait()
+                    self._idle = False
+                    continue
+                try:
+                    x = next(it)
+                except StopIteration:
+                    break
+                self._got(x)
+        except Exception as exc:  # the input failed: raised after the results before it
+            error = exc
+        finally:
+            self._end(error)
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+
+class AsyncSource(Source):
+    """Pumps an async iterable from a task on the caller's event loop."""
+
+    def __init__(self, items: AsyncIterable[Any], loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self._items = items
+        self._loop = loop
+        self._more: asyncio.Event | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def _start(self) -> None:
+        self._loop.call_soon_threadsafe(self._begin)
+
+    def _begin(self) -> None:
+        self._more = asyncio.Event()
+        self._task = self._loop.create_task(self._pump())
+
+    def _kick(self) -> None:
+        # RuntimeError: the loop is closed, and the pump with it.
+        with contextlib.suppress(RuntimeError):
+            self._loop.call_soon_threadsafe(self._on_kick)
+
+    def _on_kick(self) -> None:
+        if self._stop and self._task is not None:
+            self._task.cancel()
+        elif self._more is not None:
+            self._more.set()
+
+    async def _pump(self) -> None:
+        more = self._more
+        assert more is not None
+        error: BaseException | None = None
+        try:
+            ait = self._items.__aiter__()
+            while not self._stop:
+                if self._pumped >= self.requested:
+                    self._idle = True
+                    more.clear()
+                    if self._pumped >= self.requested and not self._stop:
+                        await more.wait()
+                    self._idle = False
+                    continue
+                try:
+                    x = await ait.__anext__()
+                except StopAsyncIteration:
+                    break
+                self._got(x)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            error = exc
+        finally:
+            self._end(error)
+
+
+def _nothing() -> None:
+    pass
