@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from concurrent.futures import Future, as_completed
+from typing import Any
 
 import pytest
 
@@ -126,3 +127,34 @@ def test_with_block_error_cancels() -> None:
         queued = pool.submit(abs, 1)
         raise RuntimeError("caller failed")
     assert queued.cancelled()
+
+
+@pytest.mark.parametrize("backend", ["thread", "asyncio"])
+def test_idle_workers_hold_no_results(backend: str) -> None:
+    """A warm pool must not keep the last batches' items and results alive."""
+    import gc
+    import weakref
+
+    class Big:
+        pass
+
+    refs: list[weakref.ref[Big]] = []
+
+    def make(x: int) -> Big:
+        b = Big()
+        refs.append(weakref.ref(b))
+        return b
+
+    async def amake(x: int) -> Big:
+        return make(x)
+
+    fn: Any = amake if backend == "asyncio" else make
+    with conveyor.Pool(backend=backend, workers=8) as pool:  # type: ignore[arg-type]
+        n = 0
+        for _ in pool.map(fn, range(10_000)):
+            n += 1
+        del _
+        gc.collect()
+        alive = sum(1 for r in refs if r() is not None)
+    assert n == 10_000
+    assert alive == 0

@@ -87,13 +87,15 @@ def _iterate(run: Run) -> Generator[Any, None, None]:
     try:
         while True:
             entry = get()
+            # An item counts against the window until it has been handed to
+            # the caller, so `took` comes after the items, not before.
             if type(entry) is list:
-                took(len(entry))
                 yield from entry
+                took(len(entry))
             elif type(entry) is tuple:
                 for chunk in entry:
-                    took(len(chunk))
                     yield from chunk
+                    took(len(chunk))
             else:
                 assert isinstance(entry, End)
                 run.close(wait=True)
@@ -175,14 +177,14 @@ async def _aiterate(run: Run) -> AsyncGenerator[Any, None]:
         while True:
             entry = await aget()
             if type(entry) is list:
-                took(len(entry))
                 for value in entry:
                     yield value
+                took(len(entry))
             elif type(entry) is tuple:
                 for chunk in entry:
-                    took(len(chunk))
                     for value in chunk:
                         yield value
+                    took(len(chunk))
             else:
                 assert isinstance(entry, End)
                 await _wait_stopped(run)

@@ -268,6 +268,8 @@ class AsyncioBackend(Backend):
                                           list(range(n)), 0.0))
                 else:
                     await self._run(batch, w)
+                # Hold nothing while idle: a batch keeps its items and results alive.
+                batch = fut = None  # type: ignore[assignment]
         finally:
             if w in self._workers:
                 self._workers.remove(w)

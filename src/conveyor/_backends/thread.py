@@ -194,8 +194,12 @@ class ThreadBackend(Backend):
                     if done is None:
                         return  # abandoned: expire() reported and replaced us
                     batch.sink(done)
+                    done = None
                 if w.abandoned:
                     return
+                # Hold nothing while idle: a batch keeps its items and results
+                # alive (up to thousands of objects per worker otherwise).
+                batch = None
         finally:
             with self._lock:
                 if w in self._live:
@@ -251,4 +255,7 @@ def _run_timed(batch: Batch, w: _Worker) -> Completion | None:
             if failed:
                 errors.append(len(out))
             out.append(value)
+    with lock:
+        w.out = []
+        w.errors = []
     return Completion(batch, out, errors or None, time.monotonic() - t0)
