@@ -1,0 +1,492 @@
+"""Table 4 - memory growth when the input is a huge lazy generator.
+
+What it measures
+    Each approach maps ``inc`` over ``(i for i in range(N))`` (N = 2,000,000
+    by default) and sums the results as they arrive. An approach that streams
+    needs O(window) memory; one that drains the iterable first (as
+    ``ThreadPoolExecutor.map`` does before Python 3.14's ``buffersize``) holds
+    N futures or tasks at once.
+
+    Every approach runs in a FRESH child process, in its own session:
+    ``python benchmarks/memory_lazy_input.py --child NAME --n N``. The child
+    records its RSS once its pool is created and warmed ("baseline"), then its
+    peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) after the map: growth =
+    peak - baseline, bytes/item = growth / N. "workers peak" is the largest
+    peak RSS of any reaped worker process (``RUSAGE_CHILDREN``), for process
+    pools. The parent polls the child's process tree every 50 ms: "tree peak"
+    is the largest sum of RSS seen (shared pages of forked workers count once
+    per process, so it over-states), and it kills the child's process group if
+    the tree passes ``--cap-gib`` or runs past ``--timeout`` seconds, and says
+    so in the row. So an approach that explodes cannot take the machine down.
+
+Run (from the project root)
+    python benchmarks/memory_lazy_input.py                  # every approach
+    python benchmarks/memory_lazy_input.py --quick          # N=20,000, no process pools
+    python benchmarks/memory_lazy_input.py --rows conveyor --n 200000
+
+Adding a row is one more ``MemoryCase`` in ``CASES`` (a unique ``name``, and a
+factory yielding ``run(generator) -> sum``).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import json
+import multiprocessing as mp
+import multiprocessing.dummy as mpd
+import os
+import resource
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Coroutine, Iterable, Iterator
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any
+
+from _harness import (
+    Case,
+    MiB,
+    footer,
+    header,
+    md_table,
+    missing_modules,
+    progress,
+    quiet_dask_logs,
+    verdict,
+)
+from workloads import ainc, inc
+
+DEFAULT_N = 2_000_000
+QUICK_N = 20_000
+DASK_N = 10_000        # dask keeps every task in its scheduler: capped, see the table note
+AIOMETER_N = 500_000   # ~40 µs/item: capped to keep the table's run time reasonable
+TARGET_MIB = 20.0      # conveyor, every backend: <= 20 MiB growth
+WARMUP = range(16)
+
+Gen = Iterator[int]
+RunSum = Callable[[Gen], int]
+Factory = Callable[[], AbstractContextManager[RunSum]]
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryCase(Case):
+    name: str
+    factory: Factory
+    n_cap: int | None = None
+
+    def size(self, n: int) -> int:
+        return n if self.n_cap is None else min(n, self.n_cap)
+
+
+# ---------------------------------------------------------------------------
+# Approaches: context manager (set-up + warm-up) yielding run(gen) -> sum
+# ---------------------------------------------------------------------------
+
+def windowed(ex: Executor, fn: Callable[[int], int], items: Iterable[int],
+             window: int) -> Iterator[int]:
+    """Ordered map with at most ``window`` futures in flight (the hand-written fix)."""
+    pending: collections.deque[Future[int]] = collections.deque()
+    for x in items:
+        pending.append(ex.submit(fn, x))
+        if len(pending) >= window:
+            yield pending.popleft().result()
+    while pending:
+        yield pending.popleft().result()
+
+
+@contextlib.contextmanager
+def sequential() -> Iterator[RunSum]:
+    yield lambda gen: sum(map(inc, gen))
+
+
+@contextlib.contextmanager
+def tpe_map() -> Iterator[RunSum]:
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(inc, WARMUP))
+        yield lambda gen: sum(ex.map(inc, gen))
+
+
+@contextlib.contextmanager
+def tpe_window() -> Iterator[RunSum]:
+    with ThreadPoolExecutor(4) as ex:
+        list(ex.map(inc, WARMUP))
+        yield lambda gen: sum(windowed(ex, inc, gen, window=64))
+
+
+@contextlib.contextmanager
+def mpdummy_imap() -> Iterator[RunSum]:
+    with mpd.Pool(4) as pool:
+        pool.map(inc, WARMUP)
+        yield lambda gen: sum(pool.imap(inc, gen, chunksize=256))
+
+
+def joblib_generator(backend: str, n_jobs: int) -> Factory:
+    @contextlib.contextmanager
+    def cm() -> Iterator[RunSum]:
+        from joblib import Parallel, delayed
+
+        with Parallel(n_jobs=n_jobs, backend=backend, return_as="generator") as par:
+            sum(par(delayed(inc)(x) for x in WARMUP))
+            yield lambda gen: sum(par(delayed(inc)(x) for x in gen))
+    return cm
+
+
+@contextlib.contextmanager
+def ppe_map() -> Iterator[RunSum]:
+    with ProcessPoolExecutor(2) as ex:
+        list(ex.map(inc, WARMUP))
+        yield lambda gen: sum(ex.map(inc, gen, chunksize=1000))
+
+
+@contextlib.contextmanager
+def mp_imap() -> Iterator[RunSum]:
+    with mp.Pool(2) as pool:
+        pool.map(inc, WARMUP)
+        yield lambda gen: sum(pool.imap(inc, gen, chunksize=1000))
+
+
+@contextlib.contextmanager
+def mpire_imap() -> Iterator[RunSum]:
+    from mpire import WorkerPool
+
+    with WorkerPool(n_jobs=2, keep_alive=True) as pool:
+        pool.map(inc, WARMUP)
+        yield lambda gen: sum(pool.imap(inc, gen, chunk_size=1000))
+
+
+@contextlib.contextmanager
+def pebble_map() -> Iterator[RunSum]:
+    from pebble import ProcessPool
+
+    with ProcessPool(max_workers=2) as pool:
+        list(pool.map(inc, WARMUP).result())
+        yield lambda gen: sum(pool.map(inc, gen, chunksize=1000).result())
+
+
+@contextlib.contextmanager
+def dask_map() -> Iterator[RunSum]:
+    from distributed import Client, LocalCluster
+
+    with quiet_dask_logs(), \
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                         dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        client.gather(client.map(inc, list(WARMUP), pure=False))
+        # client.map refuses iterators ("Dask no longer supports mapping over
+        # Iterators"): the generator must be materialised, part of this row's cost.
+        yield lambda gen: sum(client.gather(client.map(inc, list(gen), pure=False)))
+
+
+def on_loop(coro_fn: Callable[[Iterator[int]], Coroutine[Any, Any, int]]) -> Factory:
+    @contextlib.contextmanager
+    def cm() -> Iterator[RunSum]:
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(coro_fn(iter(WARMUP)))
+            yield lambda gen: loop.run_until_complete(coro_fn(gen))
+        finally:
+            loop.close()
+    return cm
+
+
+async def gather_all(gen: Iterator[int]) -> int:
+    return sum(await asyncio.gather(*[asyncio.create_task(ainc(x)) for x in gen]))
+
+
+async def worker_coroutines(gen: Iterator[int], limit: int = 100) -> int:
+    total = 0
+
+    async def worker() -> None:
+        nonlocal total
+        for x in gen:
+            total += await ainc(x)
+    await asyncio.gather(*[worker() for _ in range(limit)])
+    return total
+
+
+async def aiometer_amap(gen: Iterator[int], limit: int = 100) -> int:
+    import aiometer
+
+    total = 0
+    # aiometer.amap takes a Sequence only (it calls len()): the generator must be
+    # materialised first, which is part of what this row costs.
+    async with aiometer.amap(ainc, list(gen), max_at_once=limit) as results:
+        async for r in results:
+            total += r
+    return total
+
+
+# ---- conveyor -------------------------------------------------------------------
+
+def conveyor_pool(backend: str, fn: Callable[[int], Any], workers: int,
+                  **options: Any) -> Factory:
+    @contextlib.contextmanager
+    def cm() -> Iterator[RunSum]:
+        import conveyor
+
+        with conveyor.Pool(backend=backend, workers=workers) as pool:  # type: ignore[arg-type]
+            sum(pool.map(fn, WARMUP, **options))
+            yield lambda gen: sum(pool.map(fn, gen, **options))
+    return cm
+
+
+def conveyor_map(fn: Callable[[int], Any], workers: int, **options: Any) -> Factory:
+    @contextlib.contextmanager
+    def cm() -> Iterator[RunSum]:
+        import conveyor
+
+        sum(conveyor.map(fn, WARMUP, workers=workers, **options))
+        yield lambda gen: sum(conveyor.map(fn, gen, workers=workers, **options))
+    return cm
+
+
+async def conveyor_amap_sum(gen: Iterator[int]) -> int:
+    import conveyor
+
+    total = 0
+    async for r in conveyor.amap(ainc, gen, workers=100):
+        total += r
+    return total
+
+
+CASES: list[MemoryCase] = [
+    MemoryCase(name="seq", group="baseline", label="sequential sum(map(f, gen)) (the floor)",
+               factory=sequential),
+    MemoryCase(name="tpe_map", group="threads", label="ThreadPoolExecutor(4).map(f, gen)",
+               factory=tpe_map),
+    MemoryCase(name="tpe_window", group="threads",
+               label="ThreadPoolExecutor(4) + hand-written window of 64 futures",
+               factory=tpe_window),
+    MemoryCase(name="mpdummy_imap", group="threads",
+               label="multiprocessing.dummy.Pool(4).imap(f, gen, chunksize=256)",
+               factory=mpdummy_imap),
+    MemoryCase(name="joblib_threading_gen", group="threads",
+               label="joblib Parallel(4, 'threading', return_as='generator')",
+               factory=joblib_generator("threading", 4), requires=("joblib",)),
+    MemoryCase(name="conveyor_thread", group="threads",
+               label="conveyor.Pool(workers=4).map(inc, gen)",
+               factory=conveyor_pool("thread", inc, 4), backend="thread", target=TARGET_MIB),
+    MemoryCase(name="conveyor_thread_unordered", group="threads",
+               label="conveyor.Pool(workers=4).map(inc, gen, ordered=False)",
+               factory=conveyor_pool("thread", inc, 4, ordered=False), backend="thread",
+               target=TARGET_MIB),
+    MemoryCase(name="conveyor_map_thread", group="threads",
+               label="conveyor.map(inc, gen, workers=4) [one-shot]",
+               factory=conveyor_map(inc, 4), backend="thread", target=TARGET_MIB),
+    MemoryCase(name="asyncio_gather", group="asyncio",
+               label="asyncio create_task per item + gather", factory=on_loop(gather_all)),
+    MemoryCase(name="asyncio_workers", group="asyncio",
+               label="asyncio 100 worker coroutines pulling from gen",
+               factory=on_loop(worker_coroutines)),
+    MemoryCase(name="aiometer_amap", group="asyncio",
+               label=f"aiometer.amap(f, list(gen), max_at_once=100) (needs a Sequence; N capped "
+                     f"at {AIOMETER_N:,})",
+               factory=on_loop(aiometer_amap), requires=("aiometer",), n_cap=AIOMETER_N),
+    MemoryCase(name="conveyor_asyncio", group="asyncio",
+               label="conveyor.Pool(backend='asyncio', workers=100).map(ainc, gen)",
+               factory=conveyor_pool("asyncio", ainc, 100), backend="asyncio",
+               target=TARGET_MIB),
+    MemoryCase(name="conveyor_asyncio_unordered", group="asyncio",
+               label="conveyor.Pool(backend='asyncio', workers=100).map(ainc, gen, "
+                     "ordered=False)",
+               factory=conveyor_pool("asyncio", ainc, 100, ordered=False), backend="asyncio",
+               target=TARGET_MIB),
+    MemoryCase(name="conveyor_amap", group="asyncio",
+               label="conveyor.amap(ainc, gen, workers=100) on the caller's loop",
+               factory=on_loop(conveyor_amap_sum), backend="asyncio", target=TARGET_MIB),
+    MemoryCase(name="joblib_loky_gen", group="processes",
+               label="joblib Parallel(2, loky, return_as='generator')",
+               factory=joblib_generator("loky", 2), requires=("joblib",), expensive=True),
+    MemoryCase(name="ppe_map", group="processes",
+               label="ProcessPoolExecutor(2).map(f, gen, chunksize=1000)", factory=ppe_map,
+               expensive=True),
+    MemoryCase(name="mp_imap", group="processes",
+               label="multiprocessing.Pool(2).imap(f, gen, chunksize=1000)", factory=mp_imap,
+               expensive=True),
+    MemoryCase(name="mpire_imap", group="processes",
+               label="mpire WorkerPool(2).imap(f, gen, chunk_size=1000)", factory=mpire_imap,
+               requires=("mpire",), expensive=True),
+    MemoryCase(name="pebble_map", group="processes",
+               label="pebble ProcessPool(2).map(f, gen, chunksize=1000)", factory=pebble_map,
+               requires=("pebble",), expensive=True),
+    MemoryCase(name="dask_map", group="cluster",
+               label=f"dask client.map(f, list(gen)) (needs a list; N capped at {DASK_N:,})",
+               factory=dask_map,
+               requires=("distributed",), expensive=True, n_cap=DASK_N),
+]
+BY_NAME = {c.name: c for c in CASES}
+
+
+# ---------------------------------------------------------------------------
+# Child side
+# ---------------------------------------------------------------------------
+
+def child(name: str, n: int) -> None:
+    import psutil
+
+    case = BY_NAME[name]
+    me = psutil.Process()
+    with case.factory() as run:
+        base = me.memory_info().rss
+        gen = (i for i in range(n))
+        t0 = time.perf_counter()
+        total = run(gen)
+        wall = time.perf_counter() - t0
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    workers_peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+    ok = total == n * (n + 1) // 2
+    print(json.dumps({"base": base, "peak": peak, "wall": wall, "ok": ok,
+                      "workers_peak": workers_peak}), flush=True)
+
+
+# ---------------------------------------------------------------------------
+# Parent side
+# ---------------------------------------------------------------------------
+
+def tree_rss(pid: int) -> int:
+    """RSS of ``pid`` plus all its descendants (0 once it is gone)."""
+    import psutil
+
+    try:
+        proc = psutil.Process(pid)
+        total: int = proc.memory_info().rss
+        for c in proc.children(recursive=True):
+            with contextlib.suppress(psutil.Error):
+                total += c.memory_info().rss
+        return total
+    except psutil.Error:
+        return 0
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL the process group this script created for one child (its own session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def run_child(name: str, n: int, cap_bytes: int, timeout: float) -> dict[str, Any]:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", name, "--n", str(n)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    tree_peak, note, t0 = 0, "", time.perf_counter()
+    try:
+        while proc.poll() is None:
+            tree_peak = max(tree_peak, tree_rss(proc.pid))
+            if tree_peak > cap_bytes:
+                note = f"KILLED: process tree passed the {cap_bytes / 2**30:g} GiB cap"
+            elif time.perf_counter() - t0 > timeout:
+                note = f"KILLED: still running after {timeout:g} s"
+            if note:
+                kill_group(proc.pid)
+                break
+            time.sleep(0.05)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # e.g. Ctrl-C in the parent: never leave it behind
+            kill_group(proc.pid)
+            proc.wait()
+    kill_group(proc.pid)  # stragglers of this child's own session (orphaned workers)
+    res: dict[str, Any] = {"tree_peak": tree_peak, "note": note, "elapsed":
+                           time.perf_counter() - t0}
+    for line in out.splitlines():
+        if line.startswith("{"):
+            res.update(json.loads(line))
+    if not note and "peak" not in res:
+        last = (err.strip().splitlines() or ["no output"])[-1]
+        res["note"] = f"ERROR child exited {proc.returncode}: {last}"
+    return res
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, default=None,
+                    help=f"items in the generator (default {DEFAULT_N:,}; --quick {QUICK_N:,})")
+    ap.add_argument("--cap-gib", type=float, default=4.0,
+                    help="kill a child whose process tree passes this RSS (default 4 GiB)")
+    ap.add_argument("--timeout", type=float, default=180.0,
+                    help="kill a child still running after this many seconds (default 180)")
+    ap.add_argument("--quick", action="store_true",
+                    help=f"smoke run: N={QUICK_N:,}, no process pools or dask")
+    ap.add_argument("--rows", default="", help="only rows whose group/label contains this")
+    return ap
+
+
+def run(args: argparse.Namespace) -> str:
+    n_all = args.n if args.n is not None else (QUICK_N if args.quick else DEFAULT_N)
+    timeout = min(args.timeout, 60.0) if args.quick else args.timeout
+    started = time.perf_counter()
+    out = [header(
+        "Table 4 - memory growth mapping a lazy generator of N small ints "
+        "(MiB; lower is better)",
+        f"N = {n_all:,} (dask: {min(n_all, DASK_N):,}, aiometer: {min(n_all, AIOMETER_N):,}; "
+        "compare those two by bytes/item); results summed as they arrive; each "
+        "approach in a fresh child process of this one run; growth = peak RSS - RSS once "
+        "the pool is up and warm. MiB = 2^20 bytes.",
+        notes=[
+            f"target: conveyor ≤ {TARGET_MIB:g} MiB growth on every backend and ordering "
+            "(bounded by its window, whatever N)",
+            f"a child is killed if its process tree passes {args.cap_gib:g} GiB RSS or runs "
+            f"past {timeout:g} s; the row then says so",
+        ] + ([f"**--quick smoke run**: N = {n_all:,}; growth figures are too small to judge "
+              "the target"] if args.quick else []),
+    )]
+    rows: list[list[str]] = []
+    no_psutil = missing_modules(["psutil"])
+    for case in CASES:
+        if not case.selected(args.rows):
+            continue
+        n = case.size(n_all)
+        reason = ("not installed (psutil, needed to measure RSS)" if no_psutil
+                  else case.skip_reason(args.quick))
+        if reason is not None:
+            rows.append([case.group, case.label, f"{n:,}", reason] + [""] * 7)
+            progress(f"{case.name}: {reason}")
+            continue
+        r = run_child(case.name, n, int(args.cap_gib * 2**30), timeout)
+        if "peak" in r:
+            growth = r["peak"] - r["base"]
+            note = ("WRONG SUM " if not r["ok"] else "") + r["note"]
+            rows.append([
+                case.group, case.label, f"{n:,}", f"{r['wall']:.1f} s",
+                f"{r['base'] / MiB:,.0f}", f"{r['peak'] / MiB:,.0f}",
+                f"{growth / MiB:,.1f}", f"{growth / n:,.0f}",
+                f"{r['workers_peak'] / MiB:,.0f}" if r["workers_peak"] else "-",
+                f"{r['tree_peak'] / MiB:,.0f}",
+                note or verdict(growth / MiB, case.target, " MiB", quick=args.quick),
+            ])
+        else:
+            rows.append([case.group, case.label, f"{n:,}", f"> {r['elapsed']:.0f} s", "-",
+                         "-", "-", "-", "-", f"≥ {r['tree_peak'] / MiB:,.0f}", r["note"]])
+        progress(f"done: {case.name}: {' | '.join(rows[-1][3:])}")
+    out.append(md_table(["group", "approach", "N", "wall", "baseline MiB", "peak MiB",
+                         "growth MiB", "bytes/item", "workers peak MiB", "tree peak MiB",
+                         "target / note"], rows))
+    out.append("\nOne row's child: `python benchmarks/memory_lazy_input.py --child NAME --n N` "
+               "(NAME: " + ", ".join(c.name for c in CASES) + ").")
+    out.append(footer(started))
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    if args.child:
+        child(args.child, args.n if args.n is not None else DEFAULT_N)
+        return
+    # On SIGTERM (run_all's timeout, say) unwind, so the running child's group is killed.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    print(run(args), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,243 @@
+"""Run every benchmark table and publish the Markdown.
+
+Each table runs as its own script in a fresh interpreter (``python
+benchmarks/<table>.py``), so one table's leftovers (helper threads, cached
+worker processes) cannot skew the next; inside a table every row is measured
+in that one process run (Table 4: one parent, one fresh child per row).
+
+Output
+    * stdout: all tables, as Markdown;
+    * ``README.md``: the part between ``<!-- benchmarks:start -->`` and
+      ``<!-- benchmarks:end -->`` is replaced (the README is never created or
+      otherwise rewritten; without the markers the tables are only printed);
+    * ``benchmarks/results.md``: the same Markdown.
+
+    Each table sits between its own ``<!-- table:NAME:start/end -->`` markers,
+    so ``--only`` refreshes one table and keeps the others. A ``--quick``
+    smoke run leaves both files alone unless ``--output`` is given.
+
+Run (from the project root)
+    python benchmarks/run_all.py                  # full run (~10-15 min on 2 cores)
+    python benchmarks/run_all.py --quick --no-readme   # smoke run (CI), < 1 min
+    python benchmarks/run_all.py --only overhead  # one table: overhead|sleep|memory (or 1|2|4)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import argparse
+import collections
+import re
+import shlex
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+
+from _harness import BENCH_DIR, ROOT, command_line, now
+
+START = "<!-- benchmarks:start -->"
+END = "<!-- benchmarks:end -->"
+README = ROOT / "README.md"
+RESULTS = BENCH_DIR / "results.md"
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    script: str
+    aliases: tuple[str, ...]
+
+    def command(self, extra: list[str]) -> list[str]:
+        return [sys.executable, str(BENCH_DIR / self.script), *extra]
+
+
+TABLES = [
+    Table("overhead", "overhead.py", ("1", "table1", "overhead.py")),
+    Table("sleep", "sleep_makespan.py", ("2", "table2", "sleep_makespan", "sleep_makespan.py")),
+    Table("memory", "memory_lazy_input.py",
+          ("4", "table4", "memory_lazy_input", "memory_lazy_input.py")),
+]
+
+
+def resolve(names: list[str]) -> list[Table]:
+    wanted: set[str] = set()
+    for item in names:
+        for name in filter(None, (s.strip().lower() for s in item.split(","))):
+            match = [t for t in TABLES if name == t.name or name in t.aliases]
+            if not match:
+                choices = ", ".join(f"{t.name} ({'/'.join(t.aliases[:2])})" for t in TABLES)
+                raise SystemExit(f"run_all.py: unknown table {name!r}; choose from {choices}")
+            wanted.add(match[0].name)
+    return [t for t in TABLES if not wanted or t.name in wanted]
+
+
+def section(name: str, body: str) -> str:
+    return f"<!-- table:{name}:start -->\n{body.strip()}\n<!-- table:{name}:end -->"
+
+
+def parse_sections(block: str) -> dict[str, str]:
+    found = re.finditer(r"<!-- table:(\w+):start -->\n?(.*?)\n?<!-- table:\1:end -->",
+                        block, flags=re.S)
+    return {m.group(1): m.group(2) for m in found}
+
+
+def between_markers(text: str) -> tuple[int, int] | None:
+    """(start, end) offsets of what lies between the markers, or None if absent."""
+    i = text.find(START)
+    if i < 0:
+        return None
+    j = text.find(END, i + len(START))
+    if j < 0:
+        return None
+    return i + len(START), j
+
+
+def build_block(new: dict[str, str], old_block: str, summary: str) -> str:
+    """The text to put between the markers: new sections, plus kept old ones."""
+    old = parse_sections(old_block)
+    parts = [summary]
+    for t in TABLES:
+        body = new.get(t.name, old.get(t.name))
+        if body is not None:
+            parts.append(section(t.name, body))
+    return "\n\n" + "\n\n".join(parts) + "\n\n"
+
+
+def replace_between(text: str, block: str) -> str | None:
+    span = between_markers(text)
+    if span is None:
+        return None
+    return text[:span[0]] + block + text[span[1]:]
+
+
+def run_table(table: Table, extra: list[str], timeout: float | None) -> tuple[int, str, str]:
+    """Run one table's script; stream its progress; return (rc, stdout, stderr tail)."""
+    cmd = table.command(extra)
+    print(f"\n== {table.name}: {' '.join(shlex.quote(c) for c in cmd)}", file=sys.stderr,
+          flush=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    tail: collections.deque[str] = collections.deque(maxlen=15)
+    chunks: list[str] = []
+
+    def pump_stderr() -> None:  # progress: shown live, the last lines kept for errors
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            tail.append(line.rstrip())
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+    def read_stdout() -> None:  # the Markdown
+        assert proc.stdout is not None
+        chunks.append(proc.stdout.read())
+
+    readers = [threading.Thread(target=f, daemon=True) for f in (pump_stderr, read_stdout)]
+    for r in readers:
+        r.start()
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # lets Table 4 kill its own children first
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        rc = -abs(proc.wait())
+        tail.append(f"run_all.py: killed after {timeout:g} s")
+    for r in readers:
+        r.join(10)
+    return rc, "".join(chunks), "\n".join(tail)
+
+
+def write_outputs(new: dict[str, str], summary: str, *, readme: bool,
+                  output: Path | None) -> None:
+    if output is not None:
+        old = output.read_text() if output.exists() else ""
+        span = between_markers(old)
+        block = build_block(new, old[span[0]:span[1]] if span else "", summary)
+        output.write_text("# conveyor benchmark results\n\n"
+                          "The same tables as the README's Benchmarks section.\n\n"
+                          f"{START}{block}{END}\n")
+        print(f"run_all.py: wrote {output}", file=sys.stderr)
+    if not readme:
+        return
+    if not README.exists():
+        print(f"run_all.py: {README} does not exist; not creating it (tables printed above).",
+              file=sys.stderr)
+        return
+    text = README.read_text()
+    span = between_markers(text)
+    if span is None:
+        print(f"run_all.py: {README.name} has no `{START}` ... `{END}` markers; add them "
+              "where the tables belong and re-run (tables printed above).", file=sys.stderr)
+        return
+    updated = replace_between(text, build_block(new, text[span[0]:span[1]], summary))
+    assert updated is not None
+    README.write_text(updated)
+    print(f"run_all.py: updated the tables in {README}", file=sys.stderr)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: small N, 1 repeat, expensive peer rows skipped (CI)")
+    ap.add_argument("--only", action="append", default=[], metavar="TABLE",
+                    help="run only this table: overhead|sleep|memory (or 1|2|4); repeatable")
+    ap.add_argument("--no-readme", action="store_true",
+                    help="do not touch README.md")
+    ap.add_argument("--output", type=Path, default=None,
+                    help=f"also save the Markdown here (default {RESULTS.relative_to(ROOT)} "
+                         "for a full run, nothing for --quick)")
+    ap.add_argument("--rows", default="", help="passed to every table: row filter")
+    ap.add_argument("--table-timeout", type=float, default=None,
+                    help="kill a table's script after this many seconds "
+                         "(default: none; 150 with --quick)")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    tables = resolve(args.only)
+    extra = (["--quick"] if args.quick else []) + (["--rows", args.rows] if args.rows else [])
+    timeout = args.table_timeout if args.table_timeout is not None else (
+        150.0 if args.quick else None)
+    started = time.perf_counter()
+    new: dict[str, str] = {}
+    failed: list[str] = []
+    for table in tables:
+        rc, out, tail = run_table(table, extra, timeout)
+        if rc != 0:
+            failed.append(table.name)
+            out = (out.strip() + "\n\n" if out.strip() else "") + (
+                f"**{table.script} failed (exit {rc})**; last lines of its stderr:\n\n"
+                "```\n" + tail + "\n```\n")
+        new[table.name] = out
+    took = time.perf_counter() - started
+    kind = "quick smoke run (NOT representative)" if args.quick else "full run"
+    summary = (f"_Generated by `{command_line()}` ({kind}) on {now()}; "
+               f"{len(tables)} table(s) in {took / 60:.1f} min. Regenerate with "
+               "`.venv/bin/python benchmarks/run_all.py` from the project root._")
+    print(summary + "\n")
+    for t in tables:
+        print(new[t.name].strip() + "\n")
+    output = args.output if args.output is not None else (None if args.quick else RESULTS)
+    readme = not args.no_readme
+    if args.quick and readme:
+        print("run_all.py: --quick: README.md left unchanged (smoke numbers).", file=sys.stderr)
+        readme = False
+    if args.quick and output is None:
+        print(f"run_all.py: --quick: {RESULTS.relative_to(ROOT)} left unchanged "
+              "(pass --output FILE to save a smoke run).", file=sys.stderr)
+    write_outputs(new, summary, readme=readme, output=output)
+    print(f"run_all.py: {len(tables)} table(s) in {took:.0f} s"
+          + (f"; FAILED: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
