@@ -227,3 +227,55 @@ def test_skip_with_a_window_of_one(ordered: bool) -> None:
     out = list(conveyor.map(f, range(5), workers=1, window=1, on_error="skip",
                             ordered=ordered))
     assert sorted(out) == [0, 2, 3, 4]
+
+
+class HardStop(BaseException):
+    pass
+
+
+def test_base_exception_from_the_input_reaches_the_caller() -> None:
+    def gen() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise HardStop("input failed hard")
+
+    got = []
+    with pytest.raises(HardStop):
+        for v in conveyor.map(lambda x: x, gen()):
+            got.append(v)
+    assert got == [1, 2]
+
+
+def test_input_generator_is_closed_when_the_run_stops_early() -> None:
+    closed = threading.Event()
+
+    def gen() -> Iterator[int]:
+        try:
+            yield from range(10**6)
+        finally:
+            closed.set()
+
+    for v in conveyor.map(lambda x: x, gen()):
+        if v == 3:
+            break
+    assert closed.wait(10)
+
+
+def test_amap_results_outliving_their_loop_do_not_strand_the_run() -> None:
+    import gc
+
+    from .conftest import wait_no_conveyor_threads
+
+    async def af(x: int) -> int:
+        await asyncio.sleep(0.001)
+        return x
+
+    async def main() -> None:
+        conveyor.amap(af, range(10**6), workers=5)
+        await asyncio.sleep(0.1)
+        raise RuntimeError("the caller failed before consuming")
+
+    with pytest.raises(RuntimeError, match="before consuming"):
+        asyncio.run(main())
+    gc.collect()
+    assert not wait_no_conveyor_threads()

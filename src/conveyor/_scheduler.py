@@ -52,7 +52,7 @@ from ._batching import Batcher
 from ._outbox import End, Outbox
 from ._progress import Counters, ProgressBar, Stats
 from ._source import Source
-from .errors import TaskTimeout
+from .errors import PoolClosed, TaskTimeout
 
 __all__ = ["Options", "Run"]
 
@@ -274,11 +274,11 @@ class Run:
         for b in list(self._in_flight):
             self.backend.cancel(b)
         while self._in_flight:
-            wait = self._expire_overdue(time.monotonic())
+            wait = min(self._expire_overdue(time.monotonic()), time.monotonic() + 1.0)
             try:
-                ev = self.events.get(timeout=None if wait == math.inf else
-                                     max(0.0, wait - time.monotonic()))
+                ev = self.events.get(timeout=max(0.0, wait - time.monotonic()))
             except Empty:
+                self.backend.poll()   # e.g. batches stranded on a closed event loop
                 continue
             if type(ev) is Completion:
                 self._in_flight.pop(ev.batch, None)
@@ -448,6 +448,11 @@ class Run:
         self._expired.pop(b, None)
         self.counters.busy += c.busy
         if self._stopping:
+            return
+        if c.lost:
+            self._raise(PoolClosed(
+                f"the {self.backend.name} workers stopped before this map finished (the pool "
+                "was closed, or the event loop running them ended)"))
             return
         n = len(c.values)
         if n < b.limit and not b.cancelled:  # the rest did not run: submit it again

@@ -128,7 +128,13 @@ class ThreadSource(Source):
                 except StopIteration:
                     break
                 self._got(x)
-        except Exception as exc:  # the input failed: raised after the results before it
+            else:
+                # Stopped early: close a generator here, in its own thread,
+                # so its `finally` blocks run now rather than at collection.
+                close = getattr(it, "close", None)
+                if close is not None:
+                    close()
+        except BaseException as exc:  # the input failed: raised after the results before it
             error = exc
         finally:
             self._end(error)
@@ -170,6 +176,7 @@ class AsyncSource(Source):
         more = self._more
         assert more is not None
         error: BaseException | None = None
+        ait: Any = None
         try:
             ait = self._items.__aiter__()
             while not self._stop:
@@ -186,8 +193,12 @@ class AsyncSource(Source):
                     break
                 self._got(x)
         except asyncio.CancelledError:
+            aclose = getattr(ait, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(BaseException):
+                    await aclose()
             raise
-        except Exception as exc:
+        except BaseException as exc:  # the input failed: raised after the results before it
             error = exc
         finally:
             self._end(error)

@@ -35,7 +35,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
-__all__ = ["Backend", "Batch", "Completion", "Running", "init_failure", "should_skip"]
+__all__ = ["Backend", "Batch", "Completion", "Running", "dropped", "init_failure",
+           "should_skip"]
 
 
 class Batch:
@@ -77,14 +78,15 @@ class Batch:
 class Completion:
     """What a worker reports for a batch: outcomes of a prefix of its items."""
 
-    __slots__ = ("batch", "busy", "errors", "values")
+    __slots__ = ("batch", "busy", "errors", "lost", "values")
 
     def __init__(self, batch: Batch, values: list[Any], errors: list[int] | None,
-                 busy: float) -> None:
+                 busy: float, *, lost: bool = False) -> None:
         self.batch = batch
         self.values = values        # outcome of batch.items[i] for i < len(values)
         self.errors = errors        # positions whose value is an exception
         self.busy = busy            # seconds the worker spent on it
+        self.lost = lost            # dropped because the backend shut down
 
 
 class Running:
@@ -165,6 +167,13 @@ class Backend(ABC):
         errors = [p for p in errs if start <= p < end] if errs else []
         return values, errors
 
+    def poll(self) -> None:
+        """Report (as lost) batches that can no longer run, e.g. because the
+        event loop they were given to has closed. Called by a scheduler that
+        has been waiting a while for completions. Most backends have nothing
+        to do here."""
+        return
+
     @abstractmethod
     def cancel(self, batch: Batch) -> None:
         """Best effort: run as little more of ``batch`` as possible.
@@ -182,6 +191,12 @@ class Backend(ABC):
         once every worker has ended (a thread stuck in a call it cannot leave
         is the documented exception for ``wait=False``).
         """
+
+
+def dropped(batch: Batch) -> Completion:
+    """The completion of a batch the backend drops because it is shutting down."""
+    batch.cancelled = True
+    return Completion(batch, [], None, 0.0, lost=True)
 
 
 def should_skip(batch: Batch) -> bool:

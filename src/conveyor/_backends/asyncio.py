@@ -33,7 +33,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from ..errors import WorkerInitError
-from ._base import Backend, Batch, Completion, Running, init_failure, should_skip
+from ._base import Backend, Batch, Completion, Running, dropped, init_failure, should_skip
 
 __all__ = ["AsyncioBackend"]
 
@@ -115,7 +115,31 @@ class AsyncioBackend(Backend):
         self._inbox.append(batch)
         if not self._inbox_scheduled:
             self._inbox_scheduled = True
-            self.loop.call_soon_threadsafe(self._drain_inbox)
+            try:
+                self.loop.call_soon_threadsafe(self._drain_inbox)
+            except RuntimeError:   # the loop is closed: nothing will run these
+                self.poll()
+
+    def poll(self) -> None:
+        loop = self._loop
+        if loop is None or not loop.is_closed():
+            return
+        # A closed loop runs nothing again, and nothing else touches its state.
+        self._closing = True
+        lost: list[Batch] = []
+        while self._inbox:
+            lost.append(self._inbox.popleft())
+        while self._pending:
+            b = self._pending.popleft()
+            if b is not None:
+                lost.append(b)
+        for w in self._workers:
+            if w.batch is not None:   # frozen mid-batch with its task
+                lost.append(w.batch)
+                w.batch = None
+        for b in lost:
+            b.sink(dropped(b))
+
 
     def running(self) -> list[Running]:
         out = []
@@ -187,8 +211,7 @@ class AsyncioBackend(Backend):
             while self._pending:
                 b = self._pending.popleft()
                 if b is not None:
-                    b.cancelled = True
-                    b.sink(Completion(b, [], None, 0.0))
+                    b.sink(dropped(b))
             for w in self._workers:
                 if w.task is not None:
                     w.task.cancel()
@@ -209,8 +232,7 @@ class AsyncioBackend(Backend):
 
     def _enqueue(self, batch: Batch) -> None:
         if self._closing:
-            batch.cancelled = True
-            batch.sink(Completion(batch, [], None, 0.0))
+            batch.sink(dropped(batch))
             return
         while self._waiters:
             fut = self._waiters.popleft()
@@ -270,6 +292,12 @@ class AsyncioBackend(Backend):
                     await self._run(batch, w)
                 # Hold nothing while idle: a batch keeps its items and results alive.
                 batch = fut = None  # type: ignore[assignment]
+        except asyncio.CancelledError:
+            if not self._closing:
+                # Cancelled by someone else: the loop is shutting down (the end
+                # of asyncio.run). Drop what is queued, so runs hear of it.
+                self._begin_close(cancel=True)
+            raise
         finally:
             if w in self._workers:
                 self._workers.remove(w)

@@ -36,7 +36,7 @@ from queue import SimpleQueue
 from typing import Any
 
 from ..errors import WorkerInitError
-from ._base import Backend, Batch, Completion, Running, init_failure, should_skip
+from ._base import Backend, Batch, Completion, Running, dropped, init_failure, should_skip
 
 __all__ = ["ThreadBackend"]
 
@@ -81,6 +81,9 @@ class ThreadBackend(Backend):
         pass
 
     def submit(self, batch: Batch) -> None:
+        if self._closed:
+            batch.sink(dropped(batch))
+            return
         queue = self._queue
         queue.put(batch)
         # Start another thread whenever a batch is left waiting, up to `workers`.
@@ -157,8 +160,7 @@ class ThreadBackend(Backend):
         while not self._queue.empty():
             b = self._queue.get()
             if b is not None:
-                b.cancelled = True
-                b.sink(Completion(b, [], None, 0.0))
+                b.sink(dropped(b))
 
     def _spawn(self) -> None:
         w = _Worker()
