@@ -123,11 +123,16 @@ SIGINT_SCRIPT = textwrap.dedent("""
             await asyncio.sleep(60)
     else:
         def work(x):
-            time.sleep(0.05)
+            time.sleep(5 if x % 50 == 0 else 0.05)   # some calls run long
     try:
         print("ready", flush=True)
-        for _ in conveyor.map(work, range(10**9), backend=backend, workers=8):
-            pass
+        if sys.argv[2] == "with":
+            with conveyor.map(work, range(10**9), backend=backend, workers=8) as results:
+                for _ in results:
+                    pass
+        else:
+            for _ in conveyor.map(work, range(10**9), backend=backend, workers=8):
+                pass
     except KeyboardInterrupt:
         left = [t.name for t in threading.enumerate() if t.name.startswith("conveyor-")
                 and t.name != "conveyor-scheduler" and backend == "asyncio"]
@@ -137,8 +142,9 @@ SIGINT_SCRIPT = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("backend", ["thread", "asyncio"])
-def test_ctrl_c_returns_promptly(backend: BackendName, tmp_path: object) -> None:
-    proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, backend],
+@pytest.mark.parametrize("style", ["for", "with"])
+def test_ctrl_c_returns_promptly(backend: BackendName, style: str) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", SIGINT_SCRIPT, backend, style],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None

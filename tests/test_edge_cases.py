@@ -279,3 +279,61 @@ def test_amap_results_outliving_their_loop_do_not_strand_the_run() -> None:
         asyncio.run(main())
     gc.collect()
     assert not wait_no_conveyor_threads()
+
+
+def test_expiry_and_cancel_together_leave_the_worker_cancellable() -> None:
+    """An expiry and a close() landing together must not wedge the worker's flags."""
+    async def hang(x: int) -> int:
+        await asyncio.sleep(30)
+        return x
+
+    async def slow(x: int) -> int:
+        await asyncio.sleep(30)
+        return x
+
+    with conveyor.Pool("asyncio", workers=1) as pool:
+        for trial in range(15):
+            r = pool.map(hang, range(1), timeout=0.1, on_error="return")
+            time.sleep(0.1 + 0.0005 * trial)   # workload: close right around the expiry
+            r.close()
+            r2 = pool.map(slow, range(1))
+            time.sleep(0.02)                    # workload: let the coroutine start
+            t0 = time.monotonic()
+            r2.close()
+            assert time.monotonic() - t0 < 1, f"trial {trial}"
+
+
+def test_nothing_more_is_read_after_a_failure_to_raise() -> None:
+    release = threading.Event()
+    read: list[int] = []
+
+    def gen() -> Iterator[int]:
+        for i in range(10_000):
+            read.append(i)
+            yield i
+
+    def f(x: int) -> int:
+        if x == 0:
+            release.wait(10)
+            return x
+        if x == 1:
+            raise ValueError("fatal")
+        return x
+
+    results = conveyor.map(f, gen(), workers=2, batch=1, window=200)
+    with pytest.raises(ValueError, match="fatal"):
+        it = iter(results)
+        threading.Timer(0.3, release.set).start()
+        list(it)
+    assert len(read) <= 202
+
+
+def test_stats_settle_after_a_stop() -> None:
+    results = conveyor.map(lambda x: x, range(1000), workers=2, window=16)
+    for v in results:
+        if v == 5:
+            break
+    results.close()
+    s = results.stats
+    assert s.in_flight == 0
+    assert s.done + s.failed + s.cancelled == s.submitted

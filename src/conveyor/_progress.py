@@ -18,7 +18,9 @@ class Stats:
     retries), whatever the error policy; ``skipped`` counts those of them that
     ``on_error="skip"`` dropped, and ``timed_out`` those that failed with
     ``TaskTimeout``. ``retried``: retry attempts made. ``in_flight``: items
-    taken but not yet finished. ``wall_time``: seconds since the run started
+    taken but not yet finished; ``cancelled``: items taken that never finished
+    because the run was stopped early (what ``in_flight`` becomes once the run
+    has ended). ``wall_time``: seconds since the run started
     (until it ended, once it has). ``throughput``: finished items per second
     of wall time. ``busy_fraction``: the time workers spent running this run's
     tasks divided by ``wall_time * workers`` (1.0: every worker busy all along).
@@ -35,6 +37,7 @@ class Stats:
     timed_out: int
     retried: int
     in_flight: int
+    cancelled: int
     wall_time: float
     throughput: float
     busy_fraction: float
@@ -63,10 +66,13 @@ class Counters:
         end = self.ended if self.ended is not None else time.perf_counter()
         wall = max(end - self.started, 1e-9)
         finished = self.done + self.failed
+        unfinished = max(0, self.submitted - finished)
+        ended = self.ended is not None
         return Stats(
             backend=backend, workers=workers, submitted=self.submitted, done=self.done,
             failed=self.failed, skipped=self.skipped, timed_out=self.timed_out,
-            retried=self.retried, in_flight=max(0, self.submitted - finished),
+            retried=self.retried, in_flight=0 if ended else unfinished,
+            cancelled=unfinished if ended else 0,
             wall_time=wall, throughput=finished / wall,
             busy_fraction=min(1.0, self.busy / (wall * workers)), batches=self.batches,
         )

@@ -56,6 +56,9 @@ class Results(Generic[R]):
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
+        if et is not None and issubclass(et, (KeyboardInterrupt, SystemExit)):
+            self._run.close(wait=False)   # Ctrl-C: don't wait for running thread calls
+            return
         self.close()
 
     @property
@@ -132,6 +135,9 @@ class AsyncResults(Generic[R]):
 
     async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None,
                         tb: TracebackType | None) -> None:
+        if et is not None and issubclass(et, (KeyboardInterrupt, SystemExit)):
+            self._run.close(wait=False)
+            return
         await self.aclose()
 
     @property

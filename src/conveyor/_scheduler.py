@@ -283,6 +283,15 @@ class Run:
             if type(ev) is Completion:
                 self._in_flight.pop(ev.batch, None)
                 self.counters.busy += ev.busy
+                self._count_discarded(ev)
+
+    def _count_discarded(self, c: Completion) -> None:
+        """Outcomes that arrive after the run stopped still count in the stats."""
+        n = len(c.values) - c.batch.harvested
+        if n > 0:
+            failures = sum(1 for p in c.errors if p >= c.batch.harvested) if c.errors else 0
+            self.counters.done += n - failures
+            self.counters.failed += failures
 
     def _handle(self, ev: Any) -> None:
         if type(ev) is Completion:
@@ -298,6 +307,8 @@ class Run:
         if self._stopping:
             return
         self._stopping = True
+        if self._source is not None:
+            self._source.close()
         self._retry_heap.clear()
         for b in list(self._in_flight):
             self.backend.cancel(b)
@@ -448,6 +459,7 @@ class Run:
         self._expired.pop(b, None)
         self.counters.busy += c.busy
         if self._stopping:
+            self._count_discarded(c)
             return
         if c.lost:
             self._raise(PoolClosed(
@@ -561,6 +573,8 @@ class Run:
     def _on_fatal(self, g: _Group) -> None:
         """A failure will be raised: pull nothing more, cancel what comes after it."""
         self._halt_input = True
+        if self._source is not None:
+            self._source.close()
         if self.options.ordered:
             for b in list(self._in_flight):
                 if b.group.seq > g.seq:

@@ -39,14 +39,15 @@ __all__ = ["AsyncioBackend"]
 
 
 class _Worker:
-    __slots__ = ("batch", "cancelling", "current", "expired", "task")
+    __slots__ = ("batch", "cancelling", "cancels", "current", "expired", "task")
 
     def __init__(self) -> None:
         self.task: asyncio.Task[None] | None = None
         self.batch: Batch | None = None
         self.current: tuple[Batch, int, float] | None = None
         self.expired: BaseException | None = None
-        self.cancelling = False
+        self.cancelling = False     # its batch is cancelled
+        self.cancels = 0            # task.cancel() calls made and not yet handled
 
 
 class AsyncioBackend(Backend):
@@ -245,20 +246,23 @@ class AsyncioBackend(Backend):
             self._workers.append(w)
             w.task = self.loop.create_task(self._work(w))
 
+    # Both run on the loop while the worker is suspended inside `await fn(x)`
+    # (w.current / w.batch are set only there), so the CancelledError lands in
+    # that item. One cancel() at a time: a second reason just sets its flag.
     def _expire(self, entry: Running, error: BaseException) -> None:
         for w in self._workers:
             cur = w.current
             if cur is not None and cur[0] is entry.batch and cur[1] == entry.pos \
                     and w.task is not None and w.expired is None:
                 w.expired = error
-                w.task.cancel()
+                _cancel_once(w)
                 return
 
     def _cancel_running(self, batch: Batch) -> None:
         for w in self._workers:
             if w.batch is batch and w.task is not None and not w.cancelling:
                 w.cancelling = True
-                w.task.cancel()
+                _cancel_once(w)
 
     async def _work(self, w: _Worker) -> None:
         loop = self.loop
@@ -321,26 +325,38 @@ class AsyncioBackend(Backend):
                 try:
                     value = await fn(x)
                 except asyncio.CancelledError as exc:
-                    if w.expired is None:
-                        if w.cancelling and not self._closing:
-                            # This batch was cancelled, not the worker: stop
-                            # here, report the prefix, serve the next batch.
-                            w.cancelling = False
-                            _uncancel(task)
-                            break
-                        if self._closing or _was_cancelled(task):
-                            raise
+                    # Our own cancel() calls (an expiry, a cancelled batch; at
+                    # most one is issued at a time) are handled here.
+                    ours = w.cancels
+                    _forget_cancels(w, task)
+                    if w.cancelling and not self._closing:
+                        # This batch was cancelled, not the worker: stop here,
+                        # report the prefix, serve the next batch.
+                        w.cancelling = False
+                        w.expired = None
+                        break
+                    if w.expired is not None:
+                        value, failed = w.expired, True
+                        w.expired = None
+                    elif self._closing or (not ours and _was_cancelled(task)):
+                        raise   # the backend closes, or the loop is shutting down
+                    else:
                         # Nobody cancelled us: the coroutine raised
                         # CancelledError itself, a failure like any other.
                         value, failed = exc, True
-                    else:
-                        value, failed = w.expired, True
                 except BaseException as exc:  # the task's own failure
                     value, failed = exc, True
-                if w.expired is not None:  # expired, even if the coroutine ignored it
-                    value, failed = w.expired, True
-                    w.expired = None
-                    _uncancel(task)
+                if w.cancels:   # we cancelled, and the coroutine swallowed it
+                    _forget_cancels(w, task)
+                    if w.expired is not None:
+                        value, failed = w.expired, True
+                        w.expired = None
+                    if w.cancelling and not self._closing:
+                        w.cancelling = False
+                        if failed:
+                            errors.append(len(out))
+                        out.append(value)
+                        break
                 w.current = None
                 if failed:
                     errors.append(len(out))
@@ -348,7 +364,21 @@ class AsyncioBackend(Backend):
         finally:
             w.current = None
             w.batch = None
+            w.cancelling = False
+            w.expired = None
             batch.sink(Completion(batch, out, errors or None, time.monotonic() - t0))
+
+
+def _cancel_once(w: _Worker) -> None:
+    if w.cancels == 0 and w.task is not None:
+        w.cancels = 1
+        w.task.cancel()
+
+
+def _forget_cancels(w: _Worker, task: asyncio.Task[Any] | None) -> None:
+    for _ in range(w.cancels):
+        _uncancel(task)
+    w.cancels = 0
 
 
 def _was_cancelled(task: asyncio.Task[Any] | None) -> bool:
