@@ -62,6 +62,7 @@ _STOP = object()         # event: the consumer asked the run to stop
 _INPUT = object()        # event: an async input has items again
 
 MAX_BACKOFF = 60.0
+FLUSH_EVERY = 0.001     # seconds: most often results are handed over while busy
 DEFAULT_WINDOW_CAP = 65_536
 
 
@@ -142,7 +143,8 @@ class Run:
         self._outstanding = 0           # items taken, minus those dropped (not delivered)
         self.consumed = 0               # items the consumer took (written by the consumer)
         self._want_room = False         # the window is full: tell me when items are taken
-        self._out: list[list[Any]] = []  # chunks to hand out at the end of this turn
+        self._out: list[list[Any]] = []  # chunks not yet handed to the consumer
+        self._last_flush = 0.0
         self._pulled = 0
         self._input_done = False
         self._input_error: BaseException | None = None
@@ -240,13 +242,19 @@ class Run:
             if not self._stopping:
                 self._emit()    # first: what it hands out (or skips) frees window room
                 self._fill()
-            if self._out:
-                self._flush()
             if self._finished():
                 return
             wait = self._housekeeping()
             if self._out:
-                self._flush()
+                # Hand results over at most every FLUSH_EVERY seconds while
+                # more are coming: each hand-over wakes the consumer's thread,
+                # and under a burst of completions those wake-ups would take
+                # the GIL from the workers. An idle run hands over at once.
+                due = self._last_flush + FLUSH_EVERY - time.monotonic()
+                if due <= 0 or not self._in_flight:
+                    self._flush()
+                elif wait is None or wait > due:
+                    wait = due
             try:
                 ev = events.get(timeout=wait) if wait is None or wait > 0 else events.get(False)
             except Empty:
@@ -315,7 +323,8 @@ class Run:
         self._end(None)
 
     def _flush(self) -> None:
-        """Hand this turn's chunks to the consumer in one entry (one wake-up)."""
+        """Hand the pending chunks to the consumer in one entry (one wake-up)."""
+        self._last_flush = time.monotonic()
         out = self._out
         if len(out) == 1:
             self.outbox.put(out[0])
