@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 from types import ModuleType
 from typing import TYPE_CHECKING
 
 import conveyor
 import conveyor.errors
-
-if sys.version_info >= (3, 11):
-    from typing import assert_type
-else:  # pragma: no cover
-    from typing_extensions import assert_type
 
 
 def test_all_matches_module() -> None:
@@ -45,6 +39,8 @@ def test_py_typed_is_shipped() -> None:
 
 if TYPE_CHECKING:
     # Checked by mypy --strict (CI), never run.
+    from typing_extensions import assert_type
+
     def _typing() -> None:
         def f(x: int) -> str:
             return str(x)
