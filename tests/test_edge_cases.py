@@ -337,3 +337,47 @@ def test_stats_settle_after_a_stop() -> None:
     s = results.stats
     assert s.in_flight == 0
     assert s.done + s.failed + s.cancelled == s.submitted
+
+
+def test_loop_shutdown_during_an_expiry_does_not_hang_asyncio_run() -> None:
+    async def f(x: int) -> int:
+        await asyncio.sleep(10)
+        return x
+
+    async def main() -> None:
+        conveyor.amap(f, range(20), workers=1, timeout=0.05, on_error="return")
+        await asyncio.sleep(0.01)          # workload: item 0 starts
+        time.sleep(0.15)  # noqa: ASYNC251 - block the loop: item 0's expiry queues up
+        raise RuntimeError("main fails")   # asyncio.run now cancels every task
+
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="main fails"):
+        asyncio.run(main())
+    assert time.monotonic() - t0 < 5
+
+
+def test_async_input_generator_is_closed_after_a_failure() -> None:
+    closed = asyncio.Event()
+
+    def f(x: int) -> int:
+        if x == 1:
+            raise ValueError(x)
+        return x
+
+    async def gen() -> Any:
+        try:
+            n = 0
+            while True:
+                n += 1
+                await asyncio.sleep(0)
+                yield n
+        finally:
+            closed.set()
+
+    async def main() -> None:
+        with pytest.raises(ValueError):  # noqa: PT011 - the task's own ValueError(1)
+            async for _ in conveyor.amap(f, gen(), window=100, workers=2):
+                pass
+        await asyncio.wait_for(closed.wait(), 10)
+
+    asyncio.run(main())

@@ -192,16 +192,22 @@ class AsyncSource(Source):
                 except StopAsyncIteration:
                     break
                 self._got(x)
+            else:
+                await _aclose(ait)   # stopped early: run the generator's finally now
         except asyncio.CancelledError:
-            aclose = getattr(ait, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(BaseException):
-                    await aclose()
+            await _aclose(ait)
             raise
         except BaseException as exc:  # the input failed: raised after the results before it
             error = exc
         finally:
             self._end(error)
+
+
+async def _aclose(ait: Any) -> None:
+    aclose = getattr(ait, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()
 
 
 def _nothing() -> None:

@@ -329,6 +329,10 @@ class AsyncioBackend(Backend):
                     # most one is issued at a time) are handled here.
                     ours = w.cancels
                     _forget_cancels(w, task)
+                    if ours and _still_cancelled(task):
+                        # Someone else cancelled too (the loop is shutting down):
+                        # both requests arrived as this one CancelledError.
+                        raise
                     if w.cancelling and not self._closing:
                         # This batch was cancelled, not the worker: stop here,
                         # report the prefix, serve the next batch.
@@ -379,6 +383,15 @@ def _forget_cancels(w: _Worker, task: asyncio.Task[Any] | None) -> None:
     for _ in range(w.cancels):
         _uncancel(task)
     w.cancels = 0
+
+
+def _still_cancelled(task: asyncio.Task[Any] | None) -> bool:
+    """After forgetting our own cancel() calls: is a cancellation still requested?
+
+    Python 3.11+ counts the requests; 3.10 cannot tell, and we assume not.
+    """
+    cancelling = getattr(task, "cancelling", None)
+    return cancelling is not None and bool(cancelling())
 
 
 def _was_cancelled(task: asyncio.Task[Any] | None) -> bool:
