@@ -381,3 +381,43 @@ def test_async_input_generator_is_closed_after_a_failure() -> None:
         await asyncio.wait_for(closed.wait(), 10)
 
     asyncio.run(main())
+
+
+def test_async_input_raising_cancelled_error_is_its_failure() -> None:
+    async def f(x: int) -> int:
+        return x * 10
+
+    async def gen() -> Any:
+        yield 1
+        yield 2
+        raise asyncio.CancelledError()   # e.g. it awaited something that was cancelled
+
+    async def main() -> list[int]:
+        got = []
+        with pytest.raises(asyncio.CancelledError):
+            async for r in conveyor.amap(f, gen()):
+                got.append(r)
+        return got
+
+    assert asyncio.run(main()) == [10, 20]
+
+
+def test_a_closed_event_loop_does_not_strand_the_run() -> None:
+    import gc
+
+    from .conftest import wait_no_conveyor_threads
+
+    async def f(x: int) -> int:
+        await asyncio.sleep(0.2)
+        return x
+
+    async def main() -> int:
+        async for r in conveyor.amap(f, range(100), workers=4):
+            return r
+        return -1
+
+    loop = asyncio.new_event_loop()
+    assert loop.run_until_complete(main()) == 0
+    loop.close()   # closed without cancelling its tasks or closing async generators
+    gc.collect()
+    assert not wait_no_conveyor_threads(10)

@@ -63,6 +63,7 @@ _INPUT = object()        # event: an async input has items again
 
 MAX_BACKOFF = 60.0
 FLUSH_EVERY = 0.001     # seconds: most often results are handed over while busy
+POLL_EVERY = 1.0        # seconds without news before asking the backend for lost work
 DEFAULT_WINDOW_CAP = 65_536
 
 
@@ -255,9 +256,14 @@ class Run:
                     self._flush()
                 elif wait is None or wait > due:
                     wait = due
+            polling = self._in_flight and (wait is None or wait > POLL_EVERY)
+            if polling:
+                wait = POLL_EVERY
             try:
                 ev = events.get(timeout=wait) if wait is None or wait > 0 else events.get(False)
             except Empty:
+                if polling:
+                    self.backend.poll()   # work stranded, e.g. on a closed event loop?
                 continue
             handle(ev)
             while not events.empty():
@@ -390,6 +396,7 @@ class Run:
                 room = window - (self._outstanding - self.consumed)
                 if room <= 0:
                     return
+            slot = self._next_start
             if rate is not None and not self._rate_allows():
                 return
             want = size
@@ -403,6 +410,7 @@ class Run:
                     src.request(ask)
                 items, ended = src.take(want)
                 if not items:
+                    self._next_start = slot   # no start happened: give the slot back
                     if ended:   # else: _INPUT wakes us when items come
                         self._end_input(src.error)
                     return

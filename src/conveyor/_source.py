@@ -194,9 +194,13 @@ class AsyncSource(Source):
                 self._got(x)
             else:
                 await _aclose(ait)   # stopped early: run the generator's finally now
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             await _aclose(ait)
-            raise
+            task = asyncio.current_task()
+            cancelling = getattr(task, "cancelling", None)
+            if self._stop or cancelling is None or cancelling():
+                raise   # we (or the loop's shutdown) cancelled the pump
+            error = exc   # the input itself raised CancelledError: its failure
         except BaseException as exc:  # the input failed: raised after the results before it
             error = exc
         finally:

@@ -107,8 +107,11 @@ class AsyncioBackend(Backend):
     def _call(self, fn: Callable[..., object], *args: Any) -> None:
         if self._in_loop():
             fn(*args)
-        else:
+            return
+        try:
             self.loop.call_soon_threadsafe(fn, *args)
+        except RuntimeError:   # the loop is closed: report what it stranded
+            self.poll()
 
     def submit(self, batch: Batch) -> None:
         # Batches submitted in a burst cross to the loop together: one
