@@ -12,7 +12,9 @@
                                   Results / AsyncResults  ────┘
                                   (the caller's thread or event loop)
 
-Everything that is *policy* lives here; backends hold mechanism only.
+Everything that is *policy* lives here (and in its mixin ``_outcomes``, which
+applies retries and the error policy and hands results out in order);
+backends hold mechanism only.
 
 Units. Items are pulled from the input in *groups* (one adaptive batch each),
 the unit of ordering: the reorder buffer is keyed by group number, never by
@@ -35,11 +37,9 @@ caller, Ctrl-C) stops the input at once, cancels queued and running batches
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import math
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,18 +50,17 @@ from typing import Any
 from ._backends._base import Backend, Batch, Completion
 from ._batching import Batcher
 from ._outbox import End, Outbox
+from ._outcomes import Group, Outcomes, add_note
 from ._progress import Counters, ProgressBar, Stats
 from ._source import Source
 from .errors import PoolClosed, TaskTimeout
 
 __all__ = ["Options", "Run"]
 
-_UNSET: Any = object()   # a group slot whose outcome is not final yet
-_SKIP: Any = object()    # a failure dropped by on_error="skip"
+_NONE: Any = object()    # next(iterator, _NONE): the iterator is exhausted
 _STOP = object()         # event: the consumer asked the run to stop
 _INPUT = object()        # event: an async input has items again
 
-MAX_BACKOFF = 60.0
 FLUSH_EVERY = 0.001     # seconds: most often results are handed over while busy
 POLL_EVERY = 1.0        # seconds without news before asking the backend for lost work
 DEFAULT_WINDOW_CAP = 65_536
@@ -94,21 +93,7 @@ class _Stop:
         self.error = error
 
 
-class _Group:
-    __slots__ = ("base", "emitted", "fatal", "items", "pending", "seq", "special", "values")
-
-    def __init__(self, seq: int, base: int, items: list[Any]) -> None:
-        self.seq = seq
-        self.base = base            # input index of items[0]
-        self.items = items
-        self.values: list[Any] | None = None
-        self.pending = len(items)   # outcomes not final yet
-        self.special = False        # holds _SKIP or a fatal error
-        self.fatal: int | None = None
-        self.emitted = 0            # ordered mode: items of the group handed out so far
-
-
-class Run:
+class Run(Outcomes):
     """One map: owns the dispatcher thread, the outbox, and (maybe) a backend."""
 
     def __init__(self, fn: Callable[[Any], Any], items: Iterator[Any] | Source,
@@ -134,11 +119,11 @@ class Run:
         self._seq = itertools.count()
         self._next_emit = 0
         self._groups_made = 0
-        self._ready: dict[int, _Group] = {}
-        self._live: dict[int, _Group] = {}       # ordered mode: groups not handed out
+        self._ready: dict[int, Group] = {}
+        self._live: dict[int, Group] = {}       # ordered mode: groups not handed out
         self._head_dirty = False
         self._in_flight: dict[Batch, None] = {}   # insertion-ordered set
-        self._retry_heap: list[tuple[float, int, _Group, int, Any, int]] = []
+        self._retry_heap: list[tuple[float, int, Group, int, Any, int]] = []
         self._retry_tie = itertools.count()
         self._expired: dict[Batch, set[int]] = {}
         self._outstanding = 0           # items taken, minus those dropped (not delivered)
@@ -353,7 +338,7 @@ class Run:
         return max(4 * self._workers, min(2 * self._workers * self._batcher.size,
                                           DEFAULT_WINDOW_CAP))
 
-    def _submit(self, items: list[Any], group: _Group, start: int, attempt: int = 0) -> None:
+    def _submit(self, items: list[Any], group: Group, start: int, attempt: int = 0) -> None:
         b = Batch(self.fn, items, self.events.put, owner=self, group=group, start=start,
                   attempt=attempt, timed=self.options.timeout is not None)
         self._in_flight[b] = None
@@ -418,8 +403,8 @@ class Run:
                 items = []
                 try:
                     if want == 1:
-                        x = next(it, _UNSET)
-                        if x is not _UNSET:
+                        x = next(it, _NONE)
+                        if x is not _NONE:
                             items.append(x)
                     else:
                         items.extend(itertools.islice(it, want))  # keeps what came before an error
@@ -432,7 +417,7 @@ class Run:
                     self._input_done = True
                     return
             n = len(items)
-            g = _Group(next(seq), self._pulled, items)
+            g = Group(next(seq), self._pulled, items)
             if ordered:
                 live[g.seq] = g
             self._groups_made += 1
@@ -454,7 +439,7 @@ class Run:
     def _end_input(self, error: BaseException | None, more: int = 0) -> None:
         self._input_done = True
         if error is not None:
-            _add_note(error, "conveyor: raised by the input iterable after "
+            add_note(error, "conveyor: raised by the input iterable after "
                              f"{self._pulled + more} items")
             self._input_error = error
 
@@ -505,170 +490,6 @@ class Run:
         offset = b.harvested
         b.harvested = offset + len(values)
         self._absorb(b, offset, values, [p - offset for p in errors] or None)
-
-    def _absorb(self, b: Batch, offset: int, values: list[Any],
-                errors: list[int] | None) -> None:
-        """Record outcomes of ``b.items[offset:offset + len(values)]``."""
-        counters = self.counters
-        n = len(values)
-        g: _Group = b.group
-        start = b.start + offset
-        final = n
-        clean = True
-        raised: list[int] = []
-        if errors:
-            retrying, failures = self._triage(b, offset, values, errors, raised)
-            final -= retrying
-            counters.done += final - failures
-            clean = not (retrying or g.special)
-        else:
-            counters.done += n
-        if g.values is None and start == 0 and n == len(g.items):
-            g.values = values
-        else:
-            if g.values is None:
-                g.values = [_UNSET] * len(g.items)
-            g.values[start:start + n] = values
-        g.pending -= final
-        if self._bar is not None and final:
-            self._bar.update(final)
-        if self.options.ordered:
-            if g.pending == 0 or (g.fatal is not None
-                                  and _first_unset(g.values, 0, g.fatal + 1) > g.fatal):
-                self._ready[g.seq] = g
-            elif g.seq == self._next_emit:
-                self._head_dirty = True
-        else:
-            if g.pending == 0:
-                self._next_emit += 1   # unordered: counts the groups that are finished
-            self._emit_unordered(values, clean, raised)
-
-    def _triage(self, b: Batch, offset: int, values: list[Any], errors: list[int],
-                raised: list[int]) -> tuple[int, int]:
-        """Apply retries and the error policy: (items to retry, final failures).
-
-        Positions (in ``values``) of failures to raise are added to ``raised``.
-        """
-        opts = self.options
-        counters = self.counters
-        g: _Group = b.group
-        retrying = failures = 0
-        for p in errors:
-            exc = values[p]
-            index = g.base + b.start + offset + p
-            # Retry unless a failure to raise comes before this item (ordered:
-            # items before the raised one still count, exactly like map()).
-            if b.attempt < opts.retries and isinstance(exc, opts.retry_on) \
-                    and index < self._fatal_index:
-                delay = opts.backoff * (2 ** b.attempt) * random.uniform(0.5, 1.5)
-                heapq.heappush(self._retry_heap, (
-                    time.monotonic() + min(delay, MAX_BACKOFF), next(self._retry_tie),
-                    g, b.start + offset + p, b.items[offset + p], b.attempt + 1))
-                values[p] = _UNSET
-                counters.retried += 1
-                retrying += 1
-                continue
-            _annotate(exc, index, self.backend.name, b.attempt)
-            counters.failed += 1
-            failures += 1
-            if isinstance(exc, TaskTimeout):
-                counters.timed_out += 1
-            if opts.on_error == "skip":
-                values[p] = _SKIP
-                g.special = True
-                counters.skipped += 1
-            elif opts.on_error == "raise":
-                raised.append(p)
-                g.special = True
-                pos = b.start + offset + p
-                if g.fatal is None or pos < g.fatal:
-                    g.fatal = pos
-                self._fatal_index = min(self._fatal_index, index)
-                self._on_fatal(g)
-        return retrying, failures
-
-    def _on_fatal(self, g: _Group) -> None:
-        """A failure will be raised: pull nothing more, cancel what comes after it."""
-        self._halt_input = True
-        if self._source is not None:
-            self._source.close()
-        if self.options.ordered:
-            for b in list(self._in_flight):
-                if b.group.seq > g.seq:
-                    self.backend.cancel(b)
-            fatal = self._fatal_index
-            self._retry_heap[:] = [r for r in self._retry_heap if r[2].base + r[3] < fatal]
-            heapq.heapify(self._retry_heap)
-
-    # -- emitting --------------------------------------------------------------
-    def _emit(self) -> None:
-        """Ordered mode: hand out finished groups in order (and the head's prefix)."""
-        ready = self._ready
-        while True:
-            g = ready.pop(self._next_emit, None)
-            if g is None:
-                if self._head_dirty:
-                    self._emit_head_prefix()
-                return
-            self._next_emit += 1
-            self._live.pop(g.seq, None)
-            values = g.values
-            assert values is not None
-            done = g.emitted
-            if not g.special and not done:
-                self._out.append(values)
-                continue
-            stop = len(values) if g.fatal is None else g.fatal
-            chunk = [v for v in values[done:stop] if v is not _SKIP]
-            self._outstanding -= len(values) - done - len(chunk)
-            if chunk:
-                self._out.append(chunk)
-            if g.fatal is not None:
-                self._raise(values[g.fatal])
-                return
-
-    def _emit_head_prefix(self) -> None:
-        """The head group is not finished, but its first items are: hand those out."""
-        self._head_dirty = False
-        g = self._live.get(self._next_emit)
-        if g is None or g.values is None:
-            return
-        values = g.values
-        k = _first_unset(values, g.emitted)
-        if g.fatal is not None:
-            k = min(k, g.fatal)
-        if k <= g.emitted:
-            return
-        chunk = values[g.emitted:k]
-        if g.special:
-            chunk = [v for v in chunk if v is not _SKIP]
-            self._outstanding -= k - g.emitted - len(chunk)
-        g.emitted = k
-        if chunk:
-            self._out.append(chunk)
-
-    def _emit_unordered(self, values: list[Any], clean: bool, raised: list[int]) -> None:
-        if clean:
-            self._out.append(values)
-            return
-        # By position: a task may *return* an exception object as its value.
-        drop = set(raised)
-        chunk = []
-        for p, v in enumerate(values):
-            if v is _UNSET:
-                continue
-            if v is _SKIP or p in drop:
-                self._outstanding -= 1
-            else:
-                chunk.append(v)
-        if chunk:
-            self._out.append(chunk)
-        if raised:
-            self._raise(values[min(raised)])
-
-    def _raise(self, error: BaseException) -> None:
-        self._end(error)
-        self._cancel()
 
     # -- timers: timeouts, retries, rate, stealing -----------------------------
     def _expire_overdue(self, now: float) -> float:
@@ -753,36 +574,3 @@ class Run:
             if out is not None and len(out) < b.limit:
                 wake = min(wake, now + poll)
         return wake
-
-
-def _first_unset(values: list[Any], start: int, stop: int | None = None) -> int:
-    """Index of the first not-final slot in ``values[start:stop]`` (else ``stop``).
-
-    By identity: user values may have an ``__eq__`` that is not a bool (arrays).
-    """
-    end = len(values) if stop is None else stop
-    for i in range(start, end):
-        if values[i] is _UNSET:
-            return i
-    return end
-
-
-def _annotate(exc: BaseException, index: int, backend: str, attempt: int) -> None:
-    with contextlib.suppress(Exception):  # a type with __slots__ or a strict __setattr__
-        exc.__conveyor_index__ = index  # type: ignore[attr-defined]
-    tries = f" (after {attempt + 1} attempts)" if attempt else ""
-    _add_note(exc, f"conveyor: raised by the task for item #{index}{tries} "
-                   f"on the {backend} backend")
-
-
-def _add_note(exc: BaseException, note: str) -> None:
-    # Some exception types refuse new attributes (frozen dataclasses, a strict
-    # __setattr__): the note is a courtesy, never a reason to fail the run.
-    with contextlib.suppress(Exception):
-        notes = getattr(exc, "__notes__", None)
-        if isinstance(notes, list) and note in notes:
-            return
-        if hasattr(exc, "add_note"):
-            exc.add_note(note)
-        else:  # Python 3.10: keep the text where 3.11+ would put it
-            exc.__notes__ = [*(notes or []), note]  # type: ignore[attr-defined]
