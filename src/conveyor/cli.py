@@ -1,4 +1,4 @@
-"""The ``conveyor`` command line. For now one subcommand: ``conveyor demo``."""
+"""The ``conveyor`` command line: ``conveyor demo`` and ``conveyor run``."""
 
 from __future__ import annotations
 
@@ -38,6 +38,9 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--scale", type=_scale, metavar="FLOAT",
                        help="multiply every duration by FLOAT (default: 1)")
     demo.set_defaults(scale=1.0)
+    from ._runcmd import add_run_parser
+
+    add_run_parser(commands)
     return parser
 
 
@@ -53,4 +56,12 @@ def main(argv: list[str] | None = None) -> int:
             print("conveyor demo: interrupted", file=sys.stderr)
             return 130
         return 0
+    if args.command == "run":
+        from ._runcmd import run_command
+
+        try:
+            return run_command(args)
+        except KeyboardInterrupt:
+            print("conveyor run: interrupted", file=sys.stderr)
+            return 130
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse allows no other
