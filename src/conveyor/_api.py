@@ -130,6 +130,14 @@ def check_options(where: str, *, ordered: bool, window: int | None, batch: int |
                    progress=show, progress_options=progress_options, desc=desc)
 
 
+def _backend_and_workers(where: str, backend: str | None, fn: object,
+                         workers: int | None) -> tuple[str, int]:
+    name = resolve_backend(backend, fn, where)
+    if workers is None:
+        return name, _backends.default_workers(name)
+    return name, _positive_int(workers, "workers", where)
+
+
 def check_items(items: object, where: str, *, allow_async: bool = False) -> None:
     if isinstance(items, Iterable):
         return
@@ -217,9 +225,7 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
     where = "conveyor.map"
     check_fn(fn, where)
     check_items(items, where)
-    name = resolve_backend(backend, fn, where)
-    n_workers = _backends.default_workers(name) if workers is None else \
-        _positive_int(workers, "workers", where)
+    name, n_workers = _backend_and_workers(where, backend, fn, workers)
     options = check_options(where, ordered=ordered, window=window, batch=batch,
                             timeout=timeout, retries=retries, retry_on=retry_on,
                             backoff=backoff, on_error=on_error, rate=rate,
@@ -267,9 +273,7 @@ def amap(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any], *,
     except RuntimeError:
         raise RuntimeError("conveyor.amap must be used from async code (with an event loop "
                            "running); from sync code, use conveyor.map.") from None
-    name = resolve_backend(backend, fn, where)
-    n_workers = _backends.default_workers(name) if workers is None else \
-        _positive_int(workers, "workers", where)
+    name, n_workers = _backend_and_workers(where, backend, fn, workers)
     options = check_options(where, ordered=ordered, window=window, batch=batch,
                             timeout=timeout, retries=retries, retry_on=retry_on,
                             backoff=backoff, on_error=on_error, rate=rate,

@@ -31,12 +31,13 @@ a message per item.
 
 from __future__ import annotations
 
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
-__all__ = ["Backend", "Batch", "Completion", "Running", "dropped", "init_failure",
-           "should_skip"]
+__all__ = ["Backend", "Batch", "Completion", "Running", "begin", "dropped", "init_failure",
+           "initializer_failed", "running_items", "settle_unrunnable", "take_unstarted"]
 
 
 class Batch:
@@ -199,12 +200,70 @@ def dropped(batch: Batch) -> Completion:
     return Completion(batch, [], None, 0.0, lost=True)
 
 
-def should_skip(batch: Batch) -> bool:
-    """A worker's check as it takes ``batch``: True if it must not run."""
-    if batch.cancelled:
-        return True
+# -- helpers shared by the backends' workers ----------------------------------
+
+def settle_unrunnable(batch: Batch, init_error: BaseException | None) -> bool:
+    """A worker's check as it takes ``batch``: report it at once if it must not run.
+
+    A cancelled batch (or a ``Pool.submit`` future cancelled before it started)
+    is reported with an empty prefix; on a worker whose initializer failed,
+    every item fails with its own ``WorkerInitError``. Returns True if reported.
+    """
     on_start = batch.on_start
-    return on_start is not None and not on_start()
+    if batch.cancelled or (on_start is not None and not on_start()):
+        batch.sink(Completion(batch, [], None, 0.0))
+        return True
+    if init_error is not None:
+        n = batch.limit
+        batch.sink(Completion(batch, [init_failure(init_error) for _ in range(n)],
+                              list(range(n)), 0.0))
+        return True
+    return False
+
+
+def begin(batch: Batch) -> tuple[float, list[Any], list[int], Iterator[Any]]:
+    """Start running ``batch``: its outcome lists and shared item iterator.
+
+    ``batch.out`` / ``batch.errs`` let the scheduler harvest finished outcomes;
+    ``batch.it`` is shared so that it can take back the unstarted tail.
+    """
+    t0 = time.monotonic()
+    batch.started = t0
+    out: list[Any] = []
+    errors: list[int] = []
+    batch.out, batch.errs = out, errors
+    it = batch.it = iter(batch.items)
+    return t0, out, errors, it
+
+
+def take_unstarted(batch: Batch) -> int | None:
+    """``Backend.steal`` for workers that pull items from the shared ``batch.it``."""
+    it = batch.it
+    if it is None:
+        return None
+    rest = list(it)   # one C-level call: atomic with respect to the worker pulling from it
+    if not rest:
+        return None
+    return batch.limit - len(rest)
+
+
+def running_items(workers: Iterable[Any]) -> list[Running]:
+    """``Backend.running`` from workers that keep ``current = (batch, pos, since)``."""
+    out = []
+    for w in list(workers):
+        cur = w.current
+        if cur is not None:
+            out.append(Running(cur[0], cur[1], cur[2]))
+    return out
+
+
+def initializer_failed(initializer: object, exc: BaseException) -> BaseException:
+    """The error a worker whose ``initializer`` raised ``exc`` gives its tasks."""
+    from ..errors import WorkerInitError
+
+    error = WorkerInitError(f"the pool's initializer {initializer!r} raised {exc!r}")
+    error.__cause__ = exc
+    return error
 
 
 def init_failure(error: BaseException) -> BaseException:

@@ -32,8 +32,18 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from ..errors import WorkerInitError
-from ._base import Backend, Batch, Completion, Running, dropped, init_failure, should_skip
+from ._base import (
+    Backend,
+    Batch,
+    Completion,
+    Running,
+    begin,
+    dropped,
+    initializer_failed,
+    running_items,
+    settle_unrunnable,
+    take_unstarted,
+)
 
 __all__ = ["AsyncioBackend"]
 
@@ -146,25 +156,14 @@ class AsyncioBackend(Backend):
 
 
     def running(self) -> list[Running]:
-        out = []
-        for w in list(self._workers):
-            cur = w.current
-            if cur is not None:
-                out.append(Running(cur[0], cur[1], cur[2]))
-        return out
+        return running_items(self._workers)
 
     def expire(self, entry: Running, error: BaseException) -> bool:
         self._call(self._expire, entry, error)
         return True
 
     def steal(self, batch: Batch) -> int | None:
-        it = batch.it
-        if it is None:
-            return None
-        rest = list(it)   # one C-level call: atomic with respect to the worker
-        if not rest:
-            return None
-        return batch.limit - len(rest)
+        return take_unstarted(batch)
 
     def cancel(self, batch: Batch) -> None:
         batch.cancelled = True
@@ -276,9 +275,7 @@ class AsyncioBackend(Backend):
                 if inspect.isawaitable(r):
                     await r
         except Exception as exc:
-            init_error = WorkerInitError(
-                f"the pool's initializer {self._initializer!r} raised {exc!r}")
-            init_error.__cause__ = exc
+            init_error = initializer_failed(self._initializer, exc)
         try:
             while True:
                 if self._pending:
@@ -289,13 +286,7 @@ class AsyncioBackend(Backend):
                     batch = await fut
                 if batch is None:
                     return
-                if should_skip(batch):
-                    batch.sink(Completion(batch, [], None, 0.0))
-                elif init_error is not None:
-                    n = batch.limit
-                    batch.sink(Completion(batch, [init_failure(init_error) for _ in range(n)],
-                                          list(range(n)), 0.0))
-                else:
+                if not settle_unrunnable(batch, init_error):
                     await self._run(batch, w)
                 # Hold nothing while idle: a batch keeps its items and results alive.
                 batch = fut = None  # type: ignore[assignment]
@@ -312,13 +303,8 @@ class AsyncioBackend(Backend):
     async def _run(self, batch: Batch, w: _Worker) -> None:
         fn: Callable[[Any], Coroutine[Any, Any, Any]] = batch.fn
         timed = batch.timed
-        t0 = time.monotonic()
-        batch.started = t0
+        t0, out, errors, it = begin(batch)
         w.batch = batch
-        out: list[Any] = []
-        errors: list[int] = []
-        batch.out, batch.errs = out, errors
-        it = batch.it = iter(batch.items)
         task = w.task
         try:
             for x in it:

@@ -35,8 +35,18 @@ from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any
 
-from ..errors import WorkerInitError
-from ._base import Backend, Batch, Completion, Running, dropped, init_failure, should_skip
+from ._base import (
+    Backend,
+    Batch,
+    Completion,
+    Running,
+    begin,
+    dropped,
+    initializer_failed,
+    running_items,
+    settle_unrunnable,
+    take_unstarted,
+)
 
 __all__ = ["ThreadBackend"]
 
@@ -97,12 +107,7 @@ class ThreadBackend(Backend):
                     self._spawn()
 
     def running(self) -> list[Running]:
-        out = []
-        for w in list(self._live):
-            cur = w.current
-            if cur is not None:
-                out.append(Running(cur[0], cur[1], cur[2]))
-        return out
+        return running_items(self._live)
 
     def expire(self, entry: Running, error: BaseException) -> bool:
         for w in list(self._live):
@@ -124,14 +129,7 @@ class ThreadBackend(Backend):
         return False
 
     def steal(self, batch: Batch) -> int | None:
-        it = batch.it
-        if it is None:
-            return None
-        # One C-level call: atomic with respect to the worker pulling from `it`.
-        rest = list(it)
-        if not rest:
-            return None
-        return batch.limit - len(rest)
+        return take_unstarted(batch)
 
     def cancel(self, batch: Batch) -> None:
         batch.cancelled = True
@@ -176,22 +174,14 @@ class ThreadBackend(Backend):
             if self._initializer is not None:
                 self._initializer(*self._initargs)
         except BaseException as exc:
-            init_error = WorkerInitError(
-                f"the pool's initializer {self._initializer!r} raised {exc!r}")
-            init_error.__cause__ = exc
+            init_error = initializer_failed(self._initializer, exc)
         get = self._queue.get
         try:
             while True:
                 batch = get()
                 if batch is None:
                     return
-                if should_skip(batch):
-                    batch.sink(Completion(batch, [], None, 0.0))
-                elif init_error is not None:
-                    n = batch.limit
-                    batch.sink(Completion(batch, [init_failure(init_error) for _ in range(n)],
-                                          list(range(n)), 0.0))
-                else:
+                if not settle_unrunnable(batch, init_error):
                     done = _run_timed(batch, w) if batch.timed else _run(batch)
                     if done is None:
                         return  # abandoned: expire() reported and replaced us
@@ -210,12 +200,7 @@ class ThreadBackend(Backend):
 
 def _run(batch: Batch) -> Completion:
     fn = batch.fn
-    t0 = time.monotonic()
-    batch.started = t0
-    out: list[Any] = []
-    errors: list[int] = []
-    batch.out, batch.errs = out, errors
-    it = batch.it = iter(batch.items)
+    t0, out, errors, it = begin(batch)
     append = out.append
     # Not out.extend(map(fn, it)): a StopIteration raised by fn would end
     # extend() as if the batch were exhausted, losing the item silently.
@@ -230,12 +215,7 @@ def _run(batch: Batch) -> Completion:
 
 def _run_timed(batch: Batch, w: _Worker) -> Completion | None:
     fn = batch.fn
-    t0 = time.monotonic()
-    batch.started = t0
-    out: list[Any] = []
-    errors: list[int] = []
-    batch.out, batch.errs = out, errors
-    it = batch.it = iter(batch.items)
+    t0, out, errors, it = begin(batch)
     with w.lock:
         w.out = out
         w.errors = errors
