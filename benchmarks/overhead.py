@@ -46,6 +46,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+import async_peers
 import conveyor
 from _harness import (
     Case,
@@ -147,50 +148,10 @@ async def gather_tasks(xs: range) -> list[int]:
     return await asyncio.gather(*[asyncio.create_task(ainc(x)) for x in xs])
 
 
-async def gather_semaphore(xs: range, limit: int = 100) -> list[int]:
-    sem = asyncio.Semaphore(limit)
-
-    async def one(x: int) -> int:
-        async with sem:
-            return await ainc(x)
-    return await asyncio.gather(*[asyncio.create_task(one(x)) for x in xs])
-
-
-async def worker_coroutines(xs: range, limit: int = 100) -> list[int]:
-    """``limit`` long-lived coroutines pull (index, item) from one iterator."""
-    out = [0] * len(xs)
-    items = iter(enumerate(xs))
-
-    async def worker() -> None:
-        for i, x in items:
-            out[i] = await ainc(x)
-    await asyncio.gather(*[worker() for _ in range(limit)])
-    return out
-
-
-async def aiometer_amap(xs: range, limit: int = 100) -> list[int]:
-    import aiometer
-
-    out = []
-    async with aiometer.amap(ainc, xs, max_at_once=limit) as results:
-        async for r in results:
-            out.append(r)
-    return out
-
-
-async def anyio_limiter(xs: range, limit: int = 100) -> list[int]:
-    import anyio
-
-    lim = anyio.CapacityLimiter(limit)
-    out = [0] * len(xs)
-
-    async def one(i: int, x: int) -> None:
-        async with lim:
-            out[i] = await ainc(x)
-    async with anyio.create_task_group() as tg:
-        for i, x in enumerate(xs):
-            tg.start_soon(one, i, x)
-    return out
+def with_ainc(peer: Callable[[Any, Sequence[Any], int], Coroutine[Any, Any, list[Any]]],
+              limit: int = 100) -> Callable[[range], Coroutine[Any, Any, list[Any]]]:
+    """An async peer of ``async_peers`` mapping ``ainc`` with ``limit`` at once."""
+    return lambda xs: peer(ainc, xs, limit)
 
 
 def on_loop(coro_fn: Callable[[range], Coroutine[Any, Any, Sequence[Any]]]) -> Factory:
@@ -310,13 +271,13 @@ CASES: list[OverheadCase] = [
     OverheadCase(group="asyncio", label="asyncio create_task per item + gather", n=N_FAST,
                  factory=on_loop(gather_tasks)),
     OverheadCase(group="asyncio", label="asyncio create_task + Semaphore(100) + gather",
-                 n=N_FAST, factory=on_loop(gather_semaphore)),
+                 n=N_FAST, factory=on_loop(with_ainc(async_peers.gather_semaphore))),
     OverheadCase(group="asyncio", label="asyncio 100 worker coroutines, one iterator",
-                 n=N_FAST, factory=on_loop(worker_coroutines)),
+                 n=N_FAST, factory=on_loop(with_ainc(async_peers.worker_coroutines))),
     OverheadCase(group="asyncio", label="aiometer.amap(max_at_once=100)", n=N_FAST,
-                 factory=on_loop(aiometer_amap), requires=("aiometer",)),
+                 factory=on_loop(with_ainc(async_peers.aiometer_amap)), requires=("aiometer",)),
     OverheadCase(group="asyncio", label="anyio task group + CapacityLimiter(100)", n=N_FAST,
-                 factory=on_loop(anyio_limiter), requires=("anyio",)),
+                 factory=on_loop(with_ainc(async_peers.anyio_limiter)), requires=("anyio",)),
     OverheadCase(group="asyncio",
                  label="conveyor.Pool(backend='asyncio', workers=100).map(ainc, xs) [warm]",
                  n=N_FAST, factory=conveyor_pool("asyncio", ainc, 100), backend="asyncio",

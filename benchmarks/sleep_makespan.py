@@ -52,6 +52,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
+import async_peers
 import conveyor
 from _harness import (
     Case,
@@ -230,49 +231,10 @@ def dask_threads(k: int, warm: bool) -> AbstractContextManager[Run]:
 AioRun = Callable[[list[float], int], Coroutine[Any, Any, Sequence[Any]]]
 
 
-async def gather_semaphore(secs: list[float], k: int) -> list[float]:
-    sem = asyncio.Semaphore(k)
-
-    async def one(s: float) -> float:
-        async with sem:
-            return await asleep_for(s)
-    return await asyncio.gather(*[one(s) for s in secs])
-
-
-async def worker_coroutines(secs: list[float], k: int) -> list[float]:
-    out = [0.0] * len(secs)
-    items = iter(enumerate(secs))
-
-    async def worker() -> None:
-        for i, s in items:
-            out[i] = await asleep_for(s)
-    await asyncio.gather(*[worker() for _ in range(k)])
-    return out
-
-
-async def aiometer_amap(secs: list[float], k: int) -> list[float]:
-    import aiometer
-
-    out = []
-    async with aiometer.amap(asleep_for, secs, max_at_once=k) as results:
-        async for r in results:
-            out.append(r)
-    return out
-
-
-async def anyio_limiter(secs: list[float], k: int) -> list[float]:
-    import anyio
-
-    lim = anyio.CapacityLimiter(k)
-    out = [0.0] * len(secs)
-
-    async def one(i: int, s: float) -> None:
-        async with lim:
-            out[i] = await asleep_for(s)
-    async with anyio.create_task_group() as tg:
-        for i, s in enumerate(secs):
-            tg.start_soon(one, i, s)
-    return out
+def with_asleep(peer: Callable[[Any, Sequence[Any], int], Coroutine[Any, Any, list[Any]]]
+                ) -> AioRun:
+    """An async peer of ``async_peers`` mapping ``asleep_for`` with k at once."""
+    return lambda secs, k: peer(asleep_for, secs, k)
 
 
 async def to_thread_default(secs: list[float], k: int) -> list[float]:
@@ -333,12 +295,13 @@ CASES: list[SleepCase] = [
               factory=conveyor_backend("thread", sleep_for), backend="thread",
               target=TARGET_THREAD),
     SleepCase(group="asyncio", label="gather + Semaphore(k)",
-              factory=on_loop(gather_semaphore)),
-    SleepCase(group="asyncio", label="k worker coroutines", factory=on_loop(worker_coroutines)),
+              factory=on_loop(with_asleep(async_peers.gather_semaphore))),
+    SleepCase(group="asyncio", label="k worker coroutines",
+              factory=on_loop(with_asleep(async_peers.worker_coroutines))),
     SleepCase(group="asyncio", label="aiometer.amap(max_at_once=k)",
-              factory=on_loop(aiometer_amap), requires=("aiometer",)),
+              factory=on_loop(with_asleep(async_peers.aiometer_amap)), requires=("aiometer",)),
     SleepCase(group="asyncio", label="anyio task group + CapacityLimiter(k)",
-              factory=on_loop(anyio_limiter), requires=("anyio",)),
+              factory=on_loop(with_asleep(async_peers.anyio_limiter)), requires=("anyio",)),
     SleepCase(group="asyncio", label="asyncio.to_thread(time.sleep), default executor",
               factory=on_loop(to_thread_default), applies=NO_B),
     SleepCase(group="asyncio",
