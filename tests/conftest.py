@@ -50,6 +50,33 @@ def waiting_task(backend: str, gate: threading.Event, slow: Callable[[Any], bool
     return sync
 
 
+class Sleepers:
+    """A coroutine function whose calls wait (up to 60 s) until cancelled.
+
+    ``all_started`` is set once ``expected`` calls have started; ``cancelled``
+    lists the items whose call was cancelled.
+    """
+
+    def __init__(self, expected: int) -> None:
+        self.expected = expected
+        self.started = 0
+        self.all_started = threading.Event()
+        self.cancelled: list[Any] = []
+
+    def fn(self) -> Callable[[Any], Any]:
+        async def sleeper(x: Any) -> Any:
+            self.started += 1
+            if self.started >= self.expected:
+                self.all_started.set()
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                self.cancelled.append(x)
+                raise
+            return x
+        return sleeper
+
+
 def conveyor_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name.startswith("conveyor-") and t.is_alive()]
 

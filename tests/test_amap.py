@@ -10,7 +10,7 @@ import pytest
 
 import conveyor
 
-from .conftest import conveyor_threads
+from .conftest import Sleepers, conveyor_threads
 
 
 def test_coroutines_run_on_the_callers_loop() -> None:
@@ -145,27 +145,20 @@ def test_early_break_and_error() -> None:
 
 
 def test_task_cancellation_stops_the_run() -> None:
-    cancelled = []
-
-    async def slow(x: int) -> int:
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.append(x)
-            raise
-        return x
+    sleepers = Sleepers(5)
 
     async def consume() -> None:
-        async with conveyor.amap(slow, range(5), workers=5) as results:
+        async with conveyor.amap(sleepers.fn(), range(5), workers=5,
+                                 backend="asyncio") as results:
             async for _ in results:
                 pass
 
     async def main() -> None:
         t = asyncio.create_task(consume())
-        await asyncio.sleep(0.2)   # workload: let the tasks start
+        assert await asyncio.to_thread(sleepers.all_started.wait, 10)
         t.cancel()
         with pytest.raises(asyncio.CancelledError):
             await t
 
     asyncio.run(asyncio.wait_for(main(), 10))
-    assert sorted(cancelled) == list(range(5))
+    assert sorted(sleepers.cancelled) == list(range(5))

@@ -8,6 +8,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 import conveyor
 from conveyor._batching import Batcher
 
@@ -60,34 +62,23 @@ def test_long_tasks_are_not_batched(backend: BackendName) -> None:
     assert results.stats.batches >= 38
 
 
-def test_one_long_task_does_not_hold_short_ones_hostage(backend: BackendName) -> None:
-    """Item 40 blocks until all 199 others are delivered (unordered): if any of
-    them were stuck in a batch behind it, the gate would not open for 10 s."""
+@pytest.mark.parametrize(("n", "slow"), [
+    (200, 40),          # early: batches are still small
+    (30_500, 30_000),   # late: the batch size has grown on fast items
+])
+def test_one_long_task_does_not_hold_short_ones_hostage(backend: BackendName, n: int,
+                                                        slow: int) -> None:
+    """Item ``slow`` blocks until all the others are delivered (unordered): if
+    any of them were stuck in a batch behind it, the gate would not open for 10 s."""
     gate = threading.Event()
-    fn = waiting_task(backend, gate, lambda x: x == 40, limit=10)
+    fn = waiting_task(backend, gate, lambda x: x == slow, limit=10)
     t0 = time.monotonic()
     seen = 0
-    with conveyor.map(fn, range(200), backend=backend, workers=4,
+    with conveyor.map(fn, range(n), backend=backend, workers=4,
                       ordered=False) as results:
         for _ in results:
             seen += 1
-            if seen == 199:
+            if seen == n - 1:
                 gate.set()
-    assert seen == 200
-    assert time.monotonic() - t0 < 5
-
-
-def test_steal_also_after_tasks_became_slow(backend: BackendName) -> None:
-    """The batch size has grown on fast items when a slow one arrives."""
-    gate = threading.Event()
-    fn = waiting_task(backend, gate, lambda x: x == 30_000, limit=10)
-    t0 = time.monotonic()
-    seen = 0
-    with conveyor.map(fn, range(30_500), backend=backend, workers=4,
-                      ordered=False) as results:
-        for _ in results:
-            seen += 1
-            if seen == 30_499:
-                gate.set()
-    assert seen == 30_500
+    assert seen == n
     assert time.monotonic() - t0 < 5

@@ -17,7 +17,7 @@ import pytest
 
 import conveyor
 
-from .conftest import BackendName, conveyor_threads, task, wait_no_conveyor_threads
+from .conftest import BackendName, Sleepers, conveyor_threads, task, wait_no_conveyor_threads
 
 
 def started_counter(backend: BackendName) -> tuple[list[int], Callable[[Any], Any]]:
@@ -68,24 +68,13 @@ def test_exception_in_caller_with_block(backend: BackendName) -> None:
 
 
 def test_close_cancels_running_coroutines() -> None:
-    import asyncio
-
-    cancelled = []
-
-    async def slow(x: int) -> int:
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.append(x)
-            raise
-        return x
-
-    results = conveyor.map(slow, range(10), workers=10)
-    time.sleep(0.2)  # workload: let the coroutines start (nothing to synchronise on)
+    sleepers = Sleepers(10)
+    results = conveyor.map(sleepers.fn(), range(10), workers=10, backend="asyncio")
+    assert sleepers.all_started.wait(10)
     t0 = time.monotonic()
     results.close()
     assert time.monotonic() - t0 < 2
-    assert sorted(cancelled) == list(range(10))
+    assert sorted(sleepers.cancelled) == list(range(10))
 
 
 def test_pending_work_dropped_running_thread_call_finishes() -> None:
@@ -118,14 +107,22 @@ SIGINT_SCRIPT = textwrap.dedent("""
     import conveyor
 
     backend = sys.argv[1]
+    started = threading.Event()   # the parent signals once the work has begun
     if backend == "asyncio":
         async def work(x):
+            started.set()
             await asyncio.sleep(60)
     else:
         def work(x):
+            started.set()
             time.sleep(5 if x % 50 == 0 else 0.05)   # some calls run long
-    try:
+
+    def announce():
+        started.wait(10)
         print("ready", flush=True)
+
+    threading.Thread(target=announce, daemon=True).start()
+    try:
         if sys.argv[2] == "with":
             with conveyor.map(work, range(10**9), backend=backend, workers=8) as results:
                 for _ in results:
@@ -148,8 +145,7 @@ def test_ctrl_c_returns_promptly(backend: BackendName, style: str) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "ready"
-        time.sleep(0.5)  # workload: let the run get going before the signal
+        assert proc.stdout.readline().strip() == "ready"   # tasks are running
         t0 = time.monotonic()
         os.kill(proc.pid, signal.SIGINT)
         out, err = proc.communicate(timeout=10)

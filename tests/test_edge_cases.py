@@ -15,7 +15,7 @@ import pytest
 import conveyor
 from conveyor.errors import PoolClosed, item_index
 
-from .conftest import BackendName, task
+from .conftest import BackendName, Sleepers, task
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="Python 3.10 cannot tell a task's own "
@@ -269,17 +269,22 @@ def test_amap_results_outliving_their_loop_do_not_strand_the_run() -> None:
 
     from .conftest import wait_no_conveyor_threads
 
-    async def af(x: int) -> int:
-        await asyncio.sleep(0.001)
-        return x
-
     async def main() -> None:
-        conveyor.amap(af, range(10**6), workers=5)
-        await asyncio.sleep(0.1)
+        going = asyncio.Event()
+
+        async def af(x: int) -> int:
+            going.set()
+            await asyncio.sleep(0.001)
+            return x
+
+        kept.append(conveyor.amap(af, range(10**6), workers=5))
+        await asyncio.wait_for(going.wait(), 10)   # the run is under way
         raise RuntimeError("the caller failed before consuming")
 
+    kept: list[object] = []   # the results outlive their loop (as in a traceback)
     with pytest.raises(RuntimeError, match="before consuming"):
         asyncio.run(main())
+    kept.clear()
     gc.collect()
     assert not wait_no_conveyor_threads()
 
@@ -290,17 +295,16 @@ def test_expiry_and_cancel_together_leave_the_worker_cancellable() -> None:
         await asyncio.sleep(30)
         return x
 
-    async def slow(x: int) -> int:
-        await asyncio.sleep(30)
-        return x
-
     with conveyor.Pool("asyncio", workers=1) as pool:
         for trial in range(15):
             r = pool.map(hang, range(1), timeout=0.1, on_error="return")
-            time.sleep(0.1 + 0.0005 * trial)   # workload: close right around the expiry
+            # The race under test: close() right around the expiry (a timing,
+            # not a way of waiting for something).
+            time.sleep(0.1 + 0.0005 * trial)
             r.close()
-            r2 = pool.map(slow, range(1))
-            time.sleep(0.02)                    # workload: let the coroutine start
+            sleepers = Sleepers(1)
+            r2 = pool.map(sleepers.fn(), range(1))
+            assert sleepers.all_started.wait(10)
             t0 = time.monotonic()
             r2.close()
             assert time.monotonic() - t0 < 1, f"trial {trial}"
@@ -343,20 +347,28 @@ def test_stats_settle_after_a_stop() -> None:
 
 
 def test_loop_shutdown_during_an_expiry_does_not_hang_asyncio_run() -> None:
-    async def f(x: int) -> int:
-        await asyncio.sleep(10)
-        return x
-
     async def main() -> None:
-        conveyor.amap(f, range(20), workers=1, timeout=0.05, on_error="return")
-        await asyncio.sleep(0.01)          # workload: item 0 starts
-        time.sleep(0.15)  # noqa: ASYNC251 - block the loop: item 0's expiry queues up
+        started = asyncio.Event()
+
+        async def f(x: int) -> int:
+            started.set()
+            await asyncio.sleep(10)
+            return x
+
+        kept.append(conveyor.amap(f, range(20), workers=1, timeout=0.05,
+                                  on_error="return"))
+        await asyncio.wait_for(started.wait(), 10)   # item 0 is running
+        # The situation under test, not a wait: block the loop past item 0's
+        # deadline, so that its expiry is queued when the loop shuts down.
+        time.sleep(0.15)  # noqa: ASYNC251
         raise RuntimeError("main fails")   # asyncio.run now cancels every task
 
+    kept: list[object] = []   # the results stay referenced while the loop shuts down
     t0 = time.monotonic()
     with pytest.raises(RuntimeError, match="main fails"):
         asyncio.run(main())
     assert time.monotonic() - t0 < 5
+    kept.clear()
 
 
 def test_async_input_generator_is_closed_after_a_failure() -> None:
