@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import builtins
 import inspect
 import operator
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
@@ -284,6 +283,3 @@ def amap(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any], *,
     source: Iterable[Any] | Source = items if isinstance(items, Iterable) else \
         AsyncSource(items, loop)
     return AsyncResults(start_run(fn, source, be, owns_backend=True, options=options))
-
-
-_ = builtins  # the module shadows builtins.map on purpose
