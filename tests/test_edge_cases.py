@@ -346,6 +346,8 @@ def test_stats_settle_after_a_stop() -> None:
     assert s.done + s.failed + s.cancelled == s.submitted
 
 
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="Python 3.10 cannot tell a shutdown's "
+                    "cancel merged with an expiry's (no Task.cancelling()); documented")
 def test_loop_shutdown_during_an_expiry_does_not_hang_asyncio_run() -> None:
     async def main() -> None:
         started = asyncio.Event()

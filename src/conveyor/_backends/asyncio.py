@@ -377,7 +377,9 @@ def _forget_cancels(w: _Worker, task: asyncio.Task[Any] | None) -> None:
 def _still_cancelled(task: asyncio.Task[Any] | None) -> bool:
     """After forgetting our own cancel() calls: is a cancellation still requested?
 
-    Python 3.11+ counts the requests; 3.10 cannot tell, and we assume not.
+    Python 3.11+ counts the requests; 3.10 cannot tell, and we assume not (so
+    on 3.10 a loop shutdown that lands together with an expiry is missed and
+    the worker carries on: a documented limitation).
     """
     cancelling = getattr(task, "cancelling", None)
     return cancelling is not None and bool(cancelling())
