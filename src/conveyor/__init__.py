@@ -1,4 +1,4 @@
-"""conveyor: run many tasks at once, on threads or asyncio, behind one small API.
+"""conveyor: run many tasks at once, on threads, processes or asyncio, behind one small API.
 
     import conveyor
 
@@ -23,6 +23,7 @@ from ._pool import Pool as Pool
 from ._progress import Stats as Stats
 from ._results import AsyncResults as AsyncResults
 from ._results import Results as Results
+from ._worker import worker_state as worker_state
 from .errors import ConveyorError as ConveyorError
 from .errors import TaskTimeout as TaskTimeout
 from .errors import WorkerCrashed as WorkerCrashed
@@ -39,6 +40,7 @@ __all__ = (
     "amap",
     "errors",
     "map",
+    "worker_state",
 )
 
 __version__ = "0.1.0"

@@ -20,7 +20,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 OnError = Literal["raise", "return", "skip"]
-BackendName = Literal["thread", "asyncio"]
+BackendName = Literal["thread", "asyncio", "process"]
 _ERROR_POLICIES = ("raise", "return", "skip")
 
 
@@ -53,6 +53,11 @@ def resolve_backend(backend: str | None, fn: object, where: str) -> str:
         raise TypeError(
             f"{where}: {_name(fn)} is a coroutine function, which the 'thread' backend "
             "cannot run; use backend='asyncio' (the default for coroutine functions).")
+    if backend == "process" and is_async_fn(fn):
+        raise TypeError(
+            f"{where}: {_name(fn)} is a coroutine function; the 'process' backend runs "
+            "plain functions. Use backend='asyncio', or wrap it: "
+            "def run(x): return asyncio.run(fn(x)).")
     if backend == "asyncio" and not is_async_fn(fn):
         raise TypeError(
             f"{where}: {_name(fn)} is not a coroutine function (async def), so the "
@@ -161,8 +166,28 @@ def _name(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
+def check_worker_options(where: str, name: str, initializer: object, initargs: object,
+                         max_tasks_per_worker: object) -> dict[str, Any]:
+    """The worker options as keyword arguments for ``_backends.create``."""
+    if initializer is not None:
+        check_fn(initializer, where + " initializer")
+    if not isinstance(initargs, tuple):
+        raise TypeError(f"{where}: initargs must be a tuple, got {initargs!r}")
+    options: dict[str, Any] = {"initializer": initializer, "initargs": initargs}
+    if max_tasks_per_worker is not None:
+        if name != "process":
+            raise ValueError(f"{where}: max_tasks_per_worker replaces worker processes "
+                             f"after that many tasks; backend={name!r} has none. Use "
+                             "backend='process', or leave it out.")
+        options["max_tasks_per_worker"] = _positive_int(max_tasks_per_worker,
+                                                        "max_tasks_per_worker", where)
+    return options
+
+
 def start_run(fn: Callable[[Any], Any], items: Iterable[Any] | Source,
-              backend: Backend, *, owns_backend: bool, options: Options) -> Run:
+              backend: Backend, *, owns_backend: bool, options: Options,
+              where: str) -> Run:
+    backend.prepare(fn, where)   # e.g. a function processes cannot receive: before any work
     source: Iterator[Any] | Source
     if isinstance(items, Source):
         source = items
@@ -183,7 +208,9 @@ def map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], *,
         timeout: float | None = ..., retries: int = ...,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
         backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
-        progress: bool | dict[str, Any] = ..., desc: str | None = ...) -> Results[R]: ...
+        progress: bool | dict[str, Any] = ..., desc: str | None = ...,
+        initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
+        max_tasks_per_worker: int | None = ...) -> Results[R]: ...
 @overload
 def map(fn: Callable[[T], R], items: Iterable[T], *,
         backend: BackendName | None = ..., workers: int | None = ..., ordered: bool = ...,
@@ -191,14 +218,18 @@ def map(fn: Callable[[T], R], items: Iterable[T], *,
         timeout: float | None = ..., retries: int = ...,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
         backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
-        progress: bool | dict[str, Any] = ..., desc: str | None = ...) -> Results[R]: ...
+        progress: bool | dict[str, Any] = ..., desc: str | None = ...,
+        initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
+        max_tasks_per_worker: int | None = ...) -> Results[R]: ...
 def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
         backend: str | None = None, workers: int | None = None, ordered: bool = True,
         window: int | None = None, batch: int | str = "auto", timeout: float | None = None,
         retries: int = 0,
         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
         backoff: float = 0.1, on_error: str = "raise", rate: float | None = None,
-        progress: bool | dict[str, Any] = False, desc: str | None = None) -> Results[Any]:
+        progress: bool | dict[str, Any] = False, desc: str | None = None,
+        initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = (),
+        max_tasks_per_worker: int | None = None) -> Results[Any]:
     """Run ``fn`` over ``items`` concurrently; stream the results.
 
     Returns a :class:`Results`: iterate it for the results (input order when
@@ -206,10 +237,12 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
     ``close()`` it to stop early, read ``.stats``. Work starts at once in the
     background; the input is read lazily, at most ``window`` items ahead.
 
-    ``backend``: "thread" (blocking code; the default for plain functions) or
+    ``backend``: "thread" (blocking code; the default for plain functions),
     "asyncio" (the default for coroutine functions, which run on an event loop
-    in a helper thread, so this works inside Jupyter's running loop too).
-    ``workers``: threads, or concurrent coroutines. ``batch``: "auto" (adaptive,
+    in a helper thread, so this works inside Jupyter's running loop too) or
+    "process" (CPU-bound Python: supervised worker processes; a crash fails
+    only its task, a timeout kills the task's process group).
+    ``workers``: threads, coroutines or processes. ``batch``: "auto" (adaptive,
     see the README) or a fixed number of items per batch. ``timeout``: seconds
     per task; an overdue coroutine is cancelled, an overdue thread call is
     abandoned; either way that item fails with ``TaskTimeout``. ``retries``:
@@ -219,7 +252,9 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
     ordered mode) and cancel the rest; "return" the exception in the result's
     place; "skip" it (counted in ``stats``). ``rate``: at most this many task
     starts per second, evenly spaced. ``progress``: a tqdm bar counting items
-    (True, or a dict of tqdm options); ``desc`` labels it.
+    (True, or a dict of tqdm options); ``desc`` labels it. ``initializer(*initargs)``
+    runs once in each worker as it starts (see ``conveyor.worker_state``);
+    ``max_tasks_per_worker`` (processes) replaces a worker after that many tasks.
     """
     where = "conveyor.map"
     check_fn(fn, where)
@@ -229,8 +264,10 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
                             timeout=timeout, retries=retries, retry_on=retry_on,
                             backoff=backoff, on_error=on_error, rate=rate,
                             progress=progress, desc=desc)
-    be = _backends.create(name, n_workers)
-    return Results(start_run(fn, items, be, owns_backend=True, options=options))
+    worker_options = check_worker_options(where, name, initializer, initargs,
+                                          max_tasks_per_worker)
+    be = _backends.create(name, n_workers, **worker_options)
+    return Results(start_run(fn, items, be, owns_backend=True, options=options, where=where))
 
 
 @overload
@@ -240,7 +277,9 @@ def amap(fn: Callable[[T], Awaitable[R]], items: Iterable[T] | AsyncIterable[T],
          timeout: float | None = ..., retries: int = ...,
          retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
          backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
-         progress: bool | dict[str, Any] = ..., desc: str | None = ...) -> AsyncResults[R]: ...
+         progress: bool | dict[str, Any] = ..., desc: str | None = ...,
+         initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
+         max_tasks_per_worker: int | None = ...) -> AsyncResults[R]: ...
 @overload
 def amap(fn: Callable[[T], R], items: Iterable[T] | AsyncIterable[T], *,
          backend: BackendName | None = ..., workers: int | None = ..., ordered: bool = ...,
@@ -248,15 +287,18 @@ def amap(fn: Callable[[T], R], items: Iterable[T] | AsyncIterable[T], *,
          timeout: float | None = ..., retries: int = ...,
          retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
          backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
-         progress: bool | dict[str, Any] = ..., desc: str | None = ...) -> AsyncResults[R]: ...
+         progress: bool | dict[str, Any] = ..., desc: str | None = ...,
+         initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
+         max_tasks_per_worker: int | None = ...) -> AsyncResults[R]: ...
 def amap(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any], *,
          backend: BackendName | None = None, workers: int | None = None, ordered: bool = True,
          window: int | None = None, batch: int | Literal["auto"] = "auto",
          timeout: float | None = None, retries: int = 0,
          retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
          backoff: float = 0.1, on_error: OnError = "raise", rate: float | None = None,
-         progress: bool | dict[str, Any] = False,
-         desc: str | None = None) -> AsyncResults[Any]:
+         progress: bool | dict[str, Any] = False, desc: str | None = None,
+         initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = (),
+         max_tasks_per_worker: int | None = None) -> AsyncResults[Any]:
     """``map`` for async code: ``async for r in conveyor.amap(fn, items): ...``.
 
     Must be called with an event loop running. Coroutine functions run as
@@ -277,9 +319,12 @@ def amap(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any], *,
                             timeout=timeout, retries=retries, retry_on=retry_on,
                             backoff=backoff, on_error=on_error, rate=rate,
                             progress=progress, desc=desc)
-    extra: dict[str, Any] = {"loop": loop} if name == "asyncio" else {}
+    extra = check_worker_options(where, name, initializer, initargs, max_tasks_per_worker)
+    if name == "asyncio":
+        extra["loop"] = loop
     be = _backends.create(name, n_workers, **extra)
     be.start()
     source: Iterable[Any] | Source = items if isinstance(items, Iterable) else \
         AsyncSource(items, loop)
-    return AsyncResults(start_run(fn, source, be, owns_backend=True, options=options))
+    return AsyncResults(start_run(fn, source, be, owns_backend=True, options=options,
+                                  where=where))

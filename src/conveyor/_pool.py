@@ -10,10 +10,18 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
 
 from . import _backends
-from ._api import check_fn, check_items, check_options, resolve_backend, start_run
+from ._api import (
+    check_fn,
+    check_items,
+    check_options,
+    check_worker_options,
+    resolve_backend,
+    start_run,
+)
 from ._backends._base import Batch, Completion
 from ._results import Results
 from ._scheduler import Run
+from ._worker import Apply
 from .errors import PoolClosed
 
 if TYPE_CHECKING:
@@ -46,19 +54,7 @@ _DEFAULTS: dict[str, Any] = dict(
     backoff=0.1, on_error="raise", rate=None, progress=False, desc=None)
 
 
-class _Apply:
-    """Runs ``fn(*args, **kwargs)`` for an item ``(args, kwargs)`` (Pool.submit)."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        self.fn = fn
-
-    def __call__(self, packed: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
-        return self.fn(*packed[0], **packed[1])
-
-
-class _AsyncApply(_Apply):
+class _AsyncApply(Apply):
     async def __call__(self, packed: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
         return await self.fn(*packed[0], **packed[1])
 
@@ -66,11 +62,14 @@ class _AsyncApply(_Apply):
 class Pool:
     """Reusable workers: ``map`` as often as you like, ``submit`` single calls.
 
-    ``Pool(backend="thread", workers=None, initializer=None, initargs=())``.
-    ``initializer(*initargs)`` runs once in each worker as it starts (for the
-    asyncio backend: once per worker coroutine, awaited if it is a coroutine
-    function); if it raises, every task given to that worker fails with
-    :class:`~conveyor.errors.WorkerInitError`.
+    ``Pool(backend="thread", workers=None, initializer=None, initargs=(),
+    max_tasks_per_worker=None)``. ``initializer(*initargs)`` runs once in each
+    worker as it starts (for the asyncio backend: once per worker coroutine,
+    awaited if it is a coroutine function); it can keep what the tasks need in
+    :func:`conveyor.worker_state`. If it raises, every task given to that
+    worker fails with :class:`~conveyor.errors.WorkerInitError`. Process
+    workers start at once and stay warm between maps; ``max_tasks_per_worker``
+    replaces a process worker after that many tasks (a leaky library).
 
     Several maps and submits may use one pool at the same time, from any
     thread; they share its workers.
@@ -83,18 +82,17 @@ class Pool:
     ``close(cancel=True)`` when the block raised.
     """
 
-    def __init__(self, backend: Literal["thread", "asyncio"] = "thread",
+    def __init__(self, backend: Literal["thread", "asyncio", "process"] = "thread",
                  workers: int | None = None, *,
                  initializer: Callable[..., object] | None = None,
-                 initargs: tuple[Any, ...] = ()) -> None:
+                 initargs: tuple[Any, ...] = (),
+                 max_tasks_per_worker: int | None = None) -> None:
         where = "conveyor.Pool"
         if backend not in _backends.BACKENDS:
             choices = ", ".join(repr(b) for b in _backends.BACKENDS)
             raise ValueError(f"{where}: unknown backend {backend!r}; choose one of {choices}.")
-        if initializer is not None:
-            check_fn(initializer, where + " initializer")
-        if not isinstance(initargs, tuple):
-            raise TypeError(f"{where}: initargs must be a tuple, got {initargs!r}")
+        worker_options = check_worker_options(where, backend, initializer, initargs,
+                                              max_tasks_per_worker)
         if workers is None:
             workers = _backends.default_workers(backend)
         elif isinstance(workers, bool) or not isinstance(workers, int):
@@ -103,9 +101,10 @@ class Pool:
             raise ValueError(f"{where}: workers must be >= 1, got {workers}")
         self.backend_name = backend
         self.workers = workers
-        self._backend = _backends.create(backend, workers, initializer=initializer,
-                                         initargs=initargs)
+        self._backend = _backends.create(backend, workers, **worker_options)
         self._backend.start()
+        self._backend.warm_up()
+        self._appliers: dict[int, Apply] = {}   # id(fn) -> its submit wrapper
         self._lock = threading.Lock()
         self._closed = False
         self._runs: weakref.WeakSet[Run] = weakref.WeakSet()
@@ -142,7 +141,8 @@ class Pool:
         opts = check_options(where, **{**_DEFAULTS, **options})
         with self._lock:
             self._check_open("map")
-            run = start_run(fn, items, self._backend, owns_backend=False, options=opts)
+            run = start_run(fn, items, self._backend, owns_backend=False, options=opts,
+                            where=where)
             self._runs.add(run)
         return Results(run)
 
@@ -160,7 +160,12 @@ class Pool:
         where = "conveyor.Pool.submit"
         check_fn(fn, where)
         resolve_backend(self.backend_name, fn, where)
-        wrapper = _AsyncApply(fn) if self.backend_name == "asyncio" else _Apply(fn)
+        wrapper = self._applier(fn)
+        if self.backend_name == "process":
+            self._backend.prepare(wrapper, where)
+            from ._backends.process import check_arguments
+
+            check_arguments(args, kwargs, where)
         fut: Future[Any] = Future()
 
         def report(done: Completion) -> None:
@@ -195,6 +200,17 @@ class Pool:
             fut.add_done_callback(on_cancel)
             self._backend.submit(batch)
         return fut
+
+    def _applier(self, fn: Callable[..., Any]) -> Apply:
+        """One wrapper per function: a process worker receives each function once."""
+        wrapper = self._appliers.get(id(fn))
+        if wrapper is None or wrapper.fn is not fn:
+            wrapper = _AsyncApply(fn) if self.backend_name == "asyncio" else Apply(fn)
+            with self._lock:
+                self._appliers[id(fn)] = wrapper
+                if len(self._appliers) > 64:
+                    del self._appliers[next(iter(self._appliers))]
+        return wrapper
 
     def close(self, *, cancel: bool = False) -> None:
         """Stop the pool (see the class docstring for what is waited for)."""

@@ -472,6 +472,12 @@ class Run(Outcomes):
         if n < b.limit and not b.cancelled:  # the rest did not run: submit it again
             self._submit(b.items[n:b.limit], b.group, b.start + n, b.attempt)
         done = b.harvested
+        if c.rerun > done:
+            # These ran, but their outcomes died with the worker: run them again
+            # (at least once: a task may run twice when its worker dies).
+            if not b.cancelled:
+                self._submit(b.items[done:c.rerun], b.group, b.start + done, b.attempt)
+            done = c.rerun
         if n <= done:
             return
         if not c.errors and not done:

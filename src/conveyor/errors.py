@@ -15,6 +15,7 @@ from __future__ import annotations
 
 __all__ = [
     "ConveyorError",
+    "NotPicklable",
     "PoolClosed",
     "RemoteTraceback",
     "TaskTimeout",
@@ -80,6 +81,30 @@ class WorkerInitError(ConveyorError):
     The initializer's own exception is the ``__cause__``. The run's error
     policy applies to these failures like to any other.
     """
+
+
+class NotPicklable(ConveyorError, TypeError):
+    """Something had to cross to or from a worker process and could not be pickled.
+
+    Raised by ``map``/``Pool.submit`` before any work starts for a function
+    (or ``submit`` arguments) that cannot be sent to worker processes, naming
+    the object that stops it. Inside a run it fails just the task concerned
+    (and follows ``on_error``): an item that cannot be sent, a result that
+    cannot be sent back, or an exception that cannot be (then the message
+    gives its type and text, and the worker-side traceback is the
+    ``__cause__``). ``type_name`` is the type of the object that failed.
+    """
+
+    def __init__(self, message: str, *, type_name: str | None = None) -> None:
+        super().__init__(message)
+        self.type_name = type_name
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_not_picklable, (str(self), self.type_name))
+
+
+def _rebuild_not_picklable(message: str, type_name: str | None) -> NotPicklable:
+    return NotPicklable(message, type_name=type_name)
 
 
 class PoolClosed(ConveyorError, RuntimeError):

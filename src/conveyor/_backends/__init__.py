@@ -15,14 +15,25 @@ __all__ = ["BACKENDS", "Backend", "create", "default_workers"]
 BACKENDS: dict[str, tuple[str, str]] = {
     "thread": ("conveyor._backends.thread", "ThreadBackend"),
     "asyncio": ("conveyor._backends.asyncio", "AsyncioBackend"),
+    "process": ("conveyor._backends.process", "ProcessBackend"),
 }
 
 
 def default_workers(backend: str) -> int:
-    cpus = os.cpu_count() or 1
+    cpus = usable_cpus()
     if backend == "asyncio":
         return 100
+    if backend == "process":
+        return usable_cpus()
     return min(32, cpus + 4)
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (its affinity mask, where the OS has one)."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def create(name: str, workers: int, *, initializer: Callable[..., object] | None = None,

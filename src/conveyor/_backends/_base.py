@@ -16,7 +16,8 @@ submits them again. That single rule covers every way a batch can end early:
 * the scheduler *stole* the unstarted tail of a long batch (:meth:`steal`),
 * a task overran its timeout and the worker was abandoned or killed
   (:meth:`expire`: the prefix ends with the ``TaskTimeout``),
-* a worker process died (the prefix ends with ``WorkerCrashed``),
+* a worker process died (the prefix ends with ``WorkerCrashed``; the outcomes
+  of the items before it died with the worker, and ``rerun`` says so),
 * the batch was cancelled (:meth:`cancel`: usually an empty prefix).
 
 A worker that shares its outcome list as ``batch.out`` (threads, asyncio)
@@ -79,15 +80,18 @@ class Batch:
 class Completion:
     """What a worker reports for a batch: outcomes of a prefix of its items."""
 
-    __slots__ = ("batch", "busy", "errors", "lost", "values")
+    __slots__ = ("batch", "busy", "errors", "lost", "rerun", "values")
 
     def __init__(self, batch: Batch, values: list[Any], errors: list[int] | None,
-                 busy: float, *, lost: bool = False) -> None:
+                 busy: float, *, lost: bool = False, rerun: int = 0) -> None:
         self.batch = batch
         self.values = values        # outcome of batch.items[i] for i < len(values)
         self.errors = errors        # positions whose value is an exception
         self.busy = busy            # seconds the worker spent on it
         self.lost = lost            # dropped because the backend shut down
+        #: The first ``rerun`` items ran, but their outcomes died with the worker
+        #: (``values[:rerun]`` are placeholders): the scheduler runs them again.
+        self.rerun = rerun
 
 
 class Running:
@@ -117,6 +121,19 @@ class Backend(ABC):
     @abstractmethod
     def start(self) -> None:
         """Make the backend ready to accept batches (workers may start lazily)."""
+
+    def warm_up(self) -> None:
+        """Start every worker now (``Pool``); by default workers start lazily."""
+        return
+
+    def prepare(self, fn: Callable[[Any], Any], where: str) -> None:
+        """Check, before any work starts, that ``fn`` can be run by the workers.
+
+        Backends whose workers are other processes pickle it here (once per
+        function) and raise ``NotPicklable`` (a ``TypeError``) naming what
+        cannot be sent. ``where`` prefixes the message (``"conveyor.map"``).
+        """
+        return
 
     @abstractmethod
     def submit(self, batch: Batch) -> None:

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .._worker import set_thread_state
 from ._base import (
     Backend,
     Batch,
@@ -267,6 +268,7 @@ class AsyncioBackend(Backend):
                 _cancel_once(w)
 
     async def _work(self, w: _Worker) -> None:
+        set_thread_state()   # conveyor.worker_state(): this worker coroutine's own dict
         loop = self.loop
         init_error: BaseException | None = None
         try:

@@ -35,6 +35,7 @@ from collections.abc import Callable
 from queue import SimpleQueue
 from typing import Any
 
+from .._worker import set_thread_state
 from ._base import (
     Backend,
     Batch,
@@ -169,6 +170,7 @@ class ThreadBackend(Backend):
         t.start()
 
     def _work(self, w: _Worker) -> None:
+        set_thread_state()   # conveyor.worker_state(): this thread's own dict
         init_error: BaseException | None = None
         try:
             if self._initializer is not None:

@@ -1,0 +1,831 @@
+"""backend="process": worker processes that conveyor starts and supervises itself.
+
+::
+
+    scheduler --submit--> pending jobs --pipe--> worker process 1..N
+       ^                     |  (pickled batch)    | for x in items: fn(x)
+       |               supervisor thread <--pipe---+ (pickled outcomes)
+       +--batch.sink--  (selector on result pipes and pidfds: results, deaths,
+                         kills for timeouts and cancellation, replacements)
+
+Not ``concurrent.futures.ProcessPoolExecutor``: one worker that dies breaks
+the whole executor, and a hung task cannot be stopped. Here each worker is
+watched on its own: a death fails only the task it was running
+(``WorkerCrashed``), and a worker whose task overruns ``timeout=`` is killed
+with its whole process group and replaced.
+
+**Start method.** Each worker is a fresh interpreter (``subprocess`` with
+``sys.executable``), not a ``fork`` of the parent: forking a process that
+runs threads (conveyor's dispatcher, the user's) can copy a lock in its held
+state and deadlock the child. Unlike multiprocessing's ``spawn`` and
+``forkserver``, the worker never re-imports the parent's ``__main__``, so a
+script without the ``if __name__ == "__main__"`` guard, and a notebook, work:
+functions and arguments travel by cloudpickle (lambdas, closures, functions
+defined in ``__main__`` are sent by value). A worker loads only
+``conveyor/_worker.py`` (not the conveyor package), so it starts in about the
+time of a bare interpreter. Workers start lazily, when a batch is waiting.
+
+**What is re-run.** A worker reports a batch's outcomes when the batch ends.
+If it dies during a batch (crash, timeout kill), the item it was running fails,
+the items after it had not run and run elsewhere, and the items *before* it
+had run but their outcomes died with the worker: they run again. So a task
+runs at least once, and twice only when its worker dies in the same batch
+after it (adaptive batching keeps batches near ``batch_target`` long).
+
+**Timeouts and crash attribution** without a message per item: a shared
+memory page per worker holds (batch id, item position, start time), written by
+the worker before each item (see ``conveyor._worker``).
+
+**Selectors, not ``multiprocessing.connection.wait``**: that function builds
+a new selector at every call; the supervisor keeps one registration per pipe
+and per pidfd (the process sentinel on Linux; elsewhere the end of file on the
+result pipe, plus a periodic ``poll``) for the life of each worker.
+"""
+
+from __future__ import annotations
+
+import atexit
+import collections
+import contextlib
+import functools
+import itertools
+import mmap
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import types
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from .. import _worker
+from ..errors import NotPicklable, RemoteTraceback, WorkerCrashed
+from ._base import (
+    Backend,
+    Batch,
+    Completion,
+    Running,
+    dropped,
+    init_failure,
+    initializer_failed,
+)
+
+__all__ = ["ProcessBackend", "check_arguments", "pickle_function"]
+
+BOOTSTRAP = (
+    "import sys\n"
+    "from importlib.util import module_from_spec, spec_from_file_location\n"
+    "s = spec_from_file_location('conveyor._worker', sys.argv[1])\n"
+    "m = module_from_spec(s)\n"
+    "sys.modules[s.name] = m\n"
+    "s.loader.exec_module(m)\n"
+    "m.main()\n"
+)
+
+CANCEL_GRACE = 0.25      # seconds a cancelled batch may take to finish before its worker is killed
+EXIT_GRACE = 2.0         # seconds idle workers get to exit at close before SIGKILL
+START_FAILURES = 3       # workers dying before running anything before we blame the batch
+POLL = 0.5               # seconds between liveness polls where there are no pidfds
+PIPE_SIZE = 1 << 20      # bytes: we ask the kernel for pipes this large (Linux)
+
+_live_backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for backend in list(_live_backends):
+        backend.close(cancel=True, wait=True)
+
+
+def _dumps(obj: object) -> bytes:
+    import pickle
+
+    try:
+        return pickle.dumps(obj, 5)
+    except Exception:
+        import cloudpickle
+
+        data: bytes = cloudpickle.dumps(obj, protocol=5)
+        return data
+
+
+def pickle_function(fn: object, what: str) -> bytes:
+    """cloudpickle ``fn``; a ``NotPicklable`` that names the culprit if it can't be."""
+    import cloudpickle
+
+    try:
+        data: bytes = cloudpickle.dumps(fn, protocol=5)
+        return data
+    except Exception as exc:
+        name = getattr(fn, "__qualname__", None) or repr(fn)
+        raise NotPicklable(
+            f"{what} {name} cannot be sent to worker processes: {type(exc).__name__}: {exc}"
+            f"{_culprit(fn)}. Create what it needs inside the function (or in the pool's "
+            "initializer, kept in conveyor.worker_state()), or pass picklable arguments.",
+            type_name=type(fn).__name__) from exc
+
+
+def check_arguments(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -> None:
+    """Raise ``NotPicklable`` naming the first argument that cannot be sent."""
+    try:
+        _dumps((args, kwargs))
+        return
+    except Exception as exc:
+        error = exc
+    import cloudpickle
+
+    parts = [(f"argument {i}", a) for i, a in enumerate(args)]
+    parts += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
+    for label, value in parts:
+        try:
+            cloudpickle.dumps(value, protocol=5)
+        except Exception as exc:
+            raise NotPicklable(
+                f"{where}: {label} ({value!r:.80}), a {type(value).__name__}, cannot be sent "
+                f"to a worker process: {type(exc).__name__}: {exc}",
+                type_name=type(value).__name__) from exc
+    raise NotPicklable(f"{where}: the arguments cannot be sent to a worker process: "
+                       f"{type(error).__name__}: {error}") from error
+
+
+def _culprit(fn: object) -> str:
+    """Which object that ``fn`` refers to cannot be pickled (best effort)."""
+    import cloudpickle
+
+    parts: list[tuple[str, object]] = []
+    if isinstance(fn, functools.partial):
+        parts += [("the partial's function", fn.func)]
+        parts += [(f"argument {i} of the partial", a) for i, a in enumerate(fn.args)]
+        parts += [(f"keyword {k!r} of the partial", v) for k, v in fn.keywords.items()]
+    elif isinstance(fn, types.MethodType):
+        parts += [("the object the method is bound to", fn.__self__)]
+    func = fn.__func__ if isinstance(fn, types.MethodType) else fn
+    if isinstance(func, types.FunctionType):
+        code = func.__code__
+        for name, cell in zip(code.co_freevars, func.__closure__ or (), strict=False):
+            with contextlib.suppress(ValueError):   # an empty cell
+                parts.append((f"the variable {name!r} it closes over", cell.cell_contents))
+        for name in _names(code):
+            if name in func.__globals__:
+                parts.append((f"the global {name!r}", func.__globals__[name]))
+        for i, value in enumerate(func.__defaults__ or ()):
+            parts.append((f"default argument {i}", value))
+    elif not isinstance(fn, (functools.partial, types.MethodType)):
+        for name, value in getattr(fn, "__dict__", {}).items():
+            parts.append((f"its attribute {name!r}", value))
+    for label, obj in parts:
+        try:
+            cloudpickle.dumps(obj, protocol=5)
+        except Exception as exc:
+            return (f" (it refers to {label}, a {type(obj).__name__}, which cannot be "
+                    f"pickled: {exc})")
+    return ""
+
+
+def _names(code: types.CodeType) -> list[str]:
+    names = list(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names += _names(const)
+    return names
+
+
+def _describe_exit(returncode: int | None) -> str:
+    if returncode is None:
+        return "it stopped responding"
+    if returncode >= 0:
+        return f"it exited with code {returncode}"
+    signum = -returncode
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    hint = {signal.SIGKILL: ", as the out-of-memory killer does",
+            signal.SIGSEGV: " (a segmentation fault)",
+            signal.SIGABRT: " (an abort)"}.get(signal.Signals(signum), "") \
+        if signum in signal.valid_signals() else ""
+    return f"it was killed by {name}{hint}"
+
+
+class _Job:
+    __slots__ = ("batch", "bid", "fn_data", "items", "key", "size")
+
+    def __init__(self, bid: int, batch: Batch, key: int, fn_data: bytes, items: bytes,
+                 size: int) -> None:
+        self.bid = bid
+        self.batch = batch
+        self.key = key          # which function (see ProcessBackend._fn_key)
+        self.fn_data = fn_data  # its pickle, sent to workers that do not hold it yet
+        self.items = items      # the pickled items
+        self.size = size        # how many
+
+
+class _Proc:
+    """One worker process and the parent's end of its pipes."""
+
+    __slots__ = (
+        "cancel_at",
+        "d",
+        "jobs",
+        "known",
+        "life_w",
+        "pid",
+        "pidfd",
+        "popen",
+        "q",
+        "ran",
+        "reason",
+        "result_r",
+        "retiring",
+        "slot",
+        "task_w",
+        "tasks",
+    )
+
+    def __init__(self) -> None:
+        self.popen: subprocess.Popen[bytes] | None = None
+        self.pid = 0
+        self.task_w = self.result_r = self.life_w = -1
+        self.pidfd = -1
+        self.slot: mmap.mmap | None = None
+        self.q: memoryview[int] | None = None
+        self.d: memoryview[float] | None = None
+        self.jobs: collections.deque[_Job] = collections.deque()   # jobs[0] runs first
+        self.known: dict[int, None] = {}       # function keys the worker holds (FIFO)
+        self.tasks = 0                          # items sent, for max_tasks_per_worker
+        self.retiring = False                   # will exit after its last job
+        self.ran = False                        # reported at least one batch
+        self.reason: tuple[int, BaseException] | None = None   # killed to expire (pos, error)
+        self.cancel_at = 0.0                    # kill if still on a cancelled batch then
+
+
+class ProcessBackend(Backend):
+    name = "process"
+    can_steal = False
+    batch_target = 0.02     # a pipe round trip costs ~100 us: batches of tens of ms
+    max_batch = 16384
+
+    def __init__(self, workers: int, *, initializer: Callable[..., object] | None = None,
+                 initargs: tuple[Any, ...] = (), max_tasks_per_worker: int | None = None,
+                 ) -> None:
+        self.workers = workers
+        self._initializer = initializer
+        self._init_bytes: bytes | None = None
+        if initializer is not None:
+            self._init_bytes = pickle_function((initializer, initargs),
+                                               "the initializer (with its initargs)")
+        self._max_tasks = max_tasks_per_worker
+        self._lock = threading.Lock()
+        self._fn_lock = threading.Lock()
+        self._fns: dict[int, tuple[object, int, bytes]] = {}    # id(fn) -> (fn, key, pickle)
+        self._keys = itertools.count(1)
+        self._bids = itertools.count(1)
+        self._pending: collections.deque[_Job] = collections.deque()
+        self._procs: list[_Proc] = []
+        self._start_failures = 0
+        self._closed = False
+        self._stopped = threading.Event()      # supervisor ended: every worker reaped
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_r, self._wake_w = -1, -1
+        self._supervisor: threading.Thread | None = None
+        self._worker_path = _worker.__file__
+
+    # -- protocol ------------------------------------------------------------
+    def start(self) -> None:
+        with self._lock:
+            self._ensure_supervisor()
+
+    def warm_up(self) -> None:
+        with self._lock:
+            self._ensure_supervisor()
+            while len(self._procs) < self.workers and not self._closed:
+                self._spawn()
+
+    def prepare(self, fn: Callable[[Any], Any], where: str) -> None:
+        self._fn_key(fn, f"{where}: the function")
+
+    def submit(self, batch: Batch) -> None:
+        try:
+            key, fn_data = self._fn_key(batch.fn, "the function")
+        except NotPicklable as exc:   # not prepared (checked) before: fail the batch
+            n = batch.limit
+            batch.sink(Completion(batch, [_fresh(exc) for _ in range(n)], list(range(n)), 0.0))
+            return
+        items = batch.items[:batch.limit]
+        payload, n, error = _pickle_items(items)
+        if payload is None:   # the first item cannot be sent: fail it, the rest follow
+            assert error is not None
+            batch.sink(Completion(batch, [error], [0], 0.0))
+            return
+        job = _Job(next(self._bids), batch, key, fn_data, payload, n)
+        with self._lock:
+            if self._closed:
+                reject = True
+            else:
+                reject = False
+                self._pending.append(job)
+                self._dispatch()
+        if reject:
+            batch.sink(dropped(batch))
+
+    def running(self) -> list[Running]:
+        out = []
+        for p in list(self._procs):
+            try:
+                job = p.jobs[0]
+            except IndexError:
+                continue
+            q, d = p.q, p.d
+            if not job.batch.timed or q is None or d is None:
+                continue
+            bid = q[0]
+            pos = q[1]
+            since = d[2]
+            if bid != job.bid or q[1] != pos or q[0] != bid:
+                continue   # not started, or moving on
+            out.append(Running(job.batch, pos, since))
+        return out
+
+    def expire(self, entry: Running, error: BaseException) -> bool:
+        with self._lock:
+            for p in self._procs:
+                if not p.jobs or p.jobs[0].batch is not entry.batch or p.reason is not None:
+                    continue
+                q = p.q
+                if q is None or q[0] != p.jobs[0].bid or q[1] != entry.pos:
+                    return False   # it finished that item meanwhile
+                p.reason = (entry.pos, error)
+                _kill(p)
+                return True
+        return False
+
+    def cancel(self, batch: Batch) -> None:
+        batch.cancelled = True
+        report = None
+        with self._lock:
+            for job in self._pending:
+                if job.batch is batch:
+                    self._pending.remove(job)
+                    report = job
+                    break
+            else:
+                for p in self._procs:
+                    for i, job in enumerate(p.jobs):
+                        if job.batch is not batch:
+                            continue
+                        q = p.q
+                        if i == 0 and q is not None and q[0] == job.bid:
+                            # Running: it may finish soon; if not, kill its worker.
+                            p.cancel_at = p.cancel_at or time.monotonic() + CANCEL_GRACE
+                            self._wake()
+                        elif q is not None:
+                            q[3] = job.bid     # queued in its pipe: the worker skips it
+                        break
+        if report is not None:
+            batch.sink(Completion(batch, [], None, 0.0))
+
+    def close(self, *, cancel: bool, wait: bool = True) -> None:
+        lost: list[_Job] = []
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                if cancel:
+                    lost = list(self._pending)
+                    self._pending.clear()
+                    for p in self._procs:
+                        if p.jobs:
+                            p.cancel_at = time.monotonic()   # kill now
+                            for job in p.jobs:
+                                job.batch.cancelled = True
+                self._wake()
+            supervisor = self._supervisor
+        for job in lost:
+            job.batch.sink(dropped(job.batch))
+        if supervisor is None:
+            self._stopped.set()
+            return
+        if wait and supervisor is not threading.current_thread():
+            self._stopped.wait()
+
+    # -- functions -----------------------------------------------------------
+    def _fn_key(self, fn: Callable[[Any], Any], what: str) -> tuple[int, bytes]:
+        """``fn``'s key and pickle: made once per function, kept for the last 64."""
+        entry = self._fns.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            return entry[1], entry[2]
+        data = pickle_function(fn, what)
+        with self._fn_lock:
+            entry = self._fns.get(id(fn))
+            if entry is not None and entry[0] is fn:
+                return entry[1], entry[2]
+            key = next(self._keys)
+            self._fns[id(fn)] = (fn, key, data)   # holding fn: its id stays its own
+            if len(self._fns) > _worker.FN_CACHE:
+                del self._fns[next(iter(self._fns))]
+        return key, data
+
+    # -- dispatching (lock held) -----------------------------------------------
+    def _ensure_supervisor(self) -> None:
+        if self._supervisor is not None or self._closed:
+            return
+        self._selector = selectors.DefaultSelector()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._supervisor = threading.Thread(target=self._supervise, daemon=True,
+                                            name="conveyor-process-supervisor")
+        self._supervisor.start()
+        _live_backends.add(self)
+
+    def _wake(self) -> None:
+        if self._wake_w >= 0:
+            with contextlib.suppress(BlockingIOError, OSError):
+                os.write(self._wake_w, b"x")
+
+    def _dispatch(self) -> None:
+        """Hand pending jobs to workers: idle ones first, then start new ones,
+        then queue one more behind a busy worker (so it never waits for us)."""
+        pending = self._pending
+        while pending:
+            job = pending[0]
+            target = None
+            for p in self._procs:
+                if not p.jobs and not p.retiring and p.cancel_at == 0.0:
+                    target = p
+                    break
+            if target is None and \
+                    sum(1 for p in self._procs if not p.retiring) < self.workers:
+                self._ensure_supervisor()
+                target = self._spawn()
+            if target is None:
+                for p in self._procs:
+                    if len(p.jobs) == 1 and not p.retiring and p.cancel_at == 0.0 \
+                            and p.reason is None and len(job.items) < PIPE_SIZE // 2:
+                        target = p
+                        break
+            if target is None:
+                return
+            pending.popleft()
+            self._send(target, job)
+
+    def _send(self, p: _Proc, job: _Job) -> None:
+        import pickle
+
+        fn_bytes = None
+        if job.key not in p.known:
+            fn_bytes = job.fn_data
+            p.known[job.key] = None
+            if len(p.known) > _worker.FN_CACHE:
+                del p.known[next(iter(p.known))]
+        message = pickle.dumps((job.bid, job.key, fn_bytes, job.batch.timed, job.items), 5)
+        p.jobs.append(job)
+        p.tasks += job.size
+        if self._max_tasks is not None and p.tasks >= self._max_tasks:
+            p.retiring = True
+        with contextlib.suppress(OSError):   # if it is gone, its death hands the job back
+            _worker.write_message(p.task_w, message)
+
+    def _spawn(self) -> _Proc:
+        p = _Proc()
+        task_r, p.task_w = os.pipe()
+        p.result_r, result_w = os.pipe()
+        life_r, p.life_w = os.pipe()
+        for fd in (task_r, p.task_w, p.result_r, result_w):
+            with contextlib.suppress(OSError, AttributeError):
+                import fcntl
+
+                fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+        slot_fd = _shared_page()
+        p.slot = mmap.mmap(slot_fd, mmap.PAGESIZE)
+        p.q = memoryview(p.slot).cast("q")
+        p.d = memoryview(p.slot).cast("d")
+        p.q[0] = p.q[3] = -1
+        try:
+            p.popen = subprocess.Popen(
+                [sys.executable, "-u", "-c", BOOTSTRAP, self._worker_path,
+                 str(task_r), str(result_w), str(life_r), str(slot_fd)],
+                pass_fds=(task_r, result_w, life_r, slot_fd), stdin=subprocess.DEVNULL,
+                start_new_session=True)   # its own process group: killed as one
+        finally:
+            for fd in (task_r, result_w, life_r, slot_fd):
+                os.close(fd)
+        p.pid = p.popen.pid
+        with contextlib.suppress(OSError, AttributeError):
+            p.pidfd = os.pidfd_open(p.pid)
+        self._procs.append(p)
+        assert self._selector is not None
+        self._selector.register(p.result_r, selectors.EVENT_READ, (p, False))
+        if p.pidfd >= 0:
+            self._selector.register(p.pidfd, selectors.EVENT_READ, (p, True))
+        init = (list(sys.path), self._init_bytes, self._max_tasks)
+        _worker.write_message(p.task_w, _dumps(init))
+        return p
+
+    # -- the supervisor thread -------------------------------------------------
+    def _supervise(self) -> None:
+        try:
+            self._watch()
+        finally:
+            with self._lock:
+                procs = list(self._procs)
+                self._procs.clear()
+            for p in procs:
+                _kill(p)
+                self._reap(p)
+            assert self._selector is not None
+            self._selector.close()
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+            self._wake_w = -1
+            _live_backends.discard(self)
+            self._stopped.set()
+
+    def _watch(self) -> None:
+        selector = self._selector
+        assert selector is not None
+        exiting_since = 0.0
+        while True:
+            timeout = self._timers()
+            with self._lock:
+                idle = self._closed and not self._pending and \
+                    not any(p.jobs for p in self._procs)
+                if idle and not exiting_since:
+                    exiting_since = time.monotonic()
+                    for p in self._procs:
+                        _close_fd(p, "task_w")   # end of file: the worker exits
+                if idle and not self._procs:
+                    return
+            if exiting_since:
+                left = exiting_since + EXIT_GRACE - time.monotonic()
+                if left <= 0:
+                    with self._lock:
+                        for p in self._procs:
+                            _kill(p)
+                    left = POLL
+                timeout = left if timeout is None else min(timeout, left)
+            for key, _ in selector.select(timeout):
+                if key.data is None:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(self._wake_r, 4096)
+                    continue
+                p, is_pidfd = key.data
+                if p not in self._procs:
+                    continue
+                if is_pidfd:
+                    self._on_death(p)
+                else:
+                    self._on_readable(p)
+
+    def _timers(self) -> float | None:
+        """Kill workers that overstay a cancelled batch; poll where no pidfd."""
+        now = time.monotonic()
+        wake: float | None = None
+        for p in list(self._procs):
+            if p.cancel_at:
+                if now >= p.cancel_at:
+                    _kill(p)
+                    if p.pidfd < 0:
+                        self._on_death(p)
+                else:
+                    left = p.cancel_at - now
+                    wake = left if wake is None else min(wake, left)
+            if p.pidfd < 0:
+                if p.popen is not None and p.popen.poll() is not None:
+                    self._on_death(p)
+                wake = POLL if wake is None else min(wake, POLL)
+        return wake
+
+    def _on_readable(self, p: _Proc) -> None:
+        try:
+            message = _worker.read_message(p.result_r)
+        except OSError:
+            message = None
+        if message is None:   # end of file: it is dying (or retiring)
+            assert self._selector is not None
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(p.result_r)
+            if p.pidfd < 0:
+                self._on_death(p)
+            return
+        self._on_message(p, message)
+
+    def _on_message(self, p: _Proc, message: bytes) -> None:
+        import pickle
+
+        try:
+            bid, status, busy, values, records = pickle.loads(message)
+        except Exception as exc:   # an outcome whose type the parent cannot rebuild
+            bid, status, busy, values, records = p.jobs[0].bid, -1, 0.0, [], exc
+        with self._lock:
+            job = p.jobs.popleft()
+            assert job.bid == bid, (job.bid, bid)
+            p.ran = True
+            self._start_failures = 0
+            if not p.jobs:
+                p.cancel_at = 0.0
+            if p.retiring and not p.jobs:
+                _close_fd(p, "task_w")   # it exits now; a fresh one starts on demand
+            self._dispatch()
+        batch = job.batch
+        if status == _worker.STATUS_DONE:
+            errors = []
+            for rec in records:
+                values[rec[0]] = _rebuild(rec)
+                errors.append(rec[0])
+            done = Completion(batch, values, errors or None, busy)
+        elif status == _worker.STATUS_SKIPPED:
+            done = Completion(batch, [], None, 0.0)
+        elif status == _worker.STATUS_INIT_FAILED:
+            error = initializer_failed(self._initializer, _rebuild(records[0]))
+            done = Completion(batch, [init_failure(error) for _ in range(job.size)],
+                              list(range(job.size)), 0.0)
+        elif status == _worker.STATUS_ITEMS_FAILED:
+            cause = _rebuild(records[0])
+            errs = []
+            for _ in range(job.size):
+                e = NotPicklable(f"the items could not be unpickled in the worker process: "
+                                 f"{records[0][3]}: {records[0][4]}")
+                e.__cause__ = cause
+                errs.append(e)
+            done = Completion(batch, errs, list(range(job.size)), 0.0)
+        else:
+            errs = []
+            for _ in range(job.size):
+                e = NotPicklable("the outcomes of this batch could not be unpickled in the "
+                                 f"parent process: {type(records).__name__}: {records}")
+                e.__cause__ = records
+                errs.append(e)
+            done = Completion(batch, errs, list(range(job.size)), busy)
+        batch.sink(done)
+
+    def _on_death(self, p: _Proc) -> None:
+        # Outcomes it sent before dying come first.
+        while p.result_r >= 0 and _readable(p.result_r):
+            try:
+                message = _worker.read_message(p.result_r)
+            except OSError:
+                message = None
+            if message is None:
+                break
+            self._on_message(p, message)
+        reports: list[Completion] = []
+        with self._lock:
+            if p not in self._procs:
+                return
+            self._procs.remove(p)
+            returncode = self._reap(p)
+            q = p.q
+            running = q is not None and bool(p.jobs) and q[0] == p.jobs[0].bid
+            pos = q[1] if q is not None else 0
+            jobs = list(p.jobs)
+            p.jobs.clear()
+            if jobs and not running and not p.ran and p.reason is None \
+                    and not p.cancel_at and returncode != 0:
+                self._start_failures += 1
+                if self._start_failures >= START_FAILURES:
+                    running, pos = True, 0   # it dies as it starts: blame the batch
+            for i, job in enumerate(jobs):
+                batch = job.batch
+                if i == 0 and running:
+                    if batch.cancelled:
+                        reports.append(Completion(batch, [], None, 0.0))
+                        continue
+                    if p.reason is not None:
+                        error: BaseException = p.reason[1]
+                    else:
+                        error = WorkerCrashed(
+                            f"the worker process (pid {p.pid}) running this task died: "
+                            f"{_describe_exit(returncode)}", pid=p.pid, exitcode=returncode)
+                    values: list[Any] = [None] * pos
+                    values.append(error)
+                    reports.append(Completion(batch, values, [pos],
+                                              time.monotonic() - batch.started, rerun=pos))
+                elif batch.cancelled or self._closed:
+                    reports.append(Completion(batch, [], None, 0.0))
+                else:
+                    self._pending.appendleft(job)   # never started: it runs elsewhere
+            if not self._closed:
+                self._dispatch()
+        for done in reports:
+            done.batch.sink(done)
+
+    def _reap(self, p: _Proc) -> int | None:
+        assert self._selector is not None
+        for fd_name in ("result_r", "pidfd"):
+            fd = getattr(p, fd_name)
+            if fd >= 0:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._selector.unregister(fd)
+        returncode = None
+        if p.popen is not None:
+            try:
+                returncode = p.popen.wait(timeout=EXIT_GRACE)
+            except subprocess.TimeoutExpired:
+                _kill(p)
+                returncode = p.popen.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGKILL)   # what its tasks started and left behind
+        for fd_name in ("task_w", "result_r", "life_w", "pidfd"):
+            _close_fd(p, fd_name)
+        return returncode
+
+
+# -- helpers ---------------------------------------------------------------------
+
+def _fresh(exc: NotPicklable) -> NotPicklable:
+    e = NotPicklable(str(exc), type_name=exc.type_name)
+    e.__cause__ = exc.__cause__
+    return e
+
+
+def _pickle_items(items: list[Any]) -> tuple[bytes | None, int, BaseException | None]:
+    """Pickle a batch's items: (payload, how many, error for the first one that fails).
+
+    When an item cannot be pickled, the payload holds the items before it (or
+    is None if it is the first); the scheduler sends the rest again, and that
+    item then fails on its own.
+    """
+    try:
+        return _dumps(items), len(items), None
+    except Exception:
+        pass
+    import cloudpickle
+
+    for i, x in enumerate(items):
+        try:
+            cloudpickle.dumps(x, protocol=5)
+        except Exception as exc:
+            if i:
+                return _dumps(items[:i]), i, None
+            error = NotPicklable(
+                f"this item, a {type(x).__name__}, cannot be sent to a worker process: "
+                f"{type(exc).__name__}: {exc}", type_name=type(x).__name__)
+            error.__cause__ = exc
+            return None, 0, error
+    return _dumps(items), len(items), None   # pragma: no cover - it failed as a whole only
+
+
+def _rebuild(rec: tuple[Any, ...]) -> BaseException:
+    """The exception for a worker's failure record (see ``_worker._record``)."""
+    import pickle
+
+    _pos, kind, exc_bytes, type_name, message, tb = rec
+    if kind == _worker.KIND_RESULT:
+        return NotPicklable(
+            f"the task returned a {type_name}, which cannot be pickled to send it back "
+            f"from the worker process ({message}); return something picklable, e.g. "
+            "plain data", type_name=type_name)
+    exc: BaseException | None = None
+    if exc_bytes is not None:
+        try:
+            exc = pickle.loads(exc_bytes)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = NotPicklable(
+            f"the task raised {type_name}: {message} -- that exception cannot be pickled "
+            "to send it back from the worker process, so this error stands in for it "
+            "(its worker-side traceback is attached)", type_name=type_name)
+    exc.__cause__ = RemoteTraceback(tb)
+    return exc
+
+
+def _shared_page() -> int:
+    """A file descriptor for one page of memory the worker maps too."""
+    try:
+        fd = os.memfd_create("conveyor-slot")   # Linux: no file at all
+    except (AttributeError, OSError):
+        with tempfile.TemporaryFile() as f:   # unlinked at once
+            fd = os.dup(f.fileno())
+    os.ftruncate(fd, mmap.PAGESIZE)
+    return fd
+
+
+def _readable(fd: int) -> bool:
+    import select
+
+    try:
+        r, _, _ = select.select([fd], [], [], 0)
+    except (OSError, ValueError):
+        return False
+    return bool(r)
+
+
+def _kill(p: _Proc) -> None:
+    if p.pid:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(p.pid, signal.SIGKILL)
+
+
+def _close_fd(p: _Proc, name: str) -> None:
+    fd = getattr(p, name)
+    if fd >= 0:
+        setattr(p, name, -1)
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -1,0 +1,320 @@
+"""What runs inside a worker: the process worker's main loop, and ``worker_state``.
+
+A process worker is a fresh interpreter started by ``_backends.process``::
+
+    python -u -c BOOTSTRAP /path/to/_worker.py TASK_R RESULT_W LIFELINE_R SLOT_FD
+
+The bootstrap loads *this file* as the module ``conveyor._worker`` without
+importing the ``conveyor`` package (whose import pulls in asyncio: tens of
+milliseconds a worker would pay at every start). So this module imports only
+what starts fast, and everything the parent pickles for a worker refers to
+names that exist here or in the user's own modules.
+
+Protocol (each message: an 8-byte little-endian length, then a pickle):
+
+* parent -> worker, first: ``(sys_path, initializer_and_args | None,
+  max_tasks | None)``; then one message per batch: ``(bid, fn_key, fn_bytes |
+  None, timed, items)``. End of file on TASK_R: exit.
+* worker -> parent, per batch: ``(bid, status, busy_seconds, values,
+  records)``; ``records`` describe the failed positions (see ``_record``).
+
+The slot (a small shared-memory page, SLOT_FD) says what the worker is doing
+without a message per item: ``q[0]`` the batch id it runs, ``q[1]`` the position
+of the item it runs, ``d[2]`` since when (``time.monotonic``, for timed
+batches only), and ``q[3]`` (written by the parent) the id of a queued batch to
+skip. The parent reads it to time items and to know which item a dead worker
+was running.
+
+LIFELINE_R is the read end of a pipe nobody writes to: when the parent dies,
+even by SIGKILL, the read returns and the worker kills its process group
+(itself and whatever its tasks started), so no worker outlives its parent.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import signal
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+try:   # the C pickler directly: importing pickle.py costs a worker milliseconds
+    from _pickle import dumps, loads
+except ImportError:  # pragma: no cover - other interpreters
+    from pickle import dumps, loads
+
+__all__ = ["Apply", "main", "set_thread_state", "worker_state"]
+
+HEADER = 8
+STATUS_DONE = 0       # values and records for the batch's prefix
+STATUS_SKIPPED = 1    # the parent cancelled it before it started
+STATUS_INIT_FAILED = 2  # the initializer failed: records[0] describes it
+STATUS_ITEMS_FAILED = 3  # the items could not be unpickled: records[0] says why
+FN_CACHE = 64         # functions a worker keeps (FIFO); the parent mirrors it
+
+KIND_RAISED = 0       # the task raised; exc_bytes may be None (not picklable)
+KIND_RESULT = 1       # the task returned something that cannot be pickled
+
+_process_state: dict[str, Any] | None = None
+_state_var: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
+    "conveyor_worker_state")
+
+
+def worker_state() -> dict[str, Any]:
+    """A dict private to the worker running the current task.
+
+    Fill it in the pool's ``initializer`` (load a model, open a connection)
+    and read it from every task that runs on that worker::
+
+        def load():
+            conveyor.worker_state()["model"] = load_model()
+
+        def score(x):
+            return conveyor.worker_state()["model"](x)
+
+        with conveyor.Pool(backend="process", initializer=load) as pool: ...
+
+    One dict per worker process, per worker thread, or per worker coroutine
+    (asyncio). It lives as long as its worker: with ``max_tasks_per_worker``,
+    a fresh worker starts with an empty dict (and runs the initializer again).
+    """
+    if _process_state is not None:
+        return _process_state
+    try:
+        return _state_var.get()
+    except LookupError:
+        raise RuntimeError("conveyor.worker_state() is only available in a task or an "
+                           "initializer running on a conveyor worker") from None
+
+
+def set_thread_state() -> None:
+    """Give the calling worker thread or worker coroutine its own state dict."""
+    _state_var.set({})
+
+
+class Apply:
+    """Calls ``fn(*args, **kwargs)`` for an item ``(args, kwargs)`` (``Pool.submit``).
+
+    Defined here so that a process worker can unpickle it without importing
+    the conveyor package.
+    """
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, packed: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
+        return self.fn(*packed[0], **packed[1])
+
+
+# -- the process worker ---------------------------------------------------------
+
+def _read_exact(fd: int, n: int) -> bytes | None:
+    data = os.read(fd, n)
+    if len(data) == n or not data:
+        return data or None
+    buf = bytearray(data)
+    while len(buf) < n:
+        more = os.read(fd, n - len(buf))
+        if not more:
+            return None
+        buf += more
+    return bytes(buf)
+
+
+def read_message(fd: int) -> bytes | None:
+    """The next message on ``fd``, or None at end of file."""
+    head = _read_exact(fd, HEADER)
+    if head is None:
+        return None
+    n = int.from_bytes(head, "little")
+    if n == 0:
+        return b""
+    return _read_exact(fd, n)
+
+
+def write_message(fd: int, payload: bytes) -> None:
+    data = memoryview(len(payload).to_bytes(HEADER, "little") + payload)
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _cloudpickle_dumps(obj: object) -> bytes:
+    import cloudpickle
+
+    data: bytes = cloudpickle.dumps(obj, protocol=5)
+    return data
+
+
+def _safe_str(exc: BaseException) -> str:
+    try:
+        return str(exc)
+    except Exception:  # a broken __str__
+        return f"<{type(exc).__name__}: str() failed>"
+
+
+def _type_name(obj: object) -> str:
+    t = type(obj)
+    module = getattr(t, "__module__", "")
+    return t.__qualname__ if module in ("builtins", "__main__", None) \
+        else f"{module}.{t.__qualname__}"
+
+
+def _record(pos: int, exc: BaseException) -> tuple[int, int, bytes | None, str, str, str]:
+    """``(pos, KIND_RAISED, pickled exception or None, type name, message, traceback)``."""
+    import traceback
+
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    exc.__traceback__ = None   # frames hold the task's locals: let them go
+    exc_bytes: bytes | None
+    try:
+        exc_bytes = dumps(exc, 5)
+        loads(exc_bytes)   # also rebuildable? (a custom __init__ may refuse its args)
+    except Exception:
+        try:
+            exc_bytes = _cloudpickle_dumps(exc)
+            loads(exc_bytes)
+        except Exception:
+            exc_bytes = None
+    return (pos, KIND_RAISED, exc_bytes, _type_name(exc), _safe_str(exc), tb)
+
+
+def _encode(bid: int, status: int, busy: float, values: list[Any],
+            records: list[tuple[Any, ...]]) -> bytes:
+    """The batch's reply; an outcome that cannot be pickled becomes a record."""
+    msg = (bid, status, busy, values, records)
+    try:
+        return dumps(msg, 5)
+    except Exception:
+        pass
+    try:
+        return _cloudpickle_dumps(msg)
+    except Exception:
+        pass
+    # Find the outcomes that cannot travel; each becomes its task's error.
+    failed = {r[0] for r in records}
+    for pos, value in enumerate(values):
+        if pos in failed:
+            continue
+        try:
+            _cloudpickle_dumps(value)
+        except Exception as exc:
+            values[pos] = None
+            records.append((pos, KIND_RESULT, None, _type_name(value),
+                            f"{type(exc).__name__}: {_safe_str(exc)}", ""))
+    records.sort()
+    return _cloudpickle_dumps(msg)
+
+
+def _unloadable(exc: BaseException) -> Callable[[Any], Any]:
+    message = (f"conveyor: the function could not be unpickled in the worker process: "
+               f"{type(exc).__name__}: {_safe_str(exc)} (is its module importable there, "
+               "with the same sys.path and working directory?)")
+
+    def fail(_item: Any) -> Any:
+        raise RuntimeError(message)
+    return fail
+
+
+def _lifeline(fd: int) -> None:
+    try:
+        os.read(fd, 1)   # returns when the parent's end closes: the parent is gone
+    finally:
+        os.killpg(0, signal.SIGKILL)
+
+
+def main() -> None:
+    global _process_state
+    task_r, result_w, life_r, slot_fd = (int(a) for a in sys.argv[2:6])
+    signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
+    for fd in (task_r, result_w, life_r, slot_fd):
+        os.set_inheritable(fd, False)   # processes the tasks start must not hold them
+    import _thread
+    import mmap
+
+    _thread.start_new_thread(_lifeline, (life_r,))
+    slot = mmap.mmap(slot_fd, mmap.PAGESIZE)
+    q = memoryview(slot).cast("q")
+    d = memoryview(slot).cast("d")
+
+    first = read_message(task_r)
+    if first is None:
+        return
+    sys_path, init, max_tasks = loads(first)
+    sys.path[:] = sys_path
+    _process_state = {}
+    init_record = None
+    if init is not None:
+        try:
+            initializer, initargs = loads(init)
+            initializer(*initargs)
+        except BaseException as exc:
+            init_record = _record(0, exc)
+    fns: dict[int, Callable[[Any], Any]] = {}
+    monotonic = time.monotonic
+    done = 0
+    while True:
+        message = read_message(task_r)
+        if message is None:
+            return
+        bid, key, fn_bytes, timed, items_bytes = loads(message)
+        if fn_bytes is not None:   # first, always: the parent mirrors this cache
+            try:
+                fns[key] = loads(fn_bytes)
+            except BaseException as exc:
+                fns[key] = _unloadable(exc)
+            if len(fns) > FN_CACHE:
+                del fns[next(iter(fns))]
+        if q[3] == bid:
+            write_message(result_w, dumps((bid, STATUS_SKIPPED, 0.0, [], []), 5))
+            continue
+        if init_record is not None:
+            write_message(result_w, dumps((bid, STATUS_INIT_FAILED, 0.0, [], [init_record]), 5))
+            continue
+        try:
+            items = loads(items_bytes)
+        except BaseException as exc:
+            write_message(result_w, dumps((bid, STATUS_ITEMS_FAILED, 0.0, [],
+                                           [_record(0, exc)]), 5))
+            continue
+        items_bytes = None
+        fn = fns[key]
+        if max_tasks is not None and done + len(items) > max_tasks:
+            items = items[:max_tasks - done]   # the parent runs the rest elsewhere
+        t0 = monotonic()
+        d[2] = t0      # since, position, batch: the parent reads them the other way
+        q[1] = 0
+        q[0] = bid
+        out: list[Any] = []
+        errors: list[int] = []
+        append = out.append
+        if timed:
+            for i, x in enumerate(items):
+                d[2] = monotonic()   # since, then position: the parent reads them in
+                q[1] = i             # the other order, so it never sees a stale start
+                try:
+                    append(fn(x))
+                except BaseException as exc:  # the task's own failure, whatever its type
+                    errors.append(i)
+                    append(exc)
+        else:
+            for i, x in enumerate(items):
+                q[1] = i
+                try:
+                    append(fn(x))
+                except BaseException as exc:  # the task's own failure, whatever its type
+                    errors.append(i)
+                    append(exc)
+        busy = monotonic() - t0
+        records = []
+        for pos in errors:
+            records.append(_record(pos, out[pos]))
+            out[pos] = None
+        done += len(out)
+        write_message(result_w, _encode(bid, STATUS_DONE, busy, out, records))
+        out = items = []   # hold nothing while idle
+        if max_tasks is not None and done >= max_tasks:
+            return   # retire: the parent starts a fresh worker when it needs one
