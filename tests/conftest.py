@@ -3,15 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
+import psutil
 import pytest
 
-BackendName = Literal["thread", "asyncio"]
-BACKENDS: list[BackendName] = ["thread", "asyncio"]
+from ._crossproc import Gate
+
+__all__ = ["BACKENDS", "BackendName", "Gate", "Sleepers", "child_processes", "task",
+           "wait_no_child_processes", "wait_no_conveyor_threads", "waiting_task"]
+
+BackendName = Literal["thread", "asyncio", "process"]
+BACKENDS: list[BackendName] = ["thread", "asyncio", "process"]
 
 
 @pytest.fixture(params=BACKENDS)
@@ -30,9 +37,10 @@ def task(backend: str, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
     return fn
 
 
-def waiting_task(backend: str, gate: threading.Event, slow: Callable[[Any], bool],
+def waiting_task(backend: str, gate: Gate, slow: Callable[[Any], bool],
                  limit: float = 10.0) -> Callable[[Any], Any]:
-    """A task that, for items where ``slow(x)``, waits (boundedly) for ``gate``."""
+    """A task that, for items where ``slow(x)``, waits (boundedly) for ``gate``
+    (a :class:`Gate`, which worker processes can wait on too)."""
     if backend == "asyncio":
         async def acoro(x: Any) -> Any:
             if slow(x):
@@ -99,3 +107,42 @@ def no_thread_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     left = wait_no_conveyor_threads()
     assert not left, f"threads left running: {[t.name for t in left]}"
+
+
+def child_processes() -> list[psutil.Process]:
+    """Live (not zombie) descendants of the test process.
+
+    Except multiprocessing's resource tracker: the stdlib starts one per
+    process for its own pools (the demo's stdlib side uses one) and it lives as
+    long as the test process.
+    """
+    out = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() == psutil.STATUS_ZOMBIE or \
+                    "multiprocessing.resource_tracker" in " ".join(p.cmdline()):
+                continue
+            out.append(p)
+        except psutil.NoSuchProcess:
+            pass
+    return out
+
+
+def wait_no_child_processes(limit: float = 10.0) -> list[psutil.Process]:
+    deadline = time.monotonic() + limit
+    left = child_processes()
+    while left and time.monotonic() < deadline:
+        psutil.wait_procs(left, timeout=max(0.0, min(0.2, deadline - time.monotonic())))
+        left = child_processes()
+    return left
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """After every test, no child process may still be running."""
+    yield
+    left = wait_no_child_processes()
+    for p in left:   # do not let one test's leftovers fail the next ones
+        with contextlib.suppress(psutil.NoSuchProcess):
+            p.kill()
+    assert not left, f"processes left running: {[(p.pid, p.cmdline()[:3]) for p in left]}"

@@ -55,11 +55,10 @@ def test_large_input_every_item_once(backend: BackendName, ordered: bool) -> Non
 
 
 def test_unordered_streams_in_completion_order(backend: BackendName) -> None:
-    import threading
 
-    from .conftest import waiting_task
+    from .conftest import Gate, waiting_task
 
-    gate = threading.Event()
+    gate = Gate()
     fn = waiting_task(backend, gate, lambda x: x == 0)
     seen = []
     with conveyor.map(fn, range(20), backend=backend,

@@ -10,7 +10,7 @@ import pytest
 
 import conveyor
 
-from .conftest import BackendName, task, waiting_task
+from .conftest import BackendName, Gate, task, waiting_task
 
 
 class CountingSource:
@@ -37,7 +37,7 @@ def test_endless_generator(backend: BackendName) -> None:
 
 @pytest.mark.parametrize("window", [8, 64])
 def test_slow_first_item_does_not_pull_the_input(backend: BackendName, window: int) -> None:
-    gate = threading.Event()
+    gate = Gate()
     src = CountingSource()
     fn = waiting_task(backend, gate, lambda x: x == 0)
     with conveyor.map(fn, src, backend=backend, workers=4,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import threading
 import traceback
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +12,7 @@ import pytest
 import conveyor
 from conveyor.errors import item_index
 
+from ._crossproc import Tally
 from .conftest import BackendName, task
 
 
@@ -83,13 +83,10 @@ def test_first_failure_stops_the_input(backend: BackendName) -> None:
 
 
 def test_retries_then_success(backend: BackendName) -> None:
-    attempts: dict[int, int] = {}
-    lock = threading.Lock()
+    attempts = Tally()
 
     def flaky(x: int) -> int:
-        with lock:
-            attempts[x] = attempts.get(x, 0) + 1
-            n = attempts[x]
+        n = attempts.add(x)
         if x % 3 == 0 and n < 3:
             raise ConnectionError(f"try {n}")
         return x
@@ -98,16 +95,14 @@ def test_retries_then_success(backend: BackendName) -> None:
                            backoff=0.001)
     assert list(results) == list(range(30))
     assert results.stats.retried == 20          # 10 flaky items x 2 retries
-    assert all(attempts[x] == (3 if x % 3 == 0 else 1) for x in range(30))
+    assert all(attempts.count(x) == (3 if x % 3 == 0 else 1) for x in range(30))
 
 
 def test_retries_exhausted_and_retry_on(backend: BackendName) -> None:
-    calls: dict[int, int] = {}
-    lock = threading.Lock()
+    calls = Tally()
 
     def always(x: int) -> int:
-        with lock:
-            calls[x] = calls.get(x, 0) + 1
+        calls.add(x)
         if x == 1:
             raise ConnectionError("down")
         if x == 2:
@@ -117,23 +112,22 @@ def test_retries_exhausted_and_retry_on(backend: BackendName) -> None:
     out = list(conveyor.map(task(backend, always), range(4), backend=backend, retries=3,
                             backoff=0.001, retry_on=ConnectionError, on_error="return"))
     assert isinstance(out[1], ConnectionError) and isinstance(out[2], KeyError)
-    assert calls[1] == 4 and calls[2] == 1
+    assert calls.count(1) == 4 and calls.count(2) == 1
     assert "after 4 attempts" in "".join(getattr(out[1], "__notes__", []))
 
 
 def test_backoff_is_exponential(backend: BackendName) -> None:
-    import time
 
-    stamps: list[float] = []
+    calls = Tally()
 
     def fails(x: int) -> int:
-        stamps.append(time.monotonic())
+        calls.add(x)
         raise OSError("always")
 
     out = list(conveyor.map(task(backend, fails), [0], backend=backend, retries=3,
                             backoff=0.02, on_error="return"))
     assert isinstance(out[0], OSError)
-    gaps = [b - a for a, b in itertools.pairwise(stamps)]
+    gaps = [b - a for a, b in itertools.pairwise(calls.stamps(0))]
     # backoff * 2**attempt, jittered by +/-50%: at least 0.01, 0.02, 0.04 s
     assert len(gaps) == 3
     for gap, floor in zip(gaps, [0.01, 0.02, 0.04], strict=False):

@@ -13,6 +13,7 @@ import pytest
 import conveyor
 from conveyor.errors import TaskTimeout, item_index
 
+from ._crossproc import Gate, Tally
 from .conftest import BackendName
 
 
@@ -78,7 +79,7 @@ def test_thread_task_is_abandoned_and_reported() -> None:
 
 
 def test_timeout_then_raise_policy(backend: BackendName) -> None:
-    gate = threading.Event()
+    gate = Gate()
 
     if backend == "asyncio":
         async def afn(x: int) -> int:
@@ -106,25 +107,23 @@ def test_timeout_then_raise_policy(backend: BackendName) -> None:
 
 
 def test_timed_out_task_is_retried(backend: BackendName) -> None:
-    tries: dict[int, int] = {}
+    tries = Tally()
 
     if backend == "asyncio":
         async def afn(x: int) -> int:
-            tries[x] = tries.get(x, 0) + 1
-            if x == 1 and tries[x] == 1:
+            if tries.add(x) == 1 and x == 1:
                 await asyncio.sleep(30)
             return x
         fn: Callable[[int], Any] = afn
     else:
-        gate = threading.Event()
+        gate = Gate()
 
         def sfn(x: int) -> int:
-            tries[x] = tries.get(x, 0) + 1
-            if x == 1 and tries[x] == 1:
+            if tries.add(x) == 1 and x == 1:
                 gate.wait(2)
             return x
         fn = sfn
     out: list[Any] = list(conveyor.map(fn, range(3), backend=backend,
                             timeout=0.2, retries=1, backoff=0.001))
     assert out == [0, 1, 2]
-    assert tries[1] == 2
+    assert tries.count(1) == 2

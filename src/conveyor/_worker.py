@@ -20,9 +20,8 @@ Protocol (each message: an 8-byte little-endian length, then a pickle):
 
 The slot (a small shared-memory page, SLOT_FD) says what the worker is doing
 without a message per item: ``q[0]`` the batch id it runs, ``q[1]`` the position
-of the item it runs, ``d[2]`` since when (``time.monotonic``, for timed
-batches only), and ``q[3]`` (written by the parent) the id of a queued batch to
-skip. The parent reads it to time items and to know which item a dead worker
+of the item it runs, and ``d[2]`` since when (``time.monotonic``, for timed
+batches only). The parent reads it to time items and to know which item a dead worker
 was running.
 
 LIFELINE_R is the read end of a pipe nobody writes to: when the parent dies,
@@ -49,7 +48,6 @@ __all__ = ["Apply", "main", "set_thread_state", "worker_state"]
 
 HEADER = 8
 STATUS_DONE = 0       # values and records for the batch's prefix
-STATUS_SKIPPED = 1    # the parent cancelled it before it started
 STATUS_INIT_FAILED = 2  # the initializer failed: records[0] describes it
 STATUS_ITEMS_FAILED = 3  # the items could not be unpickled: records[0] says why
 FN_CACHE = 64         # functions a worker keeps (FIFO); the parent mirrors it
@@ -268,9 +266,6 @@ def main() -> None:
                 fns[key] = _unloadable(exc)
             if len(fns) > FN_CACHE:
                 del fns[next(iter(fns))]
-        if q[3] == bid:
-            write_message(result_w, dumps((bid, STATUS_SKIPPED, 0.0, [], []), 5))
-            continue
         if init_record is not None:
             write_message(result_w, dumps((bid, STATUS_INIT_FAILED, 0.0, [], [init_record]), 5))
             continue

@@ -226,7 +226,7 @@ class _Job:
 
 
 class _Proc:
-    """One worker process and the parent's end of its pipes."""
+    """One worker process and the parent's end of its pipes (one job at a time)."""
 
     __slots__ = (
         "cancel_at",
@@ -255,7 +255,7 @@ class _Proc:
         self.slot: mmap.mmap | None = None
         self.q: memoryview[int] | None = None
         self.d: memoryview[float] | None = None
-        self.jobs: collections.deque[_Job] = collections.deque()   # jobs[0] runs first
+        self.jobs: collections.deque[_Job] = collections.deque()   # the job it runs
         self.known: dict[int, None] = {}       # function keys the worker holds (FIFO)
         self.tasks = 0                          # items sent, for max_tasks_per_worker
         self.retiring = False                   # will exit after its last job
@@ -375,17 +375,10 @@ class ProcessBackend(Backend):
                     break
             else:
                 for p in self._procs:
-                    for i, job in enumerate(p.jobs):
-                        if job.batch is not batch:
-                            continue
-                        q = p.q
-                        if i == 0 and q is not None and q[0] == job.bid:
-                            # Running: it may finish soon; if not, kill its worker.
-                            p.cancel_at = p.cancel_at or time.monotonic() + CANCEL_GRACE
-                            self._wake()
-                        elif q is not None:
-                            q[3] = job.bid     # queued in its pipe: the worker skips it
-                        break
+                    if p.jobs and p.jobs[0].batch is batch and not p.cancel_at:
+                        # It may finish soon; if not, its worker is killed.
+                        p.cancel_at = time.monotonic() + CANCEL_GRACE
+                        self._wake()
         if report is not None:
             batch.sink(Completion(batch, [], None, 0.0))
 
@@ -449,11 +442,14 @@ class ProcessBackend(Backend):
                 os.write(self._wake_w, b"x")
 
     def _dispatch(self) -> None:
-        """Hand pending jobs to workers: idle ones first, then start new ones,
-        then queue one more behind a busy worker (so it never waits for us)."""
+        """Hand pending jobs to idle workers, starting workers up to ``workers``.
+
+        One job per worker: a job written into the pipe of a busy worker could
+        not be taken back if the item it runs hangs, so none is queued there.
+        The round trip between two jobs is small beside a batch's ``batch_target``.
+        """
         pending = self._pending
         while pending:
-            job = pending[0]
             target = None
             for p in self._procs:
                 if not p.jobs and not p.retiring and p.cancel_at == 0.0:
@@ -464,15 +460,8 @@ class ProcessBackend(Backend):
                 self._ensure_supervisor()
                 target = self._spawn()
             if target is None:
-                for p in self._procs:
-                    if len(p.jobs) == 1 and not p.retiring and p.cancel_at == 0.0 \
-                            and p.reason is None and len(job.items) < PIPE_SIZE // 2:
-                        target = p
-                        break
-            if target is None:
                 return
-            pending.popleft()
-            self._send(target, job)
+            self._send(target, pending.popleft())
 
     def _send(self, p: _Proc, job: _Job) -> None:
         import pickle
@@ -505,7 +494,7 @@ class ProcessBackend(Backend):
         p.slot = mmap.mmap(slot_fd, mmap.PAGESIZE)
         p.q = memoryview(p.slot).cast("q")
         p.d = memoryview(p.slot).cast("d")
-        p.q[0] = p.q[3] = -1
+        p.q[0] = -1
         try:
             p.popen = subprocess.Popen(
                 [sys.executable, "-u", "-c", BOOTSTRAP, self._worker_path,
@@ -639,8 +628,6 @@ class ProcessBackend(Backend):
                 values[rec[0]] = _rebuild(rec)
                 errors.append(rec[0])
             done = Completion(batch, values, errors or None, busy)
-        elif status == _worker.STATUS_SKIPPED:
-            done = Completion(batch, [], None, 0.0)
         elif status == _worker.STATUS_INIT_FAILED:
             error = initializer_failed(self._initializer, _rebuild(records[0]))
             done = Completion(batch, [init_failure(error) for _ in range(job.size)],
