@@ -4,8 +4,8 @@ A process worker is a fresh interpreter started by ``_backends.process``::
 
     python -u -c BOOTSTRAP /path/to/_worker.py TASK_R RESULT_W LIFELINE_R SLOT_FD
 
-The bootstrap loads *this file* as the module ``conveyor._worker`` without
-importing the ``conveyor`` package (whose import pulls in asyncio: tens of
+The bootstrap loads *this file* as the module ``_conveyor_worker`` (also
+registered as ``conveyor._worker``) without importing the ``conveyor`` package (whose import pulls in asyncio: tens of
 milliseconds a worker would pay at every start). So this module imports only
 what starts fast, and everything the parent pickles for a worker refers to
 names that exist here or in the user's own modules.
@@ -36,15 +36,24 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+
+TYPE_CHECKING = False   # not typing's: importing typing costs a worker milliseconds
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
 
 try:   # the C pickler directly: importing pickle.py costs a worker milliseconds
     from _pickle import dumps, loads
 except ImportError:  # pragma: no cover - other interpreters
     from pickle import dumps, loads
 
-__all__ = ["Apply", "main", "set_thread_state", "worker_state"]
+__all__ = ["ALIAS", "Apply", "main", "set_thread_state", "worker_state"]
+
+#: This module's top-level name too. A class defined here is pickled as
+#: ``_conveyor_worker.<name>``, which a worker resolves without importing the
+#: conveyor package (the name ``conveyor._worker`` would import it).
+ALIAS = "_conveyor_worker"
+sys.modules.setdefault(ALIAS, sys.modules[__name__])
 
 HEADER = 8
 STATUS_DONE = 0       # values and records for the batch's prefix
@@ -106,6 +115,9 @@ class Apply:
 
     def __call__(self, packed: tuple[tuple[Any, ...], dict[str, Any]]) -> Any:
         return self.fn(*packed[0], **packed[1])
+
+
+Apply.__module__ = ALIAS
 
 
 # -- the process worker ---------------------------------------------------------

@@ -80,9 +80,9 @@ __all__ = ["ProcessBackend", "check_arguments", "pickle_function"]
 BOOTSTRAP = (
     "import sys\n"
     "from importlib.util import module_from_spec, spec_from_file_location\n"
-    "s = spec_from_file_location('conveyor._worker', sys.argv[1])\n"
+    f"s = spec_from_file_location({_worker.ALIAS!r}, sys.argv[1])\n"
     "m = module_from_spec(s)\n"
-    "sys.modules[s.name] = m\n"
+    "sys.modules[s.name] = sys.modules['conveyor._worker'] = m\n"
     "s.loader.exec_module(m)\n"
     "m.main()\n"
 )
