@@ -6,9 +6,11 @@ import math
 import re
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
+import conveyor as conveyor_package
 from conveyor import _demo
 from conveyor.cli import build_parser, main
 
@@ -80,7 +82,16 @@ def check_output(output: str) -> None:
         assert conveyor >= 0.9 * ideal, name  # it really waited
     assert "[1]" in rows[1][0]
     assert rows[1][1] >= 0.9 * _demo.CALLS * _d, "the stdlib loop is sequential"
-    assert 'backend="process" is coming' in output
+    # pattern 5: the conveyor side runs on worker processes, against the same ideal
+    _, _, stdlib_ideal, _, conveyor_ideal = rows[5]
+    assert conveyor_ideal == stdlib_ideal
+    calls = output[output.index("the conveyor side of each row:"):].splitlines()
+    (row5_call,) = [line for line in calls if line.split()[:1] == ["5"]]
+    assert f'backend="process", workers={_demo.CPU_WORKERS})' in row5_call, row5_call
+    notes = " ".join(output[output.index("[5] "):].split())
+    assert "both sides start" in notes and "inside the timed call" in notes
+    assert "never import __main__" in notes and "without the guard" in notes
+    assert "is coming" not in output and "on threads)" not in output
 
 
 @pytest.mark.timeout(60)
@@ -140,3 +151,35 @@ def test_cpu_work_runs_in_a_process() -> None:
     # ProcessPoolExecutor must be able to import the CPU function by name
     assert _demo.cpu_bound.__module__ == "conveyor._demo"
     assert _demo.cpu_bound(4) == 0 + 1 + 4 + 9
+
+
+def test_conveyor_side_of_pattern_5_uses_processes(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[dict[str, Any]] = []
+    real_map = conveyor_package.map
+
+    def spy(fn: Any, items: Any, **kwargs: Any) -> Any:
+        seen.append({"fn": fn, **kwargs})
+        return real_map(fn, items, **kwargs)
+
+    monkeypatch.setattr(conveyor_package, "map", spy)  # _demo calls conveyor.map
+    _demo.conveyor_processes([4, 5])
+    assert seen == [{"fn": _demo.cpu_bound, "backend": "process",
+                     "workers": _demo.CPU_WORKERS}]
+
+
+def _cpu_notes(stdlib: float, conveyor_time: float) -> str:
+    plan = _demo.CpuPlan(sizes=[1] * _demo.CPU_TASKS, sequential=1.0, cpus=2, ideal=0.5)
+    row = _demo.Row("5. x", stdlib, 0.5, conveyor_time, 0.5, "call")
+    return " ".join(" ".join(_demo._footnotes(1.0, (plan, row))).split())
+
+
+@pytest.mark.parametrize(
+    ("stdlib", "conveyor_time", "slow_start"),
+    [(0.6, 0.6, False), (1.5, 0.6, True), (0.6, 1.5, True)],
+)
+def test_cpu_footnote_start_up_hint(stdlib: float, conveyor_time: float,
+                                    slow_start: bool) -> None:
+    notes = _cpu_notes(stdlib, conveyor_time)
+    assert "ideal = that time spread over min(4 workers, 2 CPUs) = 0.500 s." in notes
+    assert "both times include that start-up" in notes
+    assert ("try a larger --scale" in notes) is slow_start

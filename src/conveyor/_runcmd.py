@@ -39,7 +39,7 @@ def add_run_parser(commands: Any) -> None:
                      help="JSON Lines input (default: standard input)")
     run.add_argument("--output", "-o", default="-", metavar="FILE",
                      help="JSON Lines output (default: standard output)")
-    run.add_argument("--backend", choices=["thread", "asyncio"], default=None,
+    run.add_argument("--backend", choices=["thread", "asyncio", "process"], default=None,
                      help="default: asyncio for a coroutine function, else thread")
     run.add_argument("--workers", type=int, default=None)
     run.add_argument("--unordered", action="store_true",

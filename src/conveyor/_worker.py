@@ -5,9 +5,10 @@ A process worker is a fresh interpreter started by ``_backends.process``::
     python -u -c BOOTSTRAP /path/to/_worker.py TASK_R RESULT_W LIFELINE_R SLOT_FD
 
 The bootstrap loads *this file* as the module ``_conveyor_worker`` (also
-registered as ``conveyor._worker``) without importing the ``conveyor`` package (whose import pulls in asyncio: tens of
-milliseconds a worker would pay at every start). So this module imports only
-what starts fast, and everything the parent pickles for a worker refers to
+registered as ``conveyor._worker``) without importing the ``conveyor``
+package (whose import pulls in asyncio: tens of milliseconds a worker would
+pay at every start). So this module imports only what starts fast, and
+everything the parent pickles for a worker refers to
 names that exist here or in the user's own modules.
 
 Protocol (each message: an 8-byte little-endian length, then a pickle):
