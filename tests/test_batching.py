@@ -71,8 +71,6 @@ def test_one_long_task_does_not_hold_short_ones_hostage(backend: BackendName, n:
                                                         slow: int) -> None:
     """Item ``slow`` blocks until all the others are delivered (unordered): if
     any of them were stuck in a batch behind it, the gate would not open for 10 s."""
-    if backend == "process":
-        pytest.skip("a batch sent to a worker process is not split (see the README)")
     gate = Gate()
     fn = waiting_task(backend, gate, lambda x: x == slow, limit=10)
     t0 = time.monotonic()

@@ -472,12 +472,18 @@ class Run(Outcomes):
         if n < b.limit and not b.cancelled:  # the rest did not run: submit it again
             self._submit(b.items[n:b.limit], b.group, b.start + n, b.attempt)
         done = b.harvested
-        if c.rerun > done:
-            # These ran, but their outcomes died with the worker: run them again
-            # (at least once: a task may run twice when its worker dies).
-            if not b.cancelled:
-                self._submit(b.items[done:c.rerun], b.group, b.start + done, b.attempt)
-            done = c.rerun
+        if c.rerun is not None:
+            # Items a..z-1 ran, but their outcomes died with the worker: run them
+            # again (at least once: a task may run twice when its worker dies).
+            a, z = max(c.rerun[0], done), c.rerun[1]
+            if z > a:
+                if not b.cancelled:
+                    self._submit(b.items[a:z], b.group, b.start + a, b.attempt)
+                if a > done:
+                    self._absorb(b, done, c.values[done:a],
+                                 [p - done for p in c.errors if done <= p < a]
+                                 if c.errors else None)
+                done = z
         if n <= done:
             return
         if not c.errors and not done:

@@ -2,7 +2,7 @@
 
 A process worker is a fresh interpreter started by ``_backends.process``::
 
-    python -u -c BOOTSTRAP /path/to/_worker.py TASK_R RESULT_W LIFELINE_R SLOT_FD
+    python -u -c BOOTSTRAP /path/to/_worker.py TASK_R RESULT_W LIFELINE_R SLOT_FD CTL_R
 
 The bootstrap loads *this file* as the module ``_conveyor_worker`` (also
 registered as ``conveyor._worker``) without importing the ``conveyor``
@@ -16,8 +16,14 @@ Protocol (each message: an 8-byte little-endian length, then a pickle):
 * parent -> worker, first: ``(sys_path, initializer_and_args | None,
   max_tasks | None)``; then one message per batch: ``(bid, fn_key, fn_bytes |
   None, timed, items)``. End of file on TASK_R: exit.
-* worker -> parent, per batch: ``(bid, status, busy_seconds, values,
-  records)``; ``records`` describe the failed positions (see ``_record``).
+* worker -> parent: ``(bid, status, start, n, extra, pickle of (values,
+  records))``: the ``n`` outcomes of positions ``start...`` of the batch,
+  ``records`` describing the failed ones (see ``_record``). A batch ends with
+  one ``STATUS_DONE`` reply (``extra``: seconds busy), after
+  ``STATUS_PARTIAL`` ones if it ran long.
+* parent -> worker on CTL_R (read by a control thread while the main thread
+  runs tasks): ``b"S"`` + 8-byte batch id: give back the items not started
+  yet; the reply (``STATUS_STOLEN``) says how many it keeps (``extra``).
 
 The slot (a small shared-memory page, SLOT_FD) says what the worker is doing
 without a message per item: ``q[0]`` the batch id it runs, ``q[1]`` the position
@@ -57,10 +63,14 @@ ALIAS = "_conveyor_worker"
 sys.modules.setdefault(ALIAS, sys.modules[__name__])
 
 HEADER = 8
-STATUS_DONE = 0       # values and records for the batch's prefix
+STATUS_DONE = 0       # the batch ended: the rest of its outcomes
+STATUS_PARTIAL = 1    # outcomes of a batch that is still running
 STATUS_INIT_FAILED = 2  # the initializer failed: records[0] describes it
 STATUS_ITEMS_FAILED = 3  # the items could not be unpickled: records[0] says why
+STATUS_STOLEN = 4     # reply to a steal request: how many items it keeps, or -1
 FN_CACHE = 64         # functions a worker keeps (FIFO); the parent mirrors it
+FLUSH_AFTER = 0.08    # seconds a batch runs before its outcomes are sent as they come
+FLUSH_EVERY = 0.05    # seconds between those hand-overs
 
 KIND_RAISED = 0       # the task raised; exc_bytes may be None (not picklable)
 KIND_RESULT = 1       # the task returned something that cannot be pickled
@@ -193,31 +203,116 @@ def _record(pos: int, exc: BaseException) -> tuple[int, int, bytes | None, str, 
     return (pos, KIND_RAISED, exc_bytes, _type_name(exc), _safe_str(exc), tb)
 
 
-def _encode(bid: int, status: int, busy: float, values: list[Any],
-            records: list[tuple[Any, ...]]) -> bytes:
-    """The batch's reply; an outcome that cannot be pickled becomes a record."""
-    msg = (bid, status, busy, values, records)
+def _encode(bid: int, status: int, start: int, values: list[Any],
+            records: list[tuple[Any, ...]], extra: float) -> bytes:
+    """A reply; an outcome that cannot be pickled becomes its task's error record.
+
+    ``values`` are the outcomes of positions ``start...`` of the batch;
+    ``records`` (by batch position) describe the failed ones.
+    """
+    n = len(values)
+    return dumps((bid, status, start, n, extra, _outcomes(values, records, start)), 5)
+
+
+def _outcomes(values: list[Any], records: list[tuple[Any, ...]], start: int) -> bytes:
+    """Pickle ``(values, records)``, in a pickle of its own: the header around
+    it always unpickles, even where these cannot be rebuilt."""
     try:
-        return dumps(msg, 5)
+        return dumps((values, records), 5)
     except Exception:
         pass
     try:
-        return _cloudpickle_dumps(msg)
+        return _cloudpickle_dumps((values, records))
     except Exception:
         pass
-    # Find the outcomes that cannot travel; each becomes its task's error.
-    failed = {r[0] for r in records}
-    for pos, value in enumerate(values):
-        if pos in failed:
+    failed = {r[0] - start for r in records}
+    for i, value in enumerate(values):
+        if i in failed:
             continue
         try:
             _cloudpickle_dumps(value)
         except Exception as exc:
-            values[pos] = None
-            records.append((pos, KIND_RESULT, None, _type_name(value),
+            values[i] = None
+            records.append((start + i, KIND_RESULT, None, _type_name(value),
                             f"{type(exc).__name__}: {_safe_str(exc)}", ""))
     records.sort()
-    return _cloudpickle_dumps(msg)
+    return _cloudpickle_dumps((values, records))
+
+
+class _Current:
+    """The batch the main thread is running, as the control thread sees it."""
+
+    __slots__ = ("bid", "errors", "it", "out", "sent", "size", "t0")
+
+    def __init__(self, bid: int, it: Any, size: int, t0: float) -> None:
+        self.bid = bid
+        self.it = it                 # shared with the main loop: stealing drains it
+        self.size = size
+        self.out: list[Any] = []     # outcomes so far (exceptions in place)
+        self.errors: list[int] = []  # their failed positions (added before the outcome)
+        self.sent = 0                # outcomes already sent to the parent
+        self.t0 = t0
+
+
+class _Worker:
+    """The worker's state, shared by its main loop and its control thread."""
+
+    def __init__(self, result_w: int) -> None:
+        import _thread
+
+        self.result_w = result_w
+        self.lock = _thread.allocate_lock()   # one writer at a time; guards `current`
+        self.current: _Current | None = None
+
+    def send(self, payload: bytes) -> None:
+        with self.lock:
+            write_message(self.result_w, payload)
+
+    def flush(self, cur: _Current, status: int, extra: float) -> None:
+        """Send ``cur``'s outcomes not sent yet (lock held)."""
+        out = cur.out
+        start = cur.sent
+        n = len(out)
+        values = out[start:n]
+        records = []
+        for pos in cur.errors:
+            if start <= pos < n:
+                records.append(_record(pos, out[pos]))
+                values[pos - start] = None
+        cur.sent = n
+        write_message(self.result_w, _encode(cur.bid, status, start, values, records, extra))
+
+    def control(self, ctl_r: int) -> None:
+        """The control thread: steal requests, and early hand-over of outcomes.
+
+        A batch running longer than FLUSH_AFTER sends what it has finished
+        every FLUSH_EVERY seconds, so one slow item does not hold back the
+        results of the items before it (and they are not lost if it crashes).
+        """
+        import select
+
+        monotonic = time.monotonic
+        while True:
+            ready, _, _ = select.select([ctl_r], [], [], FLUSH_EVERY)
+            if ready:
+                command = _read_exact(ctl_r, 9)
+                if command is None:
+                    return   # the parent is gone (the lifeline handles it)
+                bid = int.from_bytes(command[1:], "little", signed=True)
+                with self.lock:
+                    cur = self.current
+                    k = -1
+                    if cur is not None and cur.bid == bid:
+                        rest = list(cur.it)   # one C-level call: atomic for the main loop
+                        if rest:
+                            k = cur.size - len(rest)
+                    write_message(self.result_w, _encode(bid, STATUS_STOLEN, 0, [], [], k))
+                continue
+            with self.lock:
+                cur = self.current
+                if cur is not None and len(cur.out) > cur.sent and \
+                        monotonic() - cur.t0 >= FLUSH_AFTER:
+                    self.flush(cur, STATUS_PARTIAL, 0.0)
 
 
 def _unloadable(exc: BaseException) -> Callable[[Any], Any]:
@@ -239,9 +334,9 @@ def _lifeline(fd: int) -> None:
 
 def main() -> None:
     global _process_state
-    task_r, result_w, life_r, slot_fd = (int(a) for a in sys.argv[2:6])
+    task_r, result_w, life_r, slot_fd, ctl_r = (int(a) for a in sys.argv[2:7])
     signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's to handle
-    for fd in (task_r, result_w, life_r, slot_fd):
+    for fd in (task_r, result_w, life_r, slot_fd, ctl_r):
         os.set_inheritable(fd, False)   # processes the tasks start must not hold them
     import _thread
     import mmap
@@ -250,6 +345,7 @@ def main() -> None:
     slot = mmap.mmap(slot_fd, mmap.PAGESIZE)
     q = memoryview(slot).cast("q")
     d = memoryview(slot).cast("d")
+    worker = _Worker(result_w)
 
     first = read_message(task_r)
     if first is None:
@@ -264,6 +360,7 @@ def main() -> None:
             initializer(*initargs)
         except BaseException as exc:
             init_record = _record(0, exc)
+    _thread.start_new_thread(worker.control, (ctl_r,))
     fns: dict[int, Callable[[Any], Any]] = {}
     monotonic = time.monotonic
     done = 0
@@ -280,13 +377,12 @@ def main() -> None:
             if len(fns) > FN_CACHE:
                 del fns[next(iter(fns))]
         if init_record is not None:
-            write_message(result_w, dumps((bid, STATUS_INIT_FAILED, 0.0, [], [init_record]), 5))
+            worker.send(_encode(bid, STATUS_INIT_FAILED, 0, [], [init_record], 0.0))
             continue
         try:
             items = loads(items_bytes)
         except BaseException as exc:
-            write_message(result_w, dumps((bid, STATUS_ITEMS_FAILED, 0.0, [],
-                                           [_record(0, exc)]), 5))
+            worker.send(_encode(bid, STATUS_ITEMS_FAILED, 0, [], [_record(0, exc)], 0.0))
             continue
         items_bytes = None
         fn = fns[key]
@@ -296,11 +392,14 @@ def main() -> None:
         d[2] = t0      # since, position, batch: the parent reads them the other way
         q[1] = 0
         q[0] = bid
-        out: list[Any] = []
-        errors: list[int] = []
+        it = iter(items)
+        cur = _Current(bid, it, len(items), t0)
+        out = cur.out
+        errors = cur.errors
         append = out.append
+        worker.current = cur
         if timed:
-            for i, x in enumerate(items):
+            for i, x in enumerate(it):
                 d[2] = monotonic()   # since, then position: the parent reads them in
                 q[1] = i             # the other order, so it never sees a stale start
                 try:
@@ -309,7 +408,7 @@ def main() -> None:
                     errors.append(i)
                     append(exc)
         else:
-            for i, x in enumerate(items):
+            for i, x in enumerate(it):
                 q[1] = i
                 try:
                     append(fn(x))
@@ -317,12 +416,10 @@ def main() -> None:
                     errors.append(i)
                     append(exc)
         busy = monotonic() - t0
-        records = []
-        for pos in errors:
-            records.append(_record(pos, out[pos]))
-            out[pos] = None
         done += len(out)
-        write_message(result_w, _encode(bid, STATUS_DONE, busy, out, records))
-        out = items = []   # hold nothing while idle
+        with worker.lock:
+            worker.current = None
+            worker.flush(cur, STATUS_DONE, busy)
+        del cur, out, errors, append, items, it   # hold nothing while idle
         if max_tasks is not None and done >= max_tasks:
             return   # retire: the parent starts a fresh worker when it needs one

@@ -83,14 +83,15 @@ class Completion:
     __slots__ = ("batch", "busy", "errors", "lost", "rerun", "values")
 
     def __init__(self, batch: Batch, values: list[Any], errors: list[int] | None,
-                 busy: float, *, lost: bool = False, rerun: int = 0) -> None:
+                 busy: float, *, lost: bool = False,
+                 rerun: tuple[int, int] | None = None) -> None:
         self.batch = batch
         self.values = values        # outcome of batch.items[i] for i < len(values)
         self.errors = errors        # positions whose value is an exception
         self.busy = busy            # seconds the worker spent on it
         self.lost = lost            # dropped because the backend shut down
-        #: The first ``rerun`` items ran, but their outcomes died with the worker
-        #: (``values[:rerun]`` are placeholders): the scheduler runs them again.
+        #: ``(a, z)``: items ``a`` to ``z - 1`` ran, but their outcomes died with
+        #: the worker (``values[a:z]`` are placeholders): the scheduler runs them again.
         self.rerun = rerun
 
 

@@ -87,6 +87,7 @@ BOOTSTRAP = (
     "m.main()\n"
 )
 
+STEAL_WAIT = 1.0         # seconds steal() waits for the worker's answer
 CANCEL_GRACE = 0.25      # seconds a cancelled batch may take to finish before its worker is killed
 EXIT_GRACE = 2.0         # seconds idle workers get to exit at close before SIGKILL
 START_FAILURES = 3       # workers dying before running anything before we blame the batch
@@ -213,7 +214,7 @@ def _describe_exit(returncode: int | None) -> str:
 
 
 class _Job:
-    __slots__ = ("batch", "bid", "fn_data", "items", "key", "size")
+    __slots__ = ("batch", "bid", "fn_data", "items", "key", "size", "steal_reply", "stolen")
 
     def __init__(self, bid: int, batch: Batch, key: int, fn_data: bytes, items: bytes,
                  size: int) -> None:
@@ -221,6 +222,8 @@ class _Job:
         self.batch = batch
         self.key = key          # which function (see ProcessBackend._fn_key)
         self.fn_data = fn_data  # its pickle, sent to workers that do not hold it yet
+        self.steal_reply = threading.Event()
+        self.stolen: int | None = None
         self.items = items      # the pickled items
         self.size = size        # how many
 
@@ -230,6 +233,7 @@ class _Proc:
 
     __slots__ = (
         "cancel_at",
+        "ctl_w",
         "d",
         "jobs",
         "known",
@@ -250,7 +254,7 @@ class _Proc:
     def __init__(self) -> None:
         self.popen: subprocess.Popen[bytes] | None = None
         self.pid = 0
-        self.task_w = self.result_r = self.life_w = -1
+        self.task_w = self.result_r = self.life_w = self.ctl_w = -1
         self.pidfd = -1
         self.slot: mmap.mmap | None = None
         self.q: memoryview[int] | None = None
@@ -264,9 +268,31 @@ class _Proc:
         self.cancel_at = 0.0                    # kill if still on a cancelled batch then
 
 
+class _Unstarted:
+    """``batch.it`` of a batch sent to a worker: how many of its items wait."""
+
+    __slots__ = ("job", "proc")
+
+    def __init__(self, proc: _Proc, job: _Job) -> None:
+        self.proc = proc
+        self.job = job
+
+    def __iter__(self) -> _Unstarted:
+        return self
+
+    def __next__(self) -> Any:
+        raise StopIteration   # the items are in the worker
+
+    def __length_hint__(self) -> int:
+        q = self.proc.q
+        if q is None or q[0] != self.job.bid or self.job.steal_reply.is_set():
+            return 0
+        return max(0, self.job.size - q[1] - 1)
+
+
 class ProcessBackend(Backend):
     name = "process"
-    can_steal = False
+    can_steal = True
     batch_target = 0.02     # a pipe round trip costs ~100 us: batches of tens of ms
     max_batch = 16384
 
@@ -350,6 +376,29 @@ class ProcessBackend(Backend):
                 continue   # not started, or moving on
             out.append(Running(job.batch, pos, since))
         return out
+
+    def steal(self, batch: Batch) -> int | None:
+        """Ask the worker for the items it has not started (see ``_worker``)."""
+        with self._lock:
+            for p in self._procs:
+                if p.jobs and p.jobs[0].batch is batch:
+                    job = p.jobs[0]
+                    break
+            else:
+                return None
+            if p.reason is not None or p.cancel_at or job.steal_reply.is_set() \
+                    or p.ctl_w < 0:
+                return None
+            try:
+                os.write(p.ctl_w, b"S" + job.bid.to_bytes(8, "little", signed=True))
+            except OSError:
+                return None
+        # A reply that comes later than this is harmless: the batch then simply
+        # ends early, and the scheduler sends what it did not run again.
+        if not job.steal_reply.wait(STEAL_WAIT):
+            return None
+        k = job.stolen
+        return k if k is not None and 0 < k < batch.limit else None
 
     def expire(self, entry: Running, error: BaseException) -> bool:
         with self._lock:
@@ -473,6 +522,10 @@ class ProcessBackend(Backend):
             if len(p.known) > _worker.FN_CACHE:
                 del p.known[next(iter(p.known))]
         message = pickle.dumps((job.bid, job.key, fn_bytes, job.batch.timed, job.items), 5)
+        batch = job.batch
+        batch.out, batch.errs = [], []   # filled as outcomes come (harvest)
+        batch.it = _Unstarted(p, job)    # for the scheduler: how many wait (steal)
+        batch.started = time.monotonic()
         p.jobs.append(job)
         p.tasks += job.size
         if self._max_tasks is not None and p.tasks >= self._max_tasks:
@@ -485,6 +538,7 @@ class ProcessBackend(Backend):
         task_r, p.task_w = os.pipe()
         p.result_r, result_w = os.pipe()
         life_r, p.life_w = os.pipe()
+        ctl_r, p.ctl_w = os.pipe()
         for fd in (task_r, p.task_w, p.result_r, result_w):
             with contextlib.suppress(OSError, AttributeError):
                 import fcntl
@@ -498,11 +552,11 @@ class ProcessBackend(Backend):
         try:
             p.popen = subprocess.Popen(
                 [sys.executable, "-u", "-c", BOOTSTRAP, self._worker_path,
-                 str(task_r), str(result_w), str(life_r), str(slot_fd)],
-                pass_fds=(task_r, result_w, life_r, slot_fd), stdin=subprocess.DEVNULL,
+                 str(task_r), str(result_w), str(life_r), str(slot_fd), str(ctl_r)],
+                pass_fds=(task_r, result_w, life_r, slot_fd, ctl_r), stdin=subprocess.DEVNULL,
                 start_new_session=True)   # its own process group: killed as one
         finally:
-            for fd in (task_r, result_w, life_r, slot_fd):
+            for fd in (task_r, result_w, life_r, slot_fd, ctl_r):
                 os.close(fd)
         p.pid = p.popen.pid
         with contextlib.suppress(OSError, AttributeError):
@@ -607,48 +661,51 @@ class ProcessBackend(Backend):
     def _on_message(self, p: _Proc, message: bytes) -> None:
         import pickle
 
-        try:
-            bid, status, busy, values, records = pickle.loads(message)
-        except Exception as exc:   # an outcome whose type the parent cannot rebuild
-            bid, status, busy, values, records = p.jobs[0].bid, -1, 0.0, [], exc
+        bid, status, start, n, extra, outcomes = pickle.loads(message)
+        job = p.jobs[0]
+        assert job.bid == bid, (job.bid, bid)
+        batch = job.batch
+        if status == _worker.STATUS_STOLEN:
+            job.stolen = int(extra) if extra >= 0 else None
+            job.steal_reply.set()
+            return
+        values, errors = _outcomes(outcomes, start, n)
+        if status == _worker.STATUS_PARTIAL:
+            out, errs = batch.out, batch.errs
+            assert out is not None
+            assert errs is not None
+            assert len(out) == start
+            errs.extend(errors)      # before the outcomes: see Backend.harvest
+            out.extend(values)
+            return
         with self._lock:
-            job = p.jobs.popleft()
-            assert job.bid == bid, (job.bid, bid)
+            p.jobs.popleft()
             p.ran = True
             self._start_failures = 0
-            if not p.jobs:
-                p.cancel_at = 0.0
-            if p.retiring and not p.jobs:
+            p.cancel_at = 0.0
+            if p.retiring:
                 _close_fd(p, "task_w")   # it exits now; a fresh one starts on demand
             self._dispatch()
-        batch = job.batch
+        job.steal_reply.set()   # a steal that raced with the end: nothing to take
         if status == _worker.STATUS_DONE:
-            errors = []
-            for rec in records:
-                values[rec[0]] = _rebuild(rec)
-                errors.append(rec[0])
-            done = Completion(batch, values, errors or None, busy)
-        elif status == _worker.STATUS_INIT_FAILED:
-            error = initializer_failed(self._initializer, _rebuild(records[0]))
-            done = Completion(batch, [init_failure(error) for _ in range(job.size)],
-                              list(range(job.size)), 0.0)
-        elif status == _worker.STATUS_ITEMS_FAILED:
-            cause = _rebuild(records[0])
-            errs = []
-            for _ in range(job.size):
-                e = NotPicklable(f"the items could not be unpickled in the worker process: "
-                                 f"{records[0][3]}: {records[0][4]}")
-                e.__cause__ = cause
-                errs.append(e)
-            done = Completion(batch, errs, list(range(job.size)), 0.0)
+            if start:
+                assert batch.out is not None
+                assert batch.errs is not None
+                values = batch.out + values
+                errors = batch.errs + errors
+            done = Completion(batch, values, errors or None, extra)
         else:
-            errs = []
+            cause = _rebuild(pickle.loads(outcomes)[1][0])
+            failures: list[BaseException] = []
             for _ in range(job.size):
-                e = NotPicklable("the outcomes of this batch could not be unpickled in the "
-                                 f"parent process: {type(records).__name__}: {records}")
-                e.__cause__ = records
-                errs.append(e)
-            done = Completion(batch, errs, list(range(job.size)), busy)
+                if status == _worker.STATUS_INIT_FAILED:
+                    e = init_failure(initializer_failed(self._initializer, cause))
+                else:
+                    e = NotPicklable("the items could not be unpickled in the worker "
+                                     f"process: {type(cause).__name__}: {cause}")
+                    e.__cause__ = cause
+                failures.append(e)
+            done = Completion(batch, failures, list(range(job.size)), 0.0)
         batch.sink(done)
 
     def _on_death(self, p: _Proc) -> None:
@@ -689,10 +746,16 @@ class ProcessBackend(Backend):
                         error = WorkerCrashed(
                             f"the worker process (pid {p.pid}) running this task died: "
                             f"{_describe_exit(returncode)}", pid=p.pid, exitcode=returncode)
-                    values: list[Any] = [None] * pos
+                    # Outcomes it sent before dying stand; the items after those
+                    # and before `pos` ran, but their outcomes died with it.
+                    got = list(batch.out or ())[:pos]
+                    failed = [e for e in batch.errs or () if e < len(got)]
+                    values: list[Any] = got + [None] * (pos - len(got))
                     values.append(error)
-                    reports.append(Completion(batch, values, [pos],
-                                              time.monotonic() - batch.started, rerun=pos))
+                    failed.append(pos)
+                    reports.append(Completion(batch, values, failed,
+                                              time.monotonic() - batch.started,
+                                              rerun=(len(got), pos)))
                 elif batch.cancelled or self._closed:
                     reports.append(Completion(batch, [], None, 0.0))
                 else:
@@ -718,7 +781,7 @@ class ProcessBackend(Backend):
                 returncode = p.popen.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(p.pid, signal.SIGKILL)   # what its tasks started and left behind
-        for fd_name in ("task_w", "result_r", "life_w", "pidfd"):
+        for fd_name in ("task_w", "result_r", "life_w", "ctl_w", "pidfd"):
             _close_fd(p, fd_name)
         return returncode
 
@@ -756,6 +819,27 @@ def _pickle_items(items: list[Any]) -> tuple[bytes | None, int, BaseException | 
             error.__cause__ = exc
             return None, 0, error
     return _dumps(items), len(items), None   # pragma: no cover - it failed as a whole only
+
+
+def _outcomes(data: bytes, start: int, n: int) -> tuple[list[Any], list[int]]:
+    """Outcomes of positions ``start...start + n``, exceptions rebuilt; failed positions."""
+    import pickle
+
+    try:
+        values, records = pickle.loads(data)
+    except Exception as exc:   # e.g. a result's class the parent cannot import
+        errors = []
+        for _ in range(n):
+            e = NotPicklable("the outcome of this task could not be unpickled in the parent "
+                             f"process: {type(exc).__name__}: {exc}")
+            e.__cause__ = exc
+            errors.append(e)
+        return errors, list(range(start, start + n))
+    positions = []
+    for rec in records:
+        values[rec[0] - start] = _rebuild(rec)
+        positions.append(rec[0])
+    return values, positions
 
 
 def _rebuild(rec: tuple[Any, ...]) -> BaseException:
