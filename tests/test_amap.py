@@ -162,3 +162,17 @@ def test_task_cancellation_stops_the_run() -> None:
 
     asyncio.run(asyncio.wait_for(main(), 10))
     assert sorted(sleepers.cancelled) == list(range(5))
+
+
+def test_amap_on_processes_with_an_async_input() -> None:
+    """amap can feed worker processes from an async iterable."""
+    async def numbers() -> AsyncIterator[int]:
+        for i in range(50):
+            await asyncio.sleep(0)
+            yield i
+
+    async def main() -> list[int]:
+        return [r async for r in conveyor.amap(lambda x: x * x, numbers(),
+                                               backend="process", workers=2)]
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == [i * i for i in range(50)]

@@ -82,3 +82,14 @@ def test_bad_input_and_output(workdir: Path) -> None:
     proc = run(workdir, "tasks:unjsonable", stdin="1\n")
     assert proc.returncode == 1
     assert "cannot be written as JSON" in proc.stderr
+
+
+def test_process_backend_imports_the_module_in_its_workers(workdir: Path) -> None:
+    """The workers import tasks.py from the command's directory (its sys.path)."""
+    proc = run(workdir, "tasks:double", "-i", "in.jsonl", "--backend", "process",
+               "--workers", "2", "--on-error", "return")
+    assert proc.returncode == 0, proc.stderr
+    lines = [json.loads(x) for x in proc.stdout.splitlines()]
+    assert lines[3] == {"error": "ValueError", "message": "three", "index": 3}
+    assert [x["double"] for i, x in enumerate(lines) if i != 3] == \
+        [2 * i for i in range(10) if i != 3]

@@ -756,12 +756,11 @@ class ProcessBackend(Backend):
                     reports.append(Completion(batch, values, failed,
                                               time.monotonic() - batch.started,
                                               rerun=(len(got), pos)))
-                elif batch.cancelled or self._closed:
+                elif batch.cancelled:
                     reports.append(Completion(batch, [], None, 0.0))
                 else:
                     self._pending.appendleft(job)   # never started: it runs elsewhere
-            if not self._closed:
-                self._dispatch()
+            self._dispatch()   # also while closing: close(cancel=False) runs what is queued
         for done in reports:
             done.batch.sink(done)
 
