@@ -87,7 +87,7 @@ BOOTSTRAP = (
     "m.main()\n"
 )
 
-STEAL_WAIT = 1.0         # seconds steal() waits for the worker's answer
+STEAL_WAIT = 0.25        # seconds steal() waits for the worker's answer (a late one is harmless)
 CANCEL_GRACE = 0.25      # seconds a cancelled batch may take to finish before its worker is killed
 EXIT_GRACE = 2.0         # seconds idle workers get to exit at close before SIGKILL
 START_FAILURES = 3       # workers dying before running anything before we blame the batch
@@ -575,17 +575,20 @@ class ProcessBackend(Backend):
         try:
             self._watch()
         finally:
+            # Under the lock: steal() and _wake() write to these descriptors,
+            # and a closed number may be reused by the next file opened.
             with self._lock:
                 procs = list(self._procs)
                 self._procs.clear()
-            for p in procs:
-                _kill(p)
-                self._reap(p)
+                for p in procs:
+                    _kill(p)
+                    self._reap(p)
+                wake = (self._wake_r, self._wake_w)
+                self._wake_r = self._wake_w = -1
+                for fd in wake:
+                    os.close(fd)
             assert self._selector is not None
             self._selector.close()
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-            self._wake_w = -1
             _live_backends.discard(self)
             self._stopped.set()
 
