@@ -54,7 +54,7 @@ try:   # the C pickler directly: importing pickle.py costs a worker milliseconds
 except ImportError:  # pragma: no cover - other interpreters
     from pickle import dumps, loads
 
-__all__ = ["ALIAS", "Apply", "main", "set_thread_state", "worker_state"]
+__all__ = ["ALIAS", "Apply", "cloudpickle_dumps", "main", "set_thread_state", "worker_state"]
 
 #: This module's top-level name too. A class defined here is pickled as
 #: ``_conveyor_worker.<name>``, which a worker resolves without importing the
@@ -74,6 +74,7 @@ FLUSH_EVERY = 0.05    # seconds between those hand-overs
 
 KIND_RAISED = 0       # the task raised; exc_bytes may be None (not picklable)
 KIND_RESULT = 1       # the task returned something that cannot be pickled
+KIND_ITEM = 2         # the item could not be rebuilt in the worker
 
 _process_state: dict[str, Any] | None = None
 _state_var: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
@@ -163,11 +164,40 @@ def write_message(fd: int, payload: bytes) -> None:
         data = data[os.write(fd, data):]
 
 
-def _cloudpickle_dumps(obj: object) -> bytes:
-    import cloudpickle
+_pickler: Any = None
 
-    data: bytes = cloudpickle.dumps(obj, protocol=5)
-    return data
+
+def cloudpickle_dumps(obj: object) -> bytes:
+    """``cloudpickle.dumps``, keeping the file names of functions sent by value.
+
+    cloudpickle replaces a code object's file name with ``<dynamic-code>``
+    (for reproducible payloads); conveyor keeps the real one, so that a
+    traceback from a worker names the file and shows the lines that failed.
+    """
+    global _pickler
+    if _pickler is None:
+        import collections
+        import types
+
+        import cloudpickle
+
+        reduce_code = cloudpickle.Pickler.dispatch_table[types.CodeType]
+
+        def keep_file_name(code: types.CodeType) -> Any:
+            rv = reduce_code(code)
+            args = tuple(code.co_filename if a == "<dynamic-code>" else a for a in rv[1])
+            return (rv[0], args, *rv[2:])
+
+        class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+            dispatch_table = collections.ChainMap(  # noqa: RUF012 - as cloudpickle's
+                {types.CodeType: keep_file_name}, cloudpickle.Pickler.dispatch_table)
+
+        _pickler = Pickler
+    import io
+
+    with io.BytesIO() as f:
+        _pickler(f, protocol=5).dump(obj)
+        return f.getvalue()
 
 
 def _safe_str(exc: BaseException) -> str:
@@ -178,17 +208,79 @@ def _safe_str(exc: BaseException) -> str:
 
 
 def _type_name(obj: object) -> str:
-    t = type(obj)
+    return _type_name_of(type(obj))
+
+
+def _type_name_of(t: type) -> str:
     module = getattr(t, "__module__", "")
     return t.__qualname__ if module in ("builtins", "__main__", None) \
         else f"{module}.{t.__qualname__}"
 
 
+class Unbuildable:
+    """Stands for an exception that its pickle could not rebuild (see ``tolerant_loads``)."""
+
+    def __init__(self, cls: type, args: tuple[Any, ...], error: BaseException) -> None:
+        self.type_name = _type_name_of(cls)
+        self.args = args
+        self.error = error
+
+    def __setstate__(self, state: Any) -> None:
+        pass
+
+    def describe(self) -> str:
+        return (f"{self.type_name}{self.args!r:.200} cannot be rebuilt from its pickle: "
+                f"{type(self.error).__name__}: {_safe_str(self.error)}")
+
+
+class _ItemError(TypeError):
+    pass
+
+
+def tolerant_loads(data: bytes) -> Any:
+    """``pickle.loads`` that rebuilds an exception it cannot rebuild as ``Unbuildable``.
+
+    The classic case: ``class E(Exception): def __init__(self, a, b)`` pickles
+    its ``args`` only, and ``E(a)`` fails. Used after ``loads`` failed, so
+    that one such object fails its own task only, not its whole batch.
+    """
+    import io
+    import pickle
+
+    class Unpickler(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            cls = super().find_class(module, name)
+            if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+                return cls
+
+            def build(*args: Any) -> Any:
+                try:
+                    return cls(*args)
+                except Exception as exc:
+                    return Unbuildable(cls, args, exc)
+            return build
+
+    return Unpickler(io.BytesIO(data)).load()
+
+
+def _skip_unbuildable(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def run(x: Any) -> Any:
+        if isinstance(x, Unbuildable):
+            raise _ItemError(x.describe())
+        return fn(x)
+    return run
+
+
 def _record(pos: int, exc: BaseException) -> tuple[int, int, bytes | None, str, str, str]:
-    """``(pos, KIND_RAISED, pickled exception or None, type name, message, traceback)``."""
+    """``(pos, kind, pickled exception or None, type name, message, traceback)``."""
+    if isinstance(exc, _ItemError):
+        return (pos, KIND_ITEM, None, "", _safe_str(exc), "")
     import traceback
 
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    frames = exc.__traceback__
+    while frames is not None and frames.tb_frame.f_code.co_filename == __file__:
+        frames = frames.tb_next   # conveyor's own frames: the user's come next
+    tb = "".join(traceback.format_exception(type(exc), exc, frames))
     exc.__traceback__ = None   # frames hold the task's locals: let them go
     exc_bytes: bytes | None
     try:
@@ -196,7 +288,7 @@ def _record(pos: int, exc: BaseException) -> tuple[int, int, bytes | None, str, 
         loads(exc_bytes)   # also rebuildable? (a custom __init__ may refuse its args)
     except Exception:
         try:
-            exc_bytes = _cloudpickle_dumps(exc)
+            exc_bytes = cloudpickle_dumps(exc)
             loads(exc_bytes)
         except Exception:
             exc_bytes = None
@@ -222,7 +314,7 @@ def _outcomes(values: list[Any], records: list[tuple[Any, ...]], start: int) -> 
     except Exception:
         pass
     try:
-        return _cloudpickle_dumps((values, records))
+        return cloudpickle_dumps((values, records))
     except Exception:
         pass
     failed = {r[0] - start for r in records}
@@ -230,13 +322,13 @@ def _outcomes(values: list[Any], records: list[tuple[Any, ...]], start: int) -> 
         if i in failed:
             continue
         try:
-            _cloudpickle_dumps(value)
+            cloudpickle_dumps(value)
         except Exception as exc:
             values[i] = None
             records.append((start + i, KIND_RESULT, None, _type_name(value),
                             f"{type(exc).__name__}: {_safe_str(exc)}", ""))
     records.sort()
-    return _cloudpickle_dumps((values, records))
+    return cloudpickle_dumps((values, records))
 
 
 class _Current:
@@ -379,13 +471,17 @@ def main() -> None:
         if init_record is not None:
             worker.send(_encode(bid, STATUS_INIT_FAILED, 0, [], [init_record], 0.0))
             continue
+        fn = fns[key]
         try:
             items = loads(items_bytes)
-        except BaseException as exc:
-            worker.send(_encode(bid, STATUS_ITEMS_FAILED, 0, [], [_record(0, exc)], 0.0))
-            continue
+        except BaseException:
+            try:   # one item's exception that cannot be rebuilt fails that item only
+                items = tolerant_loads(items_bytes)
+                fn = _skip_unbuildable(fn)
+            except BaseException as exc:
+                worker.send(_encode(bid, STATUS_ITEMS_FAILED, 0, [], [_record(0, exc)], 0.0))
+                continue
         items_bytes = None
-        fn = fns[key]
         if max_tasks is not None and done + len(items) > max_tasks:
             items = items[:max_tasks - done]   # the parent runs the rest elsewhere
         t0 = monotonic()

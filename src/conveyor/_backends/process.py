@@ -109,19 +109,13 @@ def _dumps(obj: object) -> bytes:
     try:
         return pickle.dumps(obj, 5)
     except Exception:
-        import cloudpickle
-
-        data: bytes = cloudpickle.dumps(obj, protocol=5)
-        return data
+        return _worker.cloudpickle_dumps(obj)
 
 
 def pickle_function(fn: object, what: str) -> bytes:
     """cloudpickle ``fn``; a ``NotPicklable`` that names the culprit if it can't be."""
-    import cloudpickle
-
     try:
-        data: bytes = cloudpickle.dumps(fn, protocol=5)
-        return data
+        return _worker.cloudpickle_dumps(fn)
     except Exception as exc:
         name = getattr(fn, "__qualname__", None) or repr(fn)
         raise NotPicklable(
@@ -138,13 +132,11 @@ def check_arguments(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -
         return
     except Exception as exc:
         error = exc
-    import cloudpickle
-
     parts = [(f"argument {i}", a) for i, a in enumerate(args)]
     parts += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
     for label, value in parts:
         try:
-            cloudpickle.dumps(value, protocol=5)
+            _worker.cloudpickle_dumps(value)
         except Exception as exc:
             raise NotPicklable(
                 f"{where}: {label} ({value!r:.80}), a {type(value).__name__}, cannot be sent "
@@ -156,8 +148,6 @@ def check_arguments(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -
 
 def _culprit(fn: object) -> str:
     """Which object that ``fn`` refers to cannot be pickled (best effort)."""
-    import cloudpickle
-
     parts: list[tuple[str, object]] = []
     if isinstance(fn, functools.partial):
         parts += [("the partial's function", fn.func)]
@@ -181,7 +171,7 @@ def _culprit(fn: object) -> str:
             parts.append((f"its attribute {name!r}", value))
     for label, obj in parts:
         try:
-            cloudpickle.dumps(obj, protocol=5)
+            _worker.cloudpickle_dumps(obj)
         except Exception as exc:
             return (f" (it refers to {label}, a {type(obj).__name__}, which cannot be "
                     f"pickled: {exc})")
@@ -578,6 +568,7 @@ class ProcessBackend(Backend):
             # Under the lock: steal() and _wake() write to these descriptors,
             # and a closed number may be reused by the next file opened.
             with self._lock:
+                self._closed = True
                 procs = list(self._procs)
                 self._procs.clear()
                 for p in procs:
@@ -587,6 +578,12 @@ class ProcessBackend(Backend):
                 self._wake_r = self._wake_w = -1
                 for fd in wake:
                     os.close(fd)
+                # Normally nothing is left here; after a failure of this thread,
+                # the runs waiting for these batches end (PoolClosed) instead of hanging.
+                orphans = [job for p in procs for job in p.jobs] + list(self._pending)
+                self._pending.clear()
+            for job in orphans:
+                job.batch.sink(dropped(job.batch))
             assert self._selector is not None
             self._selector.close()
             _live_backends.discard(self)
@@ -672,7 +669,8 @@ class ProcessBackend(Backend):
             job.stolen = int(extra) if extra >= 0 else None
             job.steal_reply.set()
             return
-        values, errors = _outcomes(outcomes, start, n)
+        if status in (_worker.STATUS_PARTIAL, _worker.STATUS_DONE):
+            values, errors = _outcomes(outcomes, start, n)
         if status == _worker.STATUS_PARTIAL:
             out, errs = batch.out, batch.errs
             assert out is not None
@@ -807,11 +805,9 @@ def _pickle_items(items: list[Any]) -> tuple[bytes | None, int, BaseException | 
         return _dumps(items), len(items), None
     except Exception:
         pass
-    import cloudpickle
-
     for i, x in enumerate(items):
         try:
-            cloudpickle.dumps(x, protocol=5)
+            _worker.cloudpickle_dumps(x)
         except Exception as exc:
             if i:
                 return _dumps(items[:i]), i, None
@@ -829,6 +825,12 @@ def _outcomes(data: bytes, start: int, n: int) -> tuple[list[Any], list[int]]:
 
     try:
         values, records = pickle.loads(data)
+    except Exception:
+        pass
+    else:
+        return _rebuild_all(values, records, start)
+    try:   # an exception returned as a value that cannot be rebuilt fails its task only
+        values, records = _worker.tolerant_loads(data)
     except Exception as exc:   # e.g. a result's class the parent cannot import
         errors = []
         for _ in range(n):
@@ -837,6 +839,17 @@ def _outcomes(data: bytes, start: int, n: int) -> tuple[list[Any], list[int]]:
             e.__cause__ = exc
             errors.append(e)
         return errors, list(range(start, start + n))
+    for i, value in enumerate(values):
+        if isinstance(value, _worker.Unbuildable):
+            values[i] = None
+            records.append((start + i, _worker.KIND_RESULT, None, value.type_name,
+                            value.describe(), ""))
+    records.sort(key=lambda r: r[0])
+    return _rebuild_all(values, records, start)
+
+
+def _rebuild_all(values: list[Any], records: list[tuple[Any, ...]],
+                 start: int) -> tuple[list[Any], list[int]]:
     positions = []
     for rec in records:
         values[rec[0] - start] = _rebuild(rec)
@@ -849,6 +862,9 @@ def _rebuild(rec: tuple[Any, ...]) -> BaseException:
     import pickle
 
     _pos, kind, exc_bytes, type_name, message, tb = rec
+    if kind == _worker.KIND_ITEM:
+        return NotPicklable(f"this item could not be unpickled in the worker process: "
+                            f"{message}", type_name=type_name or None)
     if kind == _worker.KIND_RESULT:
         return NotPicklable(
             f"the task returned a {type_name}, which cannot be pickled to send it back "
