@@ -86,3 +86,11 @@ class Tally:
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path}
+
+
+def publish(path: str, text: str) -> None:
+    """Write ``text`` to ``path`` atomically (a reader sees all of it or no file)."""
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
