@@ -52,7 +52,7 @@ from ._batching import Batcher
 from ._outbox import End, Outbox
 from ._outcomes import Group, Outcomes, add_note
 from ._progress import Counters, ProgressBar, Stats
-from ._source import Source
+from ._source import CHUNK_POLL, Source
 from .errors import PoolClosed, TaskTimeout
 
 __all__ = ["Options", "Run"]
@@ -241,6 +241,9 @@ class Run(Outcomes):
                     self._flush()
                 elif wait is None or wait > due:
                     wait = due
+            src = self._source
+            if src is not None and src.chunk > 1 and (wait is None or wait > CHUNK_POLL):
+                wait = CHUNK_POLL   # the pump reads a chunk: look at the buffer meanwhile
             polling = self._in_flight and (wait is None or wait > POLL_EVERY)
             if polling:
                 wait = POLL_EVERY

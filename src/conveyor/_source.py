@@ -20,14 +20,27 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import itertools
+import operator
 import threading
+import time
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from typing import Any
 
-__all__ = ["AsyncSource", "Source", "ThreadSource", "reads_directly"]
+__all__ = ["CHUNK_POLL", "AsyncSource", "Source", "ThreadSource", "reads_directly"]
 
 #: Input types the dispatcher reads itself: in memory, never blocking.
 _DIRECT = (list, tuple, range, dict, set, frozenset, str, bytes, bytearray)
+
+
+MAX_CHUNK = 1024       # items a thread pump reads in one C-level call, at most
+FAST_CHUNK = 0.001     # seconds: a chunk read faster than this doubles the next one
+CHUNK_POLL = 0.005     # seconds between the dispatcher's looks while a chunk is read
+
+
+def _popleft(buf: collections.deque[Any], n: int) -> list[Any]:
+    """The first ``n`` items of ``buf``, removed (a C-level loop: no bytecode per item)."""
+    return list(map(collections.deque.popleft, itertools.repeat(buf, n)))
 
 
 def reads_directly(items: object) -> bool:
@@ -47,6 +60,8 @@ class Source:
         self._idle = False                    # the pump waits for requests
         self._stop = False
         self._wake: Callable[[], None] = _nothing
+        #: Items the pump is reading in one go (> 1: the dispatcher polls the buffer).
+        self.chunk = 1
 
     def start(self, wake: Callable[[], None]) -> None:
         """Start the pump; ``wake()`` is called from it when items arrive or it ends."""
@@ -63,11 +78,11 @@ class Source:
         """Up to ``n`` items available now, and whether the input has ended."""
         finished = self.finished    # read first: every item came before it
         buf = self._buf
-        items = [buf.popleft() for _ in range(min(n, len(buf)))]
+        items = _popleft(buf, min(n, len(buf)))
         if not items and not finished:
             self._want = True
             finished = self.finished
-            items = [buf.popleft() for _ in range(min(n, len(buf)))]
+            items = _popleft(buf, min(n, len(buf)))
         return items, finished and not items and not buf
 
     def close(self) -> None:
@@ -113,21 +128,40 @@ class ThreadSource(Source):
 
     def _pump(self) -> None:
         it = self._it
+        extend = self._buf.extend
+        second = operator.itemgetter(1)
+        chunk = 1
         error: BaseException | None = None
         try:
             while not self._stop:
-                if self._pumped >= self.requested:
+                room = self.requested - self._pumped
+                if room <= 0:
                     self._idle = True
                     self._more.clear()
                     if self._pumped >= self.requested and not self._stop:
                         self._more.wait()
                     self._idle = False
                     continue
-                try:
-                    x = next(it)
-                except StopIteration:
-                    break
-                self._got(x)
+                # Read a chunk in one C-level call: each item lands in the buffer
+                # as the input yields it, with no bytecode per item. Chunks grow
+                # while the input is fast and drop to one item when it is slow;
+                # while a chunk of several items is being read, the dispatcher
+                # looks at the buffer every few ms instead of waiting for a wake-up.
+                k = min(chunk, room)
+                counter = itertools.count()
+                self.chunk = k
+                t0 = time.monotonic()
+                extend(map(second, zip(counter, itertools.islice(it, k), strict=False)))
+                took = time.monotonic() - t0
+                self.chunk = 1
+                got = next(counter) - 1   # zip takes one more count than items
+                self._pumped += got
+                if self._want:
+                    self._want = False
+                    self._wake()
+                if got < k:
+                    break   # the input is exhausted
+                chunk = min(2 * chunk, MAX_CHUNK) if took < FAST_CHUNK else 1
             else:
                 # Stopped early: close a generator here, in its own thread,
                 # so its `finally` blocks run now rather than at collection.

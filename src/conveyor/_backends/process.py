@@ -688,6 +688,7 @@ class ProcessBackend(Backend):
                 _close_fd(p, "task_w")   # it exits now; a fresh one starts on demand
             self._dispatch()
         job.steal_reply.set()   # a steal that raced with the end: nothing to take
+        batch.it = None         # _Unstarted -> job -> batch: a cycle holding its items
         if status == _worker.STATUS_DONE:
             if start:
                 assert batch.out is not None
@@ -737,6 +738,7 @@ class ProcessBackend(Backend):
                     running, pos = True, 0   # it dies as it starts: blame the batch
             for i, job in enumerate(jobs):
                 batch = job.batch
+                batch.it = None   # break the cycle (see _on_message)
                 if i == 0 and running:
                     if batch.cancelled:
                         reports.append(Completion(batch, [], None, 0.0))
