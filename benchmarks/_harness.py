@@ -9,10 +9,12 @@
   starts with (date, machine, Python, CPUs, load average, library versions,
   the command that produced it), so a number is never read without the state
   of the machine it was taken on;
-* small helpers for the peers (joblib/loky reusable executors, dask logs).
+* small helpers for the peers (joblib/loky reusable executors, dask logs);
+* :class:`ProcessWatch` and :func:`session_pids`: the processes a table's child
+  started, to measure their RSS and to find (and stop) any left running.
 
-Every table runs all of its rows in ONE process run (Table 4: one parent,
-one fresh child per row), so ratios between rows hold on a noisy machine.
+Every table runs all of its rows in ONE process run (Tables 4 and 5: one
+parent, one fresh child per row), so ratios between rows hold on a noisy machine.
 """
 
 from __future__ import annotations
@@ -167,17 +169,19 @@ class Case:
 
 
 def verdict(value: float | None, target: float | None, unit: str = "", *,
-            quick: bool = False) -> str:
+            quick: bool = False, at_least: bool = False) -> str:
     """'<= 1.05: met' / '<= 1.05: MISSED' for a conveyor row; '' without a target.
 
+    ``at_least``: the target is a floor ('>= 1.95', e.g. a speedup), not a ceiling.
     A ``--quick`` smoke run is too small and too short to judge a target.
     """
     if target is None or value is None:
         return ""
     if quick:
         return "not judged (--quick)"
-    ok = value <= target
-    return f"≤ {target:g}{unit}: {'met' if ok else '**MISSED**'}"
+    ok = value >= target if at_least else value <= target
+    sign = "≥" if at_least else "≤"
+    return f"{sign} {target:g}{unit}: {'met' if ok else '**MISSED**'}"
 
 
 # ---------------------------------------------------------------------------
@@ -326,8 +330,13 @@ def header(title: str, what: str, notes: Sequence[str] = ()) -> str:
         f"- machine: {platform.machine()}, {cpu_model()}, {usable_cpus()}, {memory_total()}",
         f"- {versions()}",
         f"- load average (1/5/15 min) at start: {loadavg()}",
-        "",
     ]
+    if sys.dont_write_bytecode:
+        lines.append("- PYTHONDONTWRITEBYTECODE is set: a fresh interpreter (spawned worker) "
+                     "compiles the modules it imports from source instead of reading .pyc "
+                     "files, so cold starts of spawn-based pools are a little slower than "
+                     "with a normal install")
+    lines.append("")
     return "\n".join(lines)
 
 
@@ -387,3 +396,79 @@ def quiet_logs(*names: str, level: int = logging.CRITICAL + 1) -> Iterator[None]
 def quiet_dask_logs() -> contextlib.AbstractContextManager[None]:
     return quiet_logs("distributed", "distributed.nanny", "distributed.worker",
                       "distributed.scheduler", "distributed.core", level=logging.ERROR)
+
+
+# ---------------------------------------------------------------------------
+# Child processes of a table (Tables 4 and 5)
+# ---------------------------------------------------------------------------
+
+class ProcessWatch:
+    """Every process descended from one child this script started, seen while it ran.
+
+    A table runs each row in a child in its own session, so a process group kill
+    reaches what the child forked. Some pools put their workers in sessions of
+    their own (conveyor's process backend does, to kill a worker with whatever
+    its task started); a session or group kill misses those, and once the child
+    exits they are re-parented and no longer its descendants. So the table polls
+    the child's process tree while it runs and remembers each descendant by
+    (pid, creation time): afterwards it can tell which of them still run (and
+    stop them: they are processes this script started, indirectly) without
+    confusing them with an unrelated process that reused a pid.
+    """
+
+    def __init__(self, root: int) -> None:
+        self.root = root
+        self.seen: dict[int, float] = {}     # pid -> create_time
+
+    def poll(self) -> int:
+        """Record the current descendants; return the RSS of the whole tree (bytes)."""
+        import psutil
+
+        try:
+            proc = psutil.Process(self.root)
+            total: int = proc.memory_info().rss
+            children = proc.children(recursive=True)
+        except psutil.Error:
+            return 0
+        for c in children:
+            with contextlib.suppress(psutil.Error):
+                self.seen.setdefault(c.pid, c.create_time())
+                total += c.memory_info().rss
+        return total
+
+    def alive(self) -> list[int]:
+        """Descendants seen so far that still run (zombies excluded)."""
+        import psutil
+
+        out = []
+        for pid, created in self.seen.items():
+            with contextlib.suppress(psutil.Error):
+                p = psutil.Process(pid)
+                if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(pid)
+        return out
+
+    def kill_alive(self) -> list[int]:
+        """SIGKILL the descendants that still run; return their pids."""
+        import psutil
+
+        killed = []
+        for pid in self.alive():
+            with contextlib.suppress(psutil.Error):
+                p = psutil.Process(pid)
+                if p.create_time() == self.seen[pid]:
+                    p.kill()
+                    killed.append(pid)
+        return killed
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (non-zombie) processes of session ``sid``."""
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["status"]):
+        with contextlib.suppress(psutil.Error, OSError):
+            if p.info["status"] != psutil.STATUS_ZOMBIE and os.getsid(p.pid) == sid:
+                out.append(p.pid)
+    return out

@@ -17,9 +17,10 @@ Output
     smoke run leaves both files alone unless ``--output`` is given.
 
 Run (from the project root)
-    python benchmarks/run_all.py                  # full run (~10-15 min on 2 cores)
-    python benchmarks/run_all.py --quick --no-readme   # smoke run (CI), < 1 min
-    python benchmarks/run_all.py --only overhead  # one table: overhead|sleep|memory (or 1|2|4)
+    python benchmarks/run_all.py                  # full run (~20 min on 2 cores)
+    python benchmarks/run_all.py --quick --no-readme   # smoke run (CI), ~1 min
+    python benchmarks/run_all.py --only overhead  # one table: overhead|sleep|cpu|memory|failure
+                                                  # (or 1|2|3|4|5); repeatable, or comma-separated
 """
 
 from __future__ import annotations
@@ -59,8 +60,11 @@ class Table:
 TABLES = [
     Table("overhead", "overhead.py", ("1", "table1", "overhead.py")),
     Table("sleep", "sleep_makespan.py", ("2", "table2", "sleep_makespan", "sleep_makespan.py")),
+    Table("cpu", "cpu_speedup.py", ("3", "table3", "cpu_speedup", "cpu_speedup.py")),
     Table("memory", "memory_lazy_input.py",
           ("4", "table4", "memory_lazy_input", "memory_lazy_input.py")),
+    Table("failure", "failure_behaviour.py",
+          ("5", "table5", "failure_behaviour", "failure_behaviour.py")),
 ]
 
 
@@ -187,7 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: small N, 1 repeat, expensive peer rows skipped (CI)")
     ap.add_argument("--only", action="append", default=[], metavar="TABLE",
-                    help="run only this table: overhead|sleep|memory (or 1|2|4); repeatable")
+                    help="run only this table: overhead|sleep|cpu|memory|failure (or "
+                         "1|2|3|4|5); repeatable, or comma-separated")
     ap.add_argument("--no-readme", action="store_true",
                     help="do not touch README.md")
     ap.add_argument("--output", type=Path, default=None,

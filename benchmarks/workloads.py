@@ -4,14 +4,21 @@ They live in an importable module (not in ``__main__``) so that pools which
 pickle the function (processes, loky, dask) send it by reference, the way a
 user's module-level function usually travels. Each one is the same workload
 as the reference (anchor) benchmarks use, so rows are comparable.
+
+The module imports nothing slow at its top: a pool whose workers are fresh
+interpreters (conveyor's process backend, loky, joblib, dask) imports it in
+every worker to unpickle the function, so importing ``asyncio`` here (~30 ms
+without .pyc files) would be charged to those pools' start-up and not to
+fork-based ones. The coroutines import it when they run.
 """
 
 from __future__ import annotations
 
-import asyncio
+import os
 import time
 
-__all__ = ["ainc", "asleep_for", "cpu_burn", "inc", "sleep_for"]
+__all__ = ["ahang_at", "ainc", "asleep_for", "cpu_burn", "crash_at", "hang_at", "inc",
+           "sleep_for"]
 
 
 def inc(x: int) -> int:
@@ -32,6 +39,8 @@ def sleep_for(seconds: float) -> float:
 
 async def asleep_for(seconds: float) -> float:
     """Coroutine twin of :func:`sleep_for`."""
+    import asyncio
+
     await asyncio.sleep(seconds)
     return seconds
 
@@ -42,3 +51,31 @@ def cpu_burn(n: int) -> int:
     for i in range(n):
         total += i * i
     return total
+
+
+def crash_at(i: int, bad: int = 3, seconds: float = 0.2) -> int:
+    """Task ``bad`` kills its worker process: no exception, no clean-up (like a segfault
+    or the OOM killer); every other task sleeps ``seconds`` and returns its index."""
+    if i == bad:
+        time.sleep(0.05)
+        os._exit(1)
+    time.sleep(seconds)
+    return i
+
+
+def hang_at(i: int, bad: int = 3, seconds: float = 0.2) -> int:
+    """Task ``bad`` sleeps (practically) forever; every other one sleeps ``seconds``."""
+    if i == bad:
+        time.sleep(1e6)
+    time.sleep(seconds)
+    return i
+
+
+async def ahang_at(i: int, bad: int = 3, seconds: float = 0.2) -> int:
+    """Coroutine twin of :func:`hang_at`."""
+    import asyncio
+
+    if i == bad:
+        await asyncio.sleep(1e6)
+    await asyncio.sleep(seconds)
+    return i

@@ -2,9 +2,10 @@
 
 It runs the tables the way a developer (or CI) does, in a subprocess from
 the project root, and checks the Markdown they print: every conveyor row has
-a number, none says ERROR. A second test hides the peer libraries (as in CI,
-which installs only the test extras) and checks their rows say "not
-installed" instead of crashing the table.
+a number, none says ERROR; the failure table's conveyor rows saw the error
+they should, with every good result. A second test hides the peer libraries
+(as in CI, which installs only the test extras) and checks their rows say
+"not installed" instead of crashing the table.
 """
 
 from __future__ import annotations
@@ -66,14 +67,18 @@ def conveyor_rows(rows: list[list[str]]) -> list[list[str]]:
     return [r for r in rows if r[1].startswith("conveyor")]
 
 
+def table(found: dict[str, list[list[str]]], prefix: str) -> list[list[str]]:
+    return next(rows for title, rows in found.items() if title.startswith(prefix))
+
+
 @pytest.mark.timeout(180)
 def test_quick_run_all_measures_every_conveyor_row() -> None:
     proc = run([str(BENCH / "run_all.py"), "--quick", "--no-readme"], timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = tables(proc.stdout)
     titles = sorted(found)
-    assert len(titles) == 3, titles
-    for prefix in ("Table 1", "Table 2", "Table 4"):
+    assert len(titles) == 5, titles
+    for prefix in ("Table 1", "Table 2", "Table 3", "Table 4", "Table 5"):
         assert any(t.startswith(prefix) for t in titles), (prefix, titles)
     for title, rows in found.items():
         mine = conveyor_rows(rows)
@@ -82,9 +87,40 @@ def test_quick_run_all_measures_every_conveyor_row() -> None:
             text = " | ".join(row)
             assert "ERROR" not in text, (title, text)
             assert "not available" not in text, (title, text)
-            # the first measured column: µs/task, A warm, or wall time
+            # the first measured column: µs/task (Table 1b: ms), A warm, speedup cold,
+            # wall time, or when the failure surfaced
             assert NUMBER.search(row[3]), (title, text)
+    # the process backend's rows are there, in every table that has them
+    for prefix in ("Table 1", "Table 3", "Table 4", "Table 5"):
+        assert any("process" in r[1] for r in conveyor_rows(table(found, prefix))), prefix
+    # Table 5: each conveyor scenario saw its failure and kept the good results
+    for row in conveyor_rows(table(found, "Table 5")):
+        text = " | ".join(row)
+        assert "WorkerCrashed" in row[2] or "TimeoutError" in row[2] \
+            or "TaskTimeout" in row[2], text
+        expected = "3/7" if "raised" in row[2] else "7/7"
+        assert row[4] == expected, text
+        assert row[6].startswith("exits rc=0"), text
+        assert row[7] == "0", text
     assert "left unchanged" in proc.stderr  # a smoke run never rewrites README/results
+
+
+@pytest.mark.parametrize("name", ["cpu_speedup.py", "failure_behaviour.py"])
+@pytest.mark.timeout(120)
+def test_new_tables_run_alone_with_a_row_filter(name: str) -> None:
+    proc = run([str(BENCH / name), "--quick", "--rows", "conveyor"], timeout=110)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = next(iter(tables(proc.stdout).values()))
+    assert rows, proc.stdout
+    assert all(r[1].startswith(("conveyor", "sequential")) for r in rows), rows
+    assert len(conveyor_rows(rows)) >= 3, rows
+
+
+def test_run_all_knows_every_table() -> None:
+    proc = run([str(BENCH / "run_all.py"), "--only", "nope"], timeout=30)
+    assert proc.returncode != 0
+    for name in ("overhead", "sleep", "cpu", "memory", "failure"):
+        assert name in proc.stderr, proc.stderr
 
 
 @pytest.mark.timeout(120)
