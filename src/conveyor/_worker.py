@@ -393,11 +393,10 @@ class _Worker:
                 bid = int.from_bytes(command[1:], "little", signed=True)
                 with self.lock:
                     cur = self.current
-                    k = -1
-                    if cur is not None and cur.bid == bid:
-                        rest = list(cur.it)   # one C-level call: atomic for the main loop
-                        if rest:
-                            k = cur.size - len(rest)
+                    if cur is None or cur.bid != bid:
+                        continue   # that batch has ended: its STATUS_DONE is the answer
+                    rest = list(cur.it)   # one C-level call: atomic for the main loop
+                    k = cur.size - len(rest) if rest else -1
                     write_message(self.result_w, _encode(bid, STATUS_STOLEN, 0, [], [], k))
                 continue
             with self.lock:
@@ -513,6 +512,7 @@ def main() -> None:
                     append(exc)
         busy = monotonic() - t0
         done += len(out)
+        q[1] = -1   # no item runs while the outcomes are sent: not subject to timeout
         with worker.lock:
             worker.current = None
             worker.flush(cur, STATUS_DONE, busy)

@@ -53,6 +53,7 @@ import mmap
 import os
 import selectors
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -94,6 +95,8 @@ START_FAILURES = 3       # workers dying before running anything before we blame
 POLL = 0.5               # seconds between liveness polls where there are no pidfds
 PIPE_SIZE = 1 << 20      # bytes: we ask the kernel for pipes this large (Linux)
 
+_NOSIGNAL = getattr(socket, "MSG_NOSIGNAL", 0)
+
 _live_backends: weakref.WeakSet[ProcessBackend] = weakref.WeakSet()
 
 
@@ -103,11 +106,42 @@ def _close_all() -> None:
         backend.close(cancel=True, wait=True)
 
 
+class _ByValue(Exception):
+    pass
+
+
+_main_aware: Any = None
+
+
 def _dumps(obj: object) -> bytes:
-    import pickle
+    """Pickle with the C pickler; cloudpickle for what it cannot do, or should not.
+
+    The C pickler would send an instance of a class defined in ``__main__`` by
+    reference, and a worker's ``__main__`` is not the user's: those go to
+    cloudpickle, which sends the class by value. Exact ints, strs, lists,
+    dicts... never reach ``reducer_override``, so plain data pays nothing.
+    """
+    global _main_aware
+    if _main_aware is None:
+        import pickle
+
+        class MainAware(pickle.Pickler):
+            def reducer_override(self, obj: Any) -> Any:
+                try:
+                    module = getattr(obj, "__module__", None)
+                except Exception:
+                    module = None
+                if module == "__main__":
+                    raise _ByValue
+                return NotImplemented
+
+        _main_aware = MainAware
+    import io
 
     try:
-        return pickle.dumps(obj, 5)
+        with io.BytesIO() as f:
+            _main_aware(f, 5).dump(obj)
+            return f.getvalue()
     except Exception:
         return _worker.cloudpickle_dumps(obj)
 
@@ -223,11 +257,12 @@ class _Proc:
 
     __slots__ = (
         "cancel_at",
-        "ctl_w",
+        "ctl",
         "d",
         "jobs",
         "known",
         "life_w",
+        "outbuf",
         "pid",
         "pidfd",
         "popen",
@@ -237,14 +272,21 @@ class _Proc:
         "result_r",
         "retiring",
         "slot",
-        "task_w",
+        "task",
         "tasks",
+        "writing",
     )
 
     def __init__(self) -> None:
         self.popen: subprocess.Popen[bytes] | None = None
         self.pid = 0
-        self.task_w = self.result_r = self.life_w = self.ctl_w = -1
+        self.result_r = self.life_w = -1
+        # Sockets, not pipes, to the worker: send(MSG_NOSIGNAL) to a dead worker
+        # is an error, never a SIGPIPE (which kills a program that restored SIG_DFL).
+        self.task: socket.socket | None = None
+        self.ctl: socket.socket | None = None
+        self.outbuf: list[memoryview] = []       # what the task socket did not take yet
+        self.writing = False                     # registered for EVENT_WRITE
         self.pidfd = -1
         self.slot: mmap.mmap | None = None
         self.q: memoryview[int] | None = None
@@ -302,6 +344,7 @@ class ProcessBackend(Backend):
         self._keys = itertools.count(1)
         self._bids = itertools.count(1)
         self._pending: collections.deque[_Job] = collections.deque()
+        self._deferred: list[Completion] = []   # found under the lock, reported after it
         self._procs: list[_Proc] = []
         self._start_failures = 0
         self._closed = False
@@ -362,8 +405,8 @@ class ProcessBackend(Backend):
             bid = q[0]
             pos = q[1]
             since = d[2]
-            if bid != job.bid or q[1] != pos or q[0] != bid:
-                continue   # not started, or moving on
+            if bid != job.bid or q[1] != pos or q[0] != bid or pos < 0:
+                continue   # not started, moving on, or sending its outcomes
             out.append(Running(job.batch, pos, since))
         return out
 
@@ -377,11 +420,11 @@ class ProcessBackend(Backend):
             else:
                 return None
             if p.reason is not None or p.cancel_at or job.steal_reply.is_set() \
-                    or p.ctl_w < 0:
+                    or p.ctl is None:
                 return None
             try:
-                os.write(p.ctl_w, b"S" + job.bid.to_bytes(8, "little", signed=True))
-            except OSError:
+                p.ctl.send(b"S" + job.bid.to_bytes(8, "little", signed=True), _NOSIGNAL)
+            except OSError:   # gone, or its control thread is not reading: no steal
                 return None
         # A reply that comes later than this is harmless: the batch then simply
         # ends early, and the scheduler sends what it did not run again.
@@ -424,17 +467,16 @@ class ProcessBackend(Backend):
     def close(self, *, cancel: bool, wait: bool = True) -> None:
         lost: list[_Job] = []
         with self._lock:
-            if not self._closed:
-                self._closed = True
-                if cancel:
-                    lost = list(self._pending)
-                    self._pending.clear()
-                    for p in self._procs:
-                        if p.jobs:
-                            p.cancel_at = time.monotonic()   # kill now
-                            for job in p.jobs:
-                                job.batch.cancelled = True
-                self._wake()
+            self._closed = True
+            if cancel:   # also when already closed: close() then Ctrl-C, atexit
+                lost = list(self._pending)
+                self._pending.clear()
+                for p in self._procs:
+                    if p.jobs:
+                        p.cancel_at = time.monotonic()   # kill now
+                        for job in p.jobs:
+                            job.batch.cancelled = True
+            self._wake()
             supervisor = self._supervisor
         for job in lost:
             job.batch.sink(dropped(job.batch))
@@ -500,7 +542,13 @@ class ProcessBackend(Backend):
                 target = self._spawn()
             if target is None:
                 return
-            self._send(target, pending.popleft())
+            job = pending.popleft()
+            on_start = job.batch.on_start
+            if on_start is not None and not on_start():   # a cancelled Pool.submit
+                self._deferred.append(Completion(job.batch, [], None, 0.0))
+                self._wake()   # the supervisor reports it
+                continue
+            self._send(target, job)
 
     def _send(self, p: _Proc, job: _Job) -> None:
         import pickle
@@ -520,16 +568,69 @@ class ProcessBackend(Backend):
         p.tasks += job.size
         if self._max_tasks is not None and p.tasks >= self._max_tasks:
             p.retiring = True
-        with contextlib.suppress(OSError):   # if it is gone, its death hands the job back
-            _worker.write_message(p.task_w, message)
+        self._write(p, message)
+
+    def _write(self, p: _Proc, payload: bytes) -> None:
+        """Send a message to ``p`` without blocking (lock held).
+
+        A worker reads its socket only between batches (or after its
+        initializer), so what does not fit is left to the supervisor thread,
+        which writes it when the socket is writable: nobody ever waits here.
+        """
+        data = memoryview(len(payload).to_bytes(_worker.HEADER, "little") + payload)
+        if p.task is None:
+            return
+        if not p.outbuf:
+            try:
+                data = data[p.task.send(data, _NOSIGNAL):]
+            except BlockingIOError:
+                pass
+            except OSError:
+                return   # it is gone: its death hands the job back
+            if not data:
+                return
+        p.outbuf.append(data)
+        self._wake()
+
+    def _write_more(self, p: _Proc) -> None:
+        """The supervisor: ``p``'s socket is writable (lock held)."""
+        while p.outbuf and p.task is not None:
+            data = p.outbuf[0]
+            try:
+                data = data[p.task.send(data, _NOSIGNAL):]
+            except BlockingIOError:
+                return
+            except OSError:
+                p.outbuf.clear()
+                break
+            if data:
+                p.outbuf[0] = data
+                return
+            p.outbuf.pop(0)
+        self._unregister_write(p)
+
+    def _close_task(self, p: _Proc) -> None:
+        self._unregister_write(p)
+        p.outbuf.clear()
+        _close_sock(p, "task")
+
+    def _unregister_write(self, p: _Proc) -> None:
+        if p.writing:
+            p.writing = False
+            assert self._selector is not None
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(p.task.fileno() if p.task is not None else -1)
 
     def _spawn(self) -> _Proc:
         p = _Proc()
-        task_r, p.task_w = os.pipe()
+        p.task, task_child = socket.socketpair()
+        p.ctl, ctl_child = socket.socketpair()
+        task_r, ctl_r = task_child.detach(), ctl_child.detach()
+        p.task.setblocking(False)
+        p.ctl.setblocking(False)
         p.result_r, result_w = os.pipe()
         life_r, p.life_w = os.pipe()
-        ctl_r, p.ctl_w = os.pipe()
-        for fd in (task_r, p.task_w, p.result_r, result_w):
+        for fd in (p.result_r, result_w):
             with contextlib.suppress(OSError, AttributeError):
                 import fcntl
 
@@ -553,11 +654,11 @@ class ProcessBackend(Backend):
             p.pidfd = os.pidfd_open(p.pid)
         self._procs.append(p)
         assert self._selector is not None
-        self._selector.register(p.result_r, selectors.EVENT_READ, (p, False))
+        self._selector.register(p.result_r, selectors.EVENT_READ, (p, "result"))
         if p.pidfd >= 0:
-            self._selector.register(p.pidfd, selectors.EVENT_READ, (p, True))
+            self._selector.register(p.pidfd, selectors.EVENT_READ, (p, "exit"))
         init = (list(sys.path), self._init_bytes, self._max_tasks)
-        _worker.write_message(p.task_w, _dumps(init))
+        self._write(p, _dumps(init))
         return p
 
     # -- the supervisor thread -------------------------------------------------
@@ -601,9 +702,13 @@ class ProcessBackend(Backend):
                 if idle and not exiting_since:
                     exiting_since = time.monotonic()
                     for p in self._procs:
-                        _close_fd(p, "task_w")   # end of file: the worker exits
+                        self._close_task(p)   # end of file: the worker exits
                 if idle and not self._procs:
                     return
+                for p in self._procs:
+                    if p.outbuf and not p.writing and p.task is not None:
+                        selector.register(p.task.fileno(), selectors.EVENT_WRITE, (p, "write"))
+                        p.writing = True
             if exiting_since:
                 left = exiting_since + EXIT_GRACE - time.monotonic()
                 if left <= 0:
@@ -612,15 +717,22 @@ class ProcessBackend(Backend):
                             _kill(p)
                     left = POLL
                 timeout = left if timeout is None else min(timeout, left)
-            for key, _ in selector.select(timeout):
+            with self._lock:
+                deferred, self._deferred = self._deferred, []
+            for done in deferred:
+                done.batch.sink(done)
+            for key, _ in selector.select(0 if self._deferred else timeout):
                 if key.data is None:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
                     continue
-                p, is_pidfd = key.data
+                p, kind = key.data
                 if p not in self._procs:
                     continue
-                if is_pidfd:
+                if kind == "write":
+                    with self._lock:
+                        self._write_more(p)
+                elif kind == "exit":
                     self._on_death(p)
                 else:
                     self._on_readable(p)
@@ -662,13 +774,16 @@ class ProcessBackend(Backend):
         import pickle
 
         bid, status, start, n, extra, outcomes = pickle.loads(message)
+        if status == _worker.STATUS_STOLEN:
+            # A reply may come after its batch ended (it then took nothing).
+            if p.jobs and p.jobs[0].bid == bid:
+                job = p.jobs[0]
+                job.stolen = int(extra) if extra >= 0 else None
+                job.steal_reply.set()
+            return
         job = p.jobs[0]
         assert job.bid == bid, (job.bid, bid)
         batch = job.batch
-        if status == _worker.STATUS_STOLEN:
-            job.stolen = int(extra) if extra >= 0 else None
-            job.steal_reply.set()
-            return
         if status in (_worker.STATUS_PARTIAL, _worker.STATUS_DONE):
             values, errors = _outcomes(outcomes, start, n)
         if status == _worker.STATUS_PARTIAL:
@@ -685,7 +800,7 @@ class ProcessBackend(Backend):
             self._start_failures = 0
             p.cancel_at = 0.0
             if p.retiring:
-                _close_fd(p, "task_w")   # it exits now; a fresh one starts on demand
+                self._close_task(p)   # it exits now; a fresh one starts on demand
             self._dispatch()
         job.steal_reply.set()   # a steal that raced with the end: nothing to take
         batch.it = None         # _Unstarted -> job -> batch: a cycle holding its items
@@ -743,6 +858,19 @@ class ProcessBackend(Backend):
                     if batch.cancelled:
                         reports.append(Completion(batch, [], None, 0.0))
                         continue
+                    if pos < 0:   # every item ran; it died sending their outcomes
+                        got = list(batch.out or ())
+                        failed = [e for e in batch.errs or () if e < len(got)]
+                        lost = WorkerCrashed(
+                            f"the worker process (pid {p.pid}) died while sending this "
+                            f"task's outcome back: {_describe_exit(returncode)}",
+                            pid=p.pid, exitcode=returncode)
+                        for i in range(len(got), min(job.size, batch.limit)):
+                            got.append(lost if i == len(got) else _crashed_copy(lost))
+                            failed.append(i)
+                        reports.append(Completion(batch, got, failed,
+                                                  time.monotonic() - batch.started))
+                        continue
                     if p.reason is not None:
                         error: BaseException = p.reason[1]
                     else:
@@ -783,12 +911,18 @@ class ProcessBackend(Backend):
                 returncode = p.popen.wait()
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(p.pid, signal.SIGKILL)   # what its tasks started and left behind
-        for fd_name in ("task_w", "result_r", "life_w", "ctl_w", "pidfd"):
+        self._close_task(p)
+        _close_sock(p, "ctl")
+        for fd_name in ("result_r", "life_w", "pidfd"):
             _close_fd(p, fd_name)
         return returncode
 
 
 # -- helpers ---------------------------------------------------------------------
+
+def _crashed_copy(error: WorkerCrashed) -> WorkerCrashed:
+    return WorkerCrashed(str(error), pid=error.pid, exitcode=error.exitcode)
+
 
 def _fresh(exc: NotPicklable) -> NotPicklable:
     e = NotPicklable(str(exc), type_name=exc.type_name)
@@ -912,6 +1046,13 @@ def _kill(p: _Proc) -> None:
     if p.pid:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(p.pid, signal.SIGKILL)
+
+
+def _close_sock(p: _Proc, name: str) -> None:
+    sock = getattr(p, name)
+    if sock is not None:
+        setattr(p, name, None)
+        sock.close()
 
 
 def _close_fd(p: _Proc, name: str) -> None:
