@@ -838,9 +838,10 @@ SIGPIPE_SCRIPT = textwrap.dedent("""
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)   # as many command-line tools do
     with conveyor.Pool(backend="process", workers=2) as pool:
         print(sorted(pool.map(abs, range(-3, 3), batch=1)), flush=True)
-        for child in psutil.Process().children():
-            os.kill(child.pid, signal.SIGKILL)        # both workers die while idle
-            psutil.Process(child.pid).wait(5) if psutil.pid_exists(child.pid) else None
+        workers = psutil.Process().children()
+        for child in workers:
+            child.kill()                              # both workers die while idle
+        psutil.wait_procs(workers, timeout=5)
         print(sorted(pool.map(abs, range(-3, 3), batch=1)), flush=True)
 """)
 
