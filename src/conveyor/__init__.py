@@ -19,6 +19,9 @@ See the README for the backends, the options and the guarantees.
 from . import errors as errors
 from ._api import amap as amap
 from ._api import map as map
+from ._pipeline import Pipeline as Pipeline
+from ._pipeline import Stream as Stream
+from ._pipeline import stream as stream
 from ._pool import Pool as Pool
 from ._progress import Stats as Stats
 from ._results import AsyncResults as AsyncResults
@@ -31,15 +34,18 @@ from .errors import WorkerCrashed as WorkerCrashed
 __all__ = (
     "AsyncResults",
     "ConveyorError",
+    "Pipeline",
     "Pool",
     "Results",
     "Stats",
+    "Stream",
     "TaskTimeout",
     "WorkerCrashed",
     "__version__",
     "amap",
     "errors",
     "map",
+    "stream",
     "worker_state",
 )
 

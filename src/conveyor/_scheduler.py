@@ -442,8 +442,9 @@ class Run(Outcomes):
     def _end_input(self, error: BaseException | None, more: int = 0) -> None:
         self._input_done = True
         if error is not None:
-            add_note(error, "conveyor: raised by the input iterable after "
-                             f"{self._pulled + more} items")
+            if not getattr(error, "__conveyor_stage__", None):   # a pipeline stage names itself
+                add_note(error, "conveyor: raised by the input iterable after "
+                                 f"{self._pulled + more} items")
             self._input_error = error
 
     def _rate_allows(self) -> bool:

@@ -1,0 +1,302 @@
+"""``conveyor.stream``: stages with their own backend and width, bounded between them.
+
+::
+
+    stream(urls) --map(download, threads)--> --map(parse, processes)--> --filter--> for r in ...
+
+Each ``map``/``filter``/``flat_map`` stage is one run of the engine
+(``conveyor.map`` with that stage's options); its input is the previous
+stage's results, read by the run's input pump within the run's window. So the
+windows are the bounded queues between stages, and a slow last stage holds
+back every stage before it. ``batch``/``unbatch`` regroup items on the way and
+run no tasks.
+
+Ending: the consumer's loop ending (the last result, ``break``, an exception,
+``close()``, Ctrl-C) closes every stage's run, last first. A stage's failure
+(``on_error="raise"``) travels down the chain as the next stages' input error
+and reaches the consumer with a note naming the stage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Iterator
+from typing import Any, Generic, TypeVar, overload
+
+from . import _api
+from ._outcomes import add_note
+from ._progress import Stats
+from ._results import Results
+
+__all__ = ["Pipeline", "Stream", "stream"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_MAP_OPTIONS = ("backend", "workers", "ordered", "window", "batch", "timeout", "retries",
+                "retry_on", "backoff", "on_error", "rate", "progress", "desc",
+                "initializer", "initargs", "max_tasks_per_worker")
+
+
+class _Stage:
+    __slots__ = ("fn", "kind", "name", "options", "size")
+
+    def __init__(self, kind: str, fn: Callable[[Any], Any] | None, name: str,
+                 options: dict[str, Any], size: int = 0) -> None:
+        self.kind = kind            # "map", "filter", "flat_map", "batch", "unbatch"
+        self.fn = fn
+        self.name = name
+        self.options = options
+        self.size = size
+
+
+class _Keep:
+    """A filter stage's task: ``(pred(x), x)``, so the predicate runs on the workers."""
+
+    __slots__ = ("pred",)
+
+    def __init__(self, pred: Callable[[Any], Any]) -> None:
+        self.pred = pred
+
+    def __call__(self, x: Any) -> tuple[bool, Any]:
+        return (bool(self.pred(x)), x)
+
+
+class _Expand:
+    """A flat_map stage's task: the items ``fn(x)`` returns, as a list (made on the worker)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Any], Iterable[Any]]) -> None:
+        self.fn = fn
+
+    def __call__(self, x: Any) -> list[Any]:
+        return list(self.fn(x))
+
+
+class Stream(Generic[T]):
+    """A pipeline being described: add stages, then iterate it (each iteration runs it).
+
+    ``stream(items).map(f, workers=16).map(g, backend="process").filter(p)``.
+    Every stage takes the options of :func:`conveyor.map` (its own backend,
+    workers, window, ordered, timeout, retries, on_error, rate...) and a
+    ``name`` for messages and stats (default: the function's name).
+    """
+
+    def __init__(self, items: Iterable[Any], stages: tuple[_Stage, ...] = ()) -> None:
+        self._items = items
+        self._stages = stages
+
+    def _add(self, stage: _Stage) -> Stream[Any]:
+        return Stream(self._items, (*self._stages, stage))
+
+    def _task_stage(self, kind: str, fn: Callable[[Any], Any], name: str | None,
+                    options: dict[str, Any]) -> Stream[Any]:
+        where = f"conveyor.stream(...).{kind}"
+        _api.check_fn(fn, where)
+        unknown = set(options) - set(_MAP_OPTIONS)
+        if unknown:
+            raise TypeError(f"{where}: unexpected option(s) {sorted(unknown)}; a stage takes "
+                            f"the options of conveyor.map: {', '.join(_MAP_OPTIONS)}")
+        if name is not None and not isinstance(name, str):
+            raise TypeError(f"{where}: name must be a string, got {name!r}")
+        # Check the options now, while the pipeline is being described.
+        checked = {k: v for k, v in options.items()
+                   if k not in ("backend", "workers", "initializer", "initargs",
+                                "max_tasks_per_worker")}
+        _api.check_options(where, **{**_defaults(), **checked})
+        backend, _ = _api._backend_and_workers(where, options.get("backend"), fn,
+                                               options.get("workers"))
+        if backend == "asyncio" and kind != "map":
+            raise TypeError(f"{where}: {kind} stages run plain functions (on threads or "
+                            "processes); use map with a coroutine function for asyncio")
+        label = name or getattr(fn, "__qualname__", None) or repr(fn)
+        return self._add(_Stage(kind, fn, f"{kind} {label}", dict(options)))
+
+    @overload
+    def map(self, fn: Callable[[T], Awaitable[R]], *, name: str | None = ...,
+            **options: Any) -> Stream[R]: ...
+    @overload
+    def map(self, fn: Callable[[T], R], *, name: str | None = ...,
+            **options: Any) -> Stream[R]: ...
+    def map(self, fn: Callable[[T], Any], *, name: str | None = None,
+            **options: Any) -> Stream[Any]:
+        """Each item becomes ``fn(item)`` (options as for :func:`conveyor.map`)."""
+        return self._task_stage("map", fn, name, options)
+
+    def filter(self, pred: Callable[[T], Any], *, name: str | None = None,
+               **options: Any) -> Stream[T]:
+        """Keep the items for which ``pred(item)`` is true (run on the stage's workers)."""
+        return self._task_stage("filter", pred, name, options)
+
+    def flat_map(self, fn: Callable[[T], Iterable[R]], *, name: str | None = None,
+                 **options: Any) -> Stream[R]:
+        """Each item becomes the items of ``fn(item)`` (an iterable), in order."""
+        return self._task_stage("flat_map", fn, name, options)
+
+    def batch(self, n: int) -> Stream[list[T]]:
+        """Group consecutive items into lists of ``n`` (the last may be shorter)."""
+        size = _api._positive_int(n, "n", "conveyor.stream(...).batch")
+        return self._add(_Stage("batch", None, f"batch {size}", {}, size))
+
+    def unbatch(self) -> Stream[Any]:
+        """Each item (an iterable) becomes its items."""
+        return self._add(_Stage("unbatch", None, "unbatch", {}))
+
+    def open(self) -> Pipeline[T]:
+        """Start every stage; iterate the returned pipeline for the results."""
+        return Pipeline(self._items, self._stages)
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self.open())
+
+    def __aiter__(self) -> AsyncGenerator[T, None]:
+        return self.open().__aiter__()
+
+    def to_list(self) -> list[T]:
+        """Run the pipeline to the end; its results as a list."""
+        with self.open() as pipeline:
+            return list(pipeline)
+
+
+def stream(items: Iterable[T]) -> Stream[T]:
+    """Start describing a pipeline over ``items`` (any iterable, read lazily)."""
+    _api.check_items(items, "conveyor.stream")
+    return Stream(items)
+
+
+class Pipeline(Generic[T]):
+    """A running pipeline: iterate it once; ``close()`` stops every stage."""
+
+    def __init__(self, items: Iterable[Any], stages: tuple[_Stage, ...]) -> None:
+        self._runs: list[tuple[str, Results[Any]]] = []
+        it: Iterable[Any] = items
+        try:
+            for stage in stages:
+                it = self._open(stage, it)
+        except BaseException:
+            self.close()
+            raise
+        # The generator holds the runs, never this object: `for x in stream(...)`
+        # keeps only the generator, and dropping it (an early break) stops them.
+        self._gen = _iterate(it, self._runs)
+
+    def _open(self, stage: _Stage, it: Iterable[Any]) -> Iterable[Any]:
+        if stage.kind == "batch":
+            return _batched(it, stage.size)
+        if stage.kind == "unbatch":
+            return _flatten(it)
+        assert stage.fn is not None
+        fn: Callable[[Any], Any] = stage.fn
+        if stage.kind == "filter":
+            fn = _Keep(fn)
+        elif stage.kind == "flat_map":
+            fn = _Expand(fn)
+        options = dict(stage.options)
+        options.setdefault("desc", stage.name)
+        results = _api.map(fn, it, **options)
+        self._runs.append((stage.name, results))
+        out: Iterable[Any] = _named(results, stage.name)
+        if stage.kind == "filter":
+            out = (x for keep, x in out if keep)
+        elif stage.kind == "flat_map":
+            out = _flatten(out)
+        return out
+
+    def __iter__(self) -> Generator[T, None, None]:
+        return self._gen
+
+    def __next__(self) -> T:
+        value: T = next(self._gen)
+        return value
+
+    def __enter__(self) -> Pipeline[T]:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aiter__(self) -> AsyncGenerator[T, None]:
+        """Iterate from async code: the waiting happens in a helper thread."""
+        end: Any = object()
+        try:
+            while True:
+                x: Any = await asyncio.to_thread(next, self._gen, end)
+                if x is end:
+                    return
+                yield x
+        finally:
+            await asyncio.to_thread(self.close)
+
+    def close(self) -> None:
+        """Stop every stage (the last first) and wait until they have stopped."""
+        _close(self._runs)
+
+    @property
+    def stats(self) -> dict[str, Stats]:
+        """Each task stage's statistics, by stage name, in pipeline order."""
+        out: dict[str, Stats] = {}
+        for i, (name, results) in enumerate(self._runs):
+            key = name if name not in out else f"{name} #{i + 1}"
+            out[key] = results.stats
+        return out
+
+
+def _iterate(it: Iterable[Any],
+             runs: list[tuple[str, Results[Any]]]) -> Generator[Any, None, None]:
+    try:
+        yield from it
+    finally:
+        _close(runs)
+
+
+def _close(runs: list[tuple[str, Results[Any]]]) -> None:
+    for _, results in reversed(runs):
+        results.close()
+
+
+def _named(results: Results[Any], name: str) -> Generator[Any, None, None]:
+    """The stage's results; a failure gets a note naming the stage."""
+    try:
+        yield from results
+    except Exception as exc:
+        if not getattr(exc, "__conveyor_stage__", None):
+            add_note(exc, f"conveyor: raised in the pipeline stage '{name}'")
+            with contextlib.suppress(Exception):   # a type that refuses attributes
+                exc.__conveyor_stage__ = name  # type: ignore[attr-defined]
+        raise
+    finally:
+        results.close()
+
+
+def _batched(it: Iterable[Any], n: int) -> Generator[list[Any], None, None]:
+    source = iter(it)
+    try:
+        while True:
+            chunk = list(itertools.islice(source, n))
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+def _flatten(it: Iterable[Any]) -> Generator[Any, None, None]:
+    source = iter(it)
+    try:
+        for group in source:
+            yield from group
+    finally:
+        close = getattr(source, "close", None)
+        if close is not None:
+            close()
+
+
+def _defaults() -> dict[str, Any]:
+    return dict(ordered=True, window=None, batch="auto", timeout=None, retries=0,
+                retry_on=(Exception,), backoff=0.1, on_error="raise", rate=None,
+                progress=False, desc=None)

@@ -1,0 +1,173 @@
+"""``conveyor.stream``: stages on their own backends, bounded between them."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+import conveyor
+
+from .conftest import wait_no_conveyor_threads
+
+
+class Counting:
+    """An input that counts how many items were taken from it."""
+
+    def __init__(self, n: int | None = None) -> None:
+        self.n = n
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[int]:
+        i = 0
+        while self.n is None or i < self.n:
+            self.pulled += 1
+            yield i
+            i += 1
+
+
+def slow_identity(x: int) -> int:
+    time.sleep(0.002)
+    return x
+
+
+async def adouble(x: int) -> int:
+    await asyncio.sleep(0)
+    return 2 * x
+
+
+def test_stages_on_three_backends_give_the_sequential_answer() -> None:
+    """map (threads) -> map (processes) -> filter -> flat_map -> map (asyncio)."""
+    out = (conveyor.stream(range(200))
+           .map(lambda x: x + 1, workers=8)
+           .map(lambda x: x * x, backend="process", workers=2)
+           .filter(lambda x: x % 3 != 0)
+           .flat_map(lambda x: [x, -x])
+           .map(adouble, workers=20)
+           .to_list())
+    expected = [2 * y for x in range(200) if ((x + 1) ** 2) % 3 != 0
+                for y in ((x + 1) ** 2, -((x + 1) ** 2))]
+    assert out == expected
+
+
+def test_batch_and_unbatch() -> None:
+    """batch(n) groups consecutive items; unbatch() undoes it."""
+    s = conveyor.stream(range(10)).batch(4)
+    assert list(s) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+    assert list(s.map(sum).batch(2).unbatch()) == [6, 22, 17]
+    assert list(s.unbatch()) == list(range(10))
+
+
+def test_a_slow_last_stage_bounds_how_far_the_source_runs_ahead() -> None:
+    """Backpressure end to end: each stage holds at most its window."""
+    src = Counting()
+    out = (conveyor.stream(src)
+           .map(lambda x: x, window=8, workers=2)
+           .map(lambda x: x, window=8, workers=2)
+           .map(slow_identity, window=8, workers=2))
+    with out.open() as pipeline:
+        for i, x in enumerate(pipeline):
+            assert x == i
+            # 3 windows of 8, plus what each input pump holds and the consumer's chunk
+            assert src.pulled <= i + 1 + 3 * 8 + 3 * 8
+            if i == 300:
+                break
+    assert not wait_no_conveyor_threads()
+
+
+def test_a_failing_stage_stops_the_whole_pipeline() -> None:
+    """Raising at item 10 with window 4: the error names its stage; nothing is left."""
+    src = Counting()
+
+    def parse(x: int) -> int:
+        if x == 10:
+            raise ValueError("bad record 10")
+        return x
+
+    s = (conveyor.stream(src)
+         .map(lambda x: x, window=4)
+         .map(parse, backend="process", workers=2, window=4)
+         .map(lambda x: x, window=4))
+    got = []
+    with pytest.raises(ValueError, match="bad record 10") as info:
+        for x in s:
+            got.append(x)
+    assert got == list(range(10))
+    notes = "".join(getattr(info.value, "__notes__", []))
+    assert "pipeline stage 'map test_a_failing_stage_stops_the_whole_pipeline.<locals>.parse'" \
+        in notes
+    assert "input iterable" not in notes
+    assert isinstance(info.value.__cause__, conveyor.errors.RemoteTraceback)
+    assert src.pulled <= 10 + 3 * 4 + 3 * 4 + 4
+    assert not wait_no_conveyor_threads()
+
+
+def test_on_error_of_a_stage_applies_to_that_stage_only() -> None:
+    """on_error="skip" drops a stage's failures; the stages after it carry on."""
+    def fragile(x: int) -> int:
+        if x % 5 == 0:
+            raise KeyError(x)
+        return x
+
+    s = conveyor.stream(range(20)).map(fragile, on_error="skip").map(lambda x: x * 10)
+    assert s.to_list() == [x * 10 for x in range(20) if x % 5]
+
+
+def test_leaving_early_and_close_stop_every_stage() -> None:
+    """break, and close() from another thread, end every stage promptly."""
+    gate = threading.Event()
+
+    def slow(x: int) -> int:
+        gate.wait(0.05)
+        return x
+
+    s = conveyor.stream(Counting()).map(slow, workers=4).map(slow, workers=4)
+    for x in s:
+        if x == 20:
+            break
+    assert not wait_no_conveyor_threads(5)
+
+    pipeline = s.open()
+    seen = []
+    timer = threading.Timer(0.3, pipeline.close)
+    timer.start()
+    t0 = time.monotonic()
+    for x in pipeline:
+        seen.append(x)
+    timer.join()
+    assert time.monotonic() - t0 < 5
+    assert seen == list(range(len(seen)))
+    assert not wait_no_conveyor_threads(5)
+
+
+def test_async_iteration_and_stats() -> None:
+    """A pipeline is iterable from async code; stats are per stage."""
+    pipeline = conveyor.stream(range(50)).map(lambda x: x + 1, name="inc") \
+        .filter(lambda x: x % 2 == 0, name="even").open()
+
+    async def main() -> list[int]:
+        return [x async for x in pipeline]
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == list(range(2, 51, 2))
+    stats = pipeline.stats
+    assert list(stats) == ["map inc", "filter even"]
+    assert stats["map inc"].done == 50
+    assert stats["filter even"].done == 50
+
+
+def test_bad_stage_options_fail_while_describing_the_pipeline() -> None:
+    """Stage options are checked when the stage is added, before anything runs."""
+    s = conveyor.stream(range(3))
+    with pytest.raises(ValueError, match="on_error"):
+        s.map(abs, on_error="explode")
+    with pytest.raises(TypeError, match="unexpected option"):
+        s.map(abs, colour="red")
+    with pytest.raises(ValueError, match="workers"):
+        s.map(abs, workers=0)
+    with pytest.raises(TypeError, match="filter stages run plain functions"):
+        s.filter(adouble)
+    with pytest.raises(ValueError, match="n must be >= 1"):
+        s.batch(0)
