@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
+import psutil
 import pytest
 
 import conveyor
@@ -171,3 +177,57 @@ def test_bad_stage_options_fail_while_describing_the_pipeline() -> None:
         s.filter(adouble)
     with pytest.raises(ValueError, match="n must be >= 1"):
         s.batch(0)
+
+
+def test_one_progress_bar_per_stage(capsys: pytest.CaptureFixture[str]) -> None:
+    """stream(progress=True): a bar per task stage, labelled with the stage's name."""
+    out = (conveyor.stream(range(300), progress=True)
+           .map(lambda x: x + 1, name="first")
+           .batch(10).unbatch()
+           .filter(lambda x: x % 2 == 0, name="second")
+           .to_list())
+    assert out == list(range(2, 301, 2))
+    err = capsys.readouterr().err
+    assert "map first" in err and "300/300" in err
+    assert "filter second" in err
+
+
+CTRL_C_SCRIPT = textwrap.dedent("""
+    import os, time, conveyor
+
+    def slow(x):
+        time.sleep(0.5 if x else 0)
+        return x
+
+    out = (conveyor.stream(range(10_000))
+           .map(slow, workers=4)
+           .map(lambda x: os.getpid(), backend="process", workers=2)
+           .map(slow, workers=4))
+    for pid in out:
+        print("result", pid, flush=True)
+""")
+
+
+def test_ctrl_c_stops_every_stage(tmp_path: Path) -> None:
+    """A real SIGINT to a script iterating a 3-stage pipeline: it exits within 2 s."""
+    script = tmp_path / "pipeline_ctrl_c.py"
+    script.write_text(CTRL_C_SCRIPT)
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("result "), line
+        workers = psutil.Process(proc.pid).children(recursive=True)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=10)
+        elapsed = time.monotonic() - t0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert elapsed < 2.0, elapsed
+    assert "KeyboardInterrupt" in err
+    _, alive = psutil.wait_procs(workers, timeout=2)
+    assert not alive

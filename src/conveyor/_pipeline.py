@@ -85,12 +85,14 @@ class Stream(Generic[T]):
     ``name`` for messages and stats (default: the function's name).
     """
 
-    def __init__(self, items: Iterable[Any], stages: tuple[_Stage, ...] = ()) -> None:
+    def __init__(self, items: Iterable[Any], stages: tuple[_Stage, ...] = (),
+                 progress: bool = False) -> None:
         self._items = items
         self._stages = stages
+        self._progress = progress
 
     def _add(self, stage: _Stage) -> Stream[Any]:
-        return Stream(self._items, (*self._stages, stage))
+        return Stream(self._items, (*self._stages, stage), self._progress)
 
     def _task_stage(self, kind: str, fn: Callable[[Any], Any], name: str | None,
                     options: dict[str, Any]) -> Stream[Any]:
@@ -147,7 +149,13 @@ class Stream(Generic[T]):
 
     def open(self) -> Pipeline[T]:
         """Start every stage; iterate the returned pipeline for the results."""
-        return Pipeline(self._items, self._stages)
+        stages = self._stages
+        if self._progress:   # one bar per task stage, labelled with its name
+            stages = tuple(
+                s if s.kind in ("batch", "unbatch") or "progress" in s.options
+                else _Stage(s.kind, s.fn, s.name, {**s.options, "progress": True}, s.size)
+                for s in stages)
+        return Pipeline(self._items, stages)
 
     def __iter__(self) -> Iterator[T]:
         return iter(self.open())
@@ -161,10 +169,16 @@ class Stream(Generic[T]):
             return list(pipeline)
 
 
-def stream(items: Iterable[T]) -> Stream[T]:
-    """Start describing a pipeline over ``items`` (any iterable, read lazily)."""
+def stream(items: Iterable[T], *, progress: bool = False) -> Stream[T]:
+    """Start describing a pipeline over ``items`` (any iterable, read lazily).
+
+    ``progress=True`` shows one progress bar per task stage, labelled with the
+    stage's name (a stage's own ``progress=`` option wins).
+    """
     _api.check_items(items, "conveyor.stream")
-    return Stream(items)
+    if not isinstance(progress, bool):
+        raise TypeError(f"conveyor.stream: progress must be True or False, got {progress!r}")
+    return Stream(items, progress=progress)
 
 
 class Pipeline(Generic[T]):
@@ -246,19 +260,27 @@ class Pipeline(Generic[T]):
 
 def _iterate(it: Iterable[Any],
              runs: list[tuple[str, Results[Any]]]) -> Generator[Any, None, None]:
+    wait = True
     try:
         yield from it
+    except (KeyboardInterrupt, SystemExit):
+        wait = False   # Ctrl-C: stop every stage, without waiting for thread calls
+        raise
     finally:
-        _close(runs)
+        _close(runs, wait=wait)
 
 
-def _close(runs: list[tuple[str, Results[Any]]]) -> None:
+def _close(runs: list[tuple[str, Results[Any]]], *, wait: bool = True) -> None:
     for _, results in reversed(runs):
-        results.close()
+        if wait:
+            results.close()
+        else:
+            results._run.close(wait=False)
 
 
 def _named(results: Results[Any], name: str) -> Generator[Any, None, None]:
     """The stage's results; a failure gets a note naming the stage."""
+    wait = True
     try:
         yield from results
     except Exception as exc:
@@ -267,8 +289,14 @@ def _named(results: Results[Any], name: str) -> Generator[Any, None, None]:
             with contextlib.suppress(Exception):   # a type that refuses attributes
                 exc.__conveyor_stage__ = name  # type: ignore[attr-defined]
         raise
+    except (KeyboardInterrupt, SystemExit):
+        wait = False
+        raise
     finally:
-        results.close()
+        if wait:
+            results.close()
+        else:
+            results._run.close(wait=False)
 
 
 def _batched(it: Iterable[Any], n: int) -> Generator[list[Any], None, None]:
