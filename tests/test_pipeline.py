@@ -231,3 +231,14 @@ def test_ctrl_c_stops_every_stage(tmp_path: Path) -> None:
     assert "KeyboardInterrupt" in err
     _, alive = psutil.wait_procs(workers, timeout=2)
     assert not alive
+
+
+def test_the_worked_example_runs() -> None:
+    """examples/pipeline.py: download (threads) -> parse (processes) -> store (asyncio)."""
+    example = Path(__file__).resolve().parent.parent / "examples" / "pipeline.py"
+    proc = subprocess.run([sys.executable, str(example), "40"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("stored 36 of 40 pages")   # pages 7, 17, 27, 37 are not ok
+    assert [line.split()[1] for line in lines[1:]] == ["download", "parse", "ok", "store"]
