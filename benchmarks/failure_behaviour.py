@@ -54,7 +54,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
@@ -442,26 +442,25 @@ def crash_conveyor_pool_submit(ctx: Ctx) -> None:
 
 # ---- hang: stdlib and peers ----------------------------------------------------
 
-def hang_ppe_result_timeout(ctx: Ctx) -> None:
-    ex = ProcessPoolExecutor(2)
+def _hang_executor_result_timeout(ctx: Ctx, ex: Executor, note: str) -> None:
+    """submit everything, result(timeout=2) each, then shut down without waiting."""
     ctx.begin()
     fs = ctx.watch([ex.submit(ctx.hang(), i) for i in range(N)])
     good, errors, bad = ctx.collect(fs, timeout=ctx.timeout)
     ex.shutdown(wait=False, cancel_futures=True)
-    ctx.summary(seen=errors, good=good, bad_ok=bad, usable="no (shut down)",
-                note="no per-task timeout: result(timeout=2); the stuck worker is not killed")
+    ctx.summary(seen=errors, good=good, bad_ok=bad, usable="no (shut down)", note=note)
     emit(event="leaving")
+
+
+def hang_ppe_result_timeout(ctx: Ctx) -> None:
+    _hang_executor_result_timeout(
+        ctx, ProcessPoolExecutor(2),
+        "no per-task timeout: result(timeout=2); the stuck worker is not killed")
 
 
 def hang_tpe_result_timeout(ctx: Ctx) -> None:
-    ex = ThreadPoolExecutor(2)
-    ctx.begin()
-    fs = ctx.watch([ex.submit(ctx.hang(), i) for i in range(N)])
-    good, errors, bad = ctx.collect(fs, timeout=ctx.timeout)
-    ex.shutdown(wait=False, cancel_futures=True)
-    ctx.summary(seen=errors, good=good, bad_ok=bad, usable="no (shut down)",
-                note="result(timeout=2); a thread cannot be killed")
-    emit(event="leaving")
+    _hang_executor_result_timeout(ctx, ThreadPoolExecutor(2),
+                                  "result(timeout=2); a thread cannot be killed")
 
 
 def hang_mp_pool_apply_async(ctx: Ctx) -> None:

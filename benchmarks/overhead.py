@@ -49,7 +49,7 @@ import multiprocessing as mp
 import multiprocessing.dummy as mpd
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
@@ -122,10 +122,11 @@ def tpe_map(workers: int) -> Factory:
     return cm
 
 
-def tpe_as_completed(workers: int) -> Factory:
+def executor_as_completed(executor: type[Executor], workers: int) -> Factory:
+    """``submit`` every item, then collect them with ``as_completed`` (thread or process pool)."""
     @contextlib.contextmanager
     def cm() -> Iterator[Run]:
-        with ThreadPoolExecutor(workers) as ex:
+        with executor(workers) as ex:
             list(ex.map(inc, WARMUP))
             yield lambda xs: [f.result() for f in as_completed([ex.submit(inc, x) for x in xs])]
     return cm
@@ -199,15 +200,6 @@ def ppe_map(workers: int, chunksize: int | None) -> Factory:
             list(ex.map(inc, WARMUP))
             yield lambda xs: list(ex.map(inc, xs,
                                          chunksize=chunks(len(xs), workers, chunksize)))
-    return cm
-
-
-def ppe_as_completed(workers: int) -> Factory:
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        with ProcessPoolExecutor(workers) as ex:
-            list(ex.map(inc, WARMUP))
-            yield lambda xs: [f.result() for f in as_completed([ex.submit(inc, x) for x in xs])]
     return cm
 
 
@@ -319,7 +311,7 @@ CASES: list[OverheadCase] = [
     # -- threads
     OverheadCase(group="threads", label=REFERENCE, n=N_FAST, factory=tpe_map(4)),
     OverheadCase(group="threads", label="ThreadPoolExecutor(4) submit + as_completed",
-                 n=N_FAST, factory=tpe_as_completed(4)),
+                 n=N_FAST, factory=executor_as_completed(ThreadPoolExecutor, 4)),
     OverheadCase(group="threads", label="multiprocessing.dummy.Pool(4).map (auto chunks)",
                  n=N_FAST, factory=mp_dummy(4, "map")),
     OverheadCase(group="threads", label="multiprocessing.dummy.Pool(4).imap (chunksize=1)",
@@ -379,7 +371,7 @@ CASES: list[OverheadCase] = [
     OverheadCase(group="processes", label="ProcessPoolExecutor(2).map chunksize=N/8",
                  n=N_FAST, factory=ppe_map(2, None)),
     OverheadCase(group="processes", label="ProcessPoolExecutor(2) submit + as_completed",
-                 n=N_SLOW, factory=ppe_as_completed(2)),
+                 n=N_SLOW, factory=executor_as_completed(ProcessPoolExecutor, 2)),
     OverheadCase(group="processes", label="pebble ProcessPool(2).map chunksize=1",
                  n=N_SLOW, factory=pebble_map(2, 1), requires=("pebble",)),
     OverheadCase(group="processes", label="pebble ProcessPool(2).map chunksize=N/8",

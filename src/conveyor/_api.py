@@ -14,12 +14,20 @@ from ._results import AsyncResults, Results
 from ._scheduler import Options, Run
 from ._source import AsyncSource, Source, ThreadSource, reads_directly
 
-__all__ = ["amap", "check_fn", "check_options", "is_async_fn", "map", "resolve_backend"]
+__all__ = ["MAP_DEFAULTS", "WORKER_OPTIONS", "amap", "check_fn", "check_options", "is_async_fn",
+           "map", "resolve_backend"]
 
 T = TypeVar("T")
 R = TypeVar("R")
 
 OnError = Literal["raise", "return", "skip"]
+
+#: The per-run options of ``map`` (beside backend, workers and the worker
+#: options) with their defaults: ``Pool.map`` and pipeline stages take the same.
+MAP_DEFAULTS: dict[str, Any] = dict(
+    ordered=True, window=None, batch="auto", timeout=None, retries=0, retry_on=(Exception,),
+    backoff=0.1, on_error="raise", rate=None, progress=False, desc=None)
+WORKER_OPTIONS = ("initializer", "initargs", "max_tasks_per_worker")
 BackendName = Literal["thread", "asyncio", "process"]
 _ERROR_POLICIES = ("raise", "return", "skip")
 

@@ -35,9 +35,7 @@ __all__ = ["Pipeline", "Stream", "stream"]
 T = TypeVar("T")
 R = TypeVar("R")
 
-_MAP_OPTIONS = ("backend", "workers", "ordered", "window", "batch", "timeout", "retries",
-                "retry_on", "backoff", "on_error", "rate", "progress", "desc",
-                "initializer", "initargs", "max_tasks_per_worker")
+_STAGE_OPTIONS = ("backend", "workers", *_api.MAP_DEFAULTS, *_api.WORKER_OPTIONS)
 
 
 class _Stage:
@@ -98,17 +96,15 @@ class Stream(Generic[T]):
                     options: dict[str, Any]) -> Stream[Any]:
         where = f"conveyor.stream(...).{kind}"
         _api.check_fn(fn, where)
-        unknown = set(options) - set(_MAP_OPTIONS)
+        unknown = set(options) - set(_STAGE_OPTIONS)
         if unknown:
             raise TypeError(f"{where}: unexpected option(s) {sorted(unknown)}; a stage takes "
-                            f"the options of conveyor.map: {', '.join(_MAP_OPTIONS)}")
+                            f"the options of conveyor.map: {', '.join(_STAGE_OPTIONS)}")
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{where}: name must be a string, got {name!r}")
         # Check the options now, while the pipeline is being described.
-        checked = {k: v for k, v in options.items()
-                   if k not in ("backend", "workers", "initializer", "initargs",
-                                "max_tasks_per_worker")}
-        _api.check_options(where, **{**_defaults(), **checked})
+        checked = {k: v for k, v in options.items() if k in _api.MAP_DEFAULTS}
+        _api.check_options(where, **{**_api.MAP_DEFAULTS, **checked})
         backend, _ = _api._backend_and_workers(where, options.get("backend"), fn,
                                                options.get("workers"))
         if backend == "asyncio" and kind != "map":
@@ -322,9 +318,3 @@ def _flatten(it: Iterable[Any]) -> Generator[Any, None, None]:
         close = getattr(source, "close", None)
         if close is not None:
             close()
-
-
-def _defaults() -> dict[str, Any]:
-    return dict(ordered=True, window=None, batch="auto", timeout=None, retries=0,
-                retry_on=(Exception,), backoff=0.1, on_error="raise", rate=None,
-                progress=False, desc=None)

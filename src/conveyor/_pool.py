@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
 
 from . import _backends
 from ._api import (
+    MAP_DEFAULTS,
     check_fn,
     check_items,
     check_options,
@@ -47,11 +48,6 @@ class MapOptions(TypedDict, total=False):
     rate: float | None
     progress: bool | dict[str, Any]
     desc: str | None
-
-
-_DEFAULTS: dict[str, Any] = dict(
-    ordered=True, window=None, batch="auto", timeout=None, retries=0, retry_on=(Exception,),
-    backoff=0.1, on_error="raise", rate=None, progress=False, desc=None)
 
 
 class _AsyncApply(Apply):
@@ -134,11 +130,11 @@ class Pool:
         check_fn(fn, where)
         check_items(items, where)
         resolve_backend(self.backend_name, fn, where)
-        unknown = set(options) - set(_DEFAULTS)
+        unknown = set(options) - set(MAP_DEFAULTS)
         if unknown:
             raise TypeError(f"{where}: unexpected option(s) {sorted(unknown)}; "
                             "backend and workers belong to the Pool itself")
-        opts = check_options(where, **{**_DEFAULTS, **options})
+        opts = check_options(where, **{**MAP_DEFAULTS, **options})
         with self._lock:
             self._check_open("map")
             run = start_run(fn, items, self._backend, owns_backend=False, options=opts,

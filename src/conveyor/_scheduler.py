@@ -53,7 +53,7 @@ from ._outbox import End, Outbox
 from ._outcomes import Group, Outcomes, add_note
 from ._progress import Counters, ProgressBar, Stats
 from ._source import CHUNK_POLL, Source
-from .errors import PoolClosed, TaskTimeout
+from .errors import PoolClosed, TaskTimeout, item_index
 
 __all__ = ["Options", "Run"]
 
@@ -442,8 +442,8 @@ class Run(Outcomes):
     def _end_input(self, error: BaseException | None, more: int = 0) -> None:
         self._input_done = True
         if error is not None:
-            if not getattr(error, "__conveyor_stage__", None):   # a pipeline stage names itself
-                add_note(error, "conveyor: raised by the input iterable after "
+            if item_index(error) is None:   # a conveyor task's error (a pipeline stage's)
+                add_note(error, "conveyor: raised by the input iterable after "  # has its note
                                  f"{self._pulled + more} items")
             self._input_error = error
 
