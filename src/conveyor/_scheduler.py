@@ -47,7 +47,7 @@ from dataclasses import dataclass
 from queue import Empty, SimpleQueue
 from typing import Any
 
-from ._backends._base import Backend, Batch, Completion
+from ._backends._base import Backend, Batch, Completion, join
 from ._batching import Batcher
 from ._outbox import End, Outbox
 from ._outcomes import Group, Outcomes, add_note
@@ -181,7 +181,7 @@ class Run(Outcomes):
     def close(self, *, wait: bool = True, error: BaseException | None = None) -> None:
         self.stop(error)
         if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join()
+            join(self._thread)   # in slices: Ctrl-C must land
 
     def on_exit(self, callback: Callable[[], None]) -> bool:
         """Call ``callback`` (in the dispatcher thread) when it ends; False if it has."""

@@ -32,13 +32,15 @@ a message per item.
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 __all__ = ["Backend", "Batch", "Completion", "Running", "begin", "dropped", "init_failure",
-           "initializer_failed", "running_items", "settle_unrunnable", "take_unstarted"]
+           "initializer_failed", "join", "running_items", "settle_unrunnable",
+           "take_unstarted", "wait_event"]
 
 
 class Batch:
@@ -210,6 +212,28 @@ class Backend(ABC):
         once every worker has ended (a thread stuck in a call it cannot leave
         is the documented exception for ``wait=False``).
         """
+
+
+#: Seconds per slice of a wait that must stay interruptible (see ``join``).
+WAIT_SLICE = 0.1
+
+
+def join(thread: threading.Thread) -> None:
+    """``thread.join()`` in short slices.
+
+    A wait with no timeout in the main thread may never see Ctrl-C: the signal
+    can be delivered to another thread, and the main thread, blocked in the
+    lock, never runs the handler. Every wait the caller's thread may do is
+    therefore sliced, as the results' hand-over is.
+    """
+    while thread.is_alive():
+        thread.join(WAIT_SLICE)
+
+
+def wait_event(event: threading.Event) -> None:
+    """``event.wait()`` in short slices (see ``join``)."""
+    while not event.wait(WAIT_SLICE):
+        pass
 
 
 def dropped(batch: Batch) -> Completion:

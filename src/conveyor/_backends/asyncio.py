@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import inspect
 import threading
 import time
@@ -34,6 +35,7 @@ from typing import Any
 
 from .._worker import set_thread_state
 from ._base import (
+    WAIT_SLICE,
     Backend,
     Batch,
     Completion,
@@ -41,6 +43,7 @@ from ._base import (
     begin,
     dropped,
     initializer_failed,
+    join,
     running_items,
     settle_unrunnable,
     take_unstarted,
@@ -184,7 +187,12 @@ class AsyncioBackend(Backend):
         fut = asyncio.run_coroutine_threadsafe(self.aclose(cancel=cancel), self._loop)
         if not wait:
             return
-        fut.result()
+        while True:   # in slices, like join(): Ctrl-C must land
+            try:
+                fut.result(WAIT_SLICE)
+                break
+            except concurrent.futures.TimeoutError:
+                continue
         self._stop_own_loop()
 
     async def aclose(self, *, cancel: bool) -> None:
@@ -203,7 +211,7 @@ class AsyncioBackend(Backend):
         loop = self.loop
         if loop.is_running():
             loop.call_soon_threadsafe(loop.stop)
-        self._thread.join()
+        join(self._thread)
         loop.close()
 
     # -- loop side -------------------------------------------------------------

@@ -74,6 +74,7 @@ from ._base import (
     dropped,
     init_failure,
     initializer_failed,
+    wait_event,
 )
 
 __all__ = ["ProcessBackend", "check_arguments", "pickle_function"]
@@ -484,7 +485,7 @@ class ProcessBackend(Backend):
             self._stopped.set()
             return
         if wait and supervisor is not threading.current_thread():
-            self._stopped.wait()
+            wait_event(self._stopped)
 
     # -- functions -----------------------------------------------------------
     def _fn_key(self, fn: Callable[[Any], Any], what: str) -> tuple[int, bytes]:

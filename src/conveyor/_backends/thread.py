@@ -44,6 +44,7 @@ from ._base import (
     begin,
     dropped,
     initializer_failed,
+    join,
     running_items,
     settle_unrunnable,
     take_unstarted,
@@ -152,7 +153,7 @@ class ThreadBackend(Backend):
             me = threading.current_thread()
             for w in workers:
                 if w.thread is not None and w.thread is not me:
-                    w.thread.join()
+                    join(w.thread)
 
     # -- internals -----------------------------------------------------------
     def _drain(self) -> None:
