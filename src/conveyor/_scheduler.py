@@ -224,6 +224,7 @@ class Run(Outcomes):
     def _loop(self) -> None:
         events = self.events
         handle = self._handle
+        last_news = time.monotonic()
         while True:
             if not self._stopping:
                 self._emit()    # first: what it hands out (or skips) frees window room
@@ -244,15 +245,22 @@ class Run(Outcomes):
             src = self._source
             if src is not None and src.chunk > 1 and (wait is None or wait > CHUNK_POLL):
                 wait = CHUNK_POLL   # the pump reads a chunk: look at the buffer meanwhile
-            polling = self._in_flight and (wait is None or wait > POLL_EVERY)
-            if polling:
-                wait = POLL_EVERY
+            if self._in_flight:
+                # No completion for POLL_EVERY seconds (timers may have woken us
+                # meanwhile): is work stranded, e.g. on a closed event loop?
+                quiet = time.monotonic() - last_news
+                if quiet >= POLL_EVERY:
+                    self.backend.poll()
+                    last_news = time.monotonic()
+                    quiet = 0.0
+                if wait is None or wait > POLL_EVERY - quiet:
+                    wait = POLL_EVERY - quiet
             try:
                 ev = events.get(timeout=wait) if wait is None or wait > 0 else events.get(False)
             except Empty:
-                if polling:
-                    self.backend.poll()   # work stranded, e.g. on a closed event loop?
                 continue
+            if type(ev) is Completion:
+                last_news = time.monotonic()
             handle(ev)
             while not events.empty():
                 handle(events.get())
