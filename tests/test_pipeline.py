@@ -242,3 +242,77 @@ def test_the_worked_example_runs() -> None:
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("stored 36 of 40 pages")   # pages 7, 17, 27, 37 are not ok
     assert [line.split()[1] for line in lines[1:]] == ["download", "parse", "ok", "store"]
+
+
+def test_async_iteration_applies_what_follows_the_last_task_stage() -> None:
+    """filter, flat_map, batch and unbatch after the last task stage work in `async for`
+    exactly as in a plain `for`."""
+    def build() -> conveyor.Stream[list[int]]:
+        return (conveyor.stream(range(30)).batch(4).unbatch()
+                .flat_map(lambda x: [x, x + 100], name="twice")
+                .filter(lambda x: x % 3 != 0, name="no threes")
+                .batch(5).unbatch().batch(7))
+
+    expected = build().to_list()
+
+    async def main() -> list[list[int]]:
+        async with build().open() as pipeline:
+            return [x async for x in pipeline]
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == expected
+    assert sum(map(len, expected)) == sum(1 for x in range(30) for y in (x, x + 100)
+                                           if y % 3 != 0)
+    assert not wait_no_conveyor_threads(5)
+
+
+def test_async_iteration_raises_with_the_stage_name_and_stops_every_stage() -> None:
+    def boom(x: int) -> int:
+        if x == 10:
+            raise ValueError(f"bad item {x}")
+        return x
+
+    pipeline = (conveyor.stream(Counting(10_000)).map(slow_identity, workers=4, window=4)
+                .map(boom, workers=2, window=4, name="check").open())
+
+    async def main() -> list[int]:
+        got = []
+        async for x in pipeline:
+            got.append(x)
+        return got
+
+    with pytest.raises(ValueError, match="bad item 10") as info:
+        asyncio.run(asyncio.wait_for(main(), 30))
+    assert "conveyor: raised in the pipeline stage 'map check'" in getattr(
+        info.value, "__notes__", [])
+    assert not wait_no_conveyor_threads(5)
+
+
+def test_async_break_stops_every_stage_without_blocking_the_loop() -> None:
+    """Leaving `async for` early stops the stages; a ticker task keeps running meanwhile,
+    so the waiting never blocks the event loop."""
+    source = Counting()
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    async def main() -> list[int]:
+        tick = asyncio.create_task(ticker())
+        got = []
+        async with conveyor.stream(source).map(slow_identity, workers=4).open() as pipeline:
+            async for x in pipeline:
+                got.append(x)
+                if len(got) == 200:
+                    break
+        tick.cancel()
+        return got
+
+    assert asyncio.run(asyncio.wait_for(main(), 30)) == list(range(200))
+    # 200 items x 2 ms on 4 workers: the loop ran its ticker all along (>= 50 ticks)
+    assert ticks >= 50
+    pulled = source.pulled
+    assert not wait_no_conveyor_threads(5)
+    assert source.pulled == pulled   # nothing read after the stages stopped

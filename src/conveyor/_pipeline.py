@@ -28,7 +28,7 @@ from typing import Any, Generic, TypeVar, overload
 from . import _api
 from ._outcomes import add_note
 from ._progress import Stats
-from ._results import Results
+from ._results import Results, _aiterate
 
 __all__ = ["Pipeline", "Stream", "stream"]
 
@@ -182,6 +182,9 @@ class Pipeline(Generic[T]):
 
     def __init__(self, items: Iterable[Any], stages: tuple[_Stage, ...]) -> None:
         self._runs: list[tuple[str, Results[Any]]] = []
+        # What follows the last task stage (filter's keep, flat_map's expand,
+        # batch, unbatch): `async for` applies it to that run's results itself.
+        self._tail: list[tuple[str, int]] = []
         it: Iterable[Any] = items
         try:
             for stage in stages:
@@ -195,8 +198,10 @@ class Pipeline(Generic[T]):
 
     def _open(self, stage: _Stage, it: Iterable[Any]) -> Iterable[Any]:
         if stage.kind == "batch":
+            self._tail.append(("batch", stage.size))
             return _batched(it, stage.size)
         if stage.kind == "unbatch":
+            self._tail.append(("flatten", 0))
             return _flatten(it)
         assert stage.fn is not None
         fn: Callable[[Any], Any] = stage.fn
@@ -208,10 +213,13 @@ class Pipeline(Generic[T]):
         options.setdefault("desc", stage.name)
         results = _api.map(fn, it, **options)
         self._runs.append((stage.name, results))
+        self._tail = []
         out: Iterable[Any] = _named(results, stage.name)
         if stage.kind == "filter":
+            self._tail.append(("keep", 0))
             out = (x for keep, x in out if keep)
         elif stage.kind == "flat_map":
+            self._tail.append(("flatten", 0))
             out = _flatten(out)
         return out
 
@@ -228,16 +236,42 @@ class Pipeline(Generic[T]):
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    async def __aenter__(self) -> Pipeline[T]:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """:meth:`close` for async code: the waiting happens in a helper thread."""
+        await asyncio.to_thread(self.close)
+
     async def __aiter__(self) -> AsyncGenerator[T, None]:
-        """Iterate from async code: the waiting happens in a helper thread."""
-        end: Any = object()
+        """Iterate from async code; waiting for results never blocks the event loop.
+
+        The last task stage's results are awaited directly (no thread per
+        item); what follows it (filter, flat_map, batch, unbatch) is applied
+        here. Closing the stages at the end happens in a helper thread.
+        """
+        if not self._runs:   # no task stage: the items themselves may block
+            end: Any = object()
+            try:
+                while True:
+                    x: Any = await asyncio.to_thread(next, self._gen, end)
+                    if x is end:
+                        return
+                    yield x
+            finally:
+                await asyncio.to_thread(self.close)
+        name, results = self._runs[-1]
+        out: AsyncGenerator[Any, None] = _anamed(results, name)
+        for op, size in self._tail:
+            out = _ATAIL[op](out, size)
         try:
-            while True:
-                x: Any = await asyncio.to_thread(next, self._gen, end)
-                if x is end:
-                    return
+            async for x in out:
                 yield x
         finally:
+            await out.aclose()
             await asyncio.to_thread(self.close)
 
     def close(self) -> None:
@@ -274,16 +308,21 @@ def _close(runs: list[tuple[str, Results[Any]]], *, wait: bool = True) -> None:
             results._run.close(wait=False)
 
 
+def _mark(exc: BaseException, name: str) -> None:
+    """Name the stage a failure came from (once: the first stage it left)."""
+    if not getattr(exc, "__conveyor_stage__", None):
+        add_note(exc, f"conveyor: raised in the pipeline stage '{name}'")
+        with contextlib.suppress(Exception):   # a type that refuses attributes
+            exc.__conveyor_stage__ = name  # type: ignore[attr-defined]
+
+
 def _named(results: Results[Any], name: str) -> Generator[Any, None, None]:
     """The stage's results; a failure gets a note naming the stage."""
     wait = True
     try:
         yield from results
     except Exception as exc:
-        if not getattr(exc, "__conveyor_stage__", None):
-            add_note(exc, f"conveyor: raised in the pipeline stage '{name}'")
-            with contextlib.suppress(Exception):   # a type that refuses attributes
-                exc.__conveyor_stage__ = name  # type: ignore[attr-defined]
+        _mark(exc, name)
         raise
     except (KeyboardInterrupt, SystemExit):
         wait = False
@@ -293,6 +332,56 @@ def _named(results: Results[Any], name: str) -> Generator[Any, None, None]:
             results.close()
         else:
             results._run.close(wait=False)
+
+
+async def _anamed(results: Results[Any], name: str) -> AsyncGenerator[Any, None]:
+    """:func:`_named` for ``async for``: awaits the run's results on the event loop."""
+    agen = _aiterate(results._run)
+    try:
+        async for x in agen:
+            yield x
+    except Exception as exc:
+        _mark(exc, name)
+        raise
+    finally:
+        await agen.aclose()
+
+
+async def _akeep(it: AsyncGenerator[Any, None], _: int) -> AsyncGenerator[Any, None]:
+    try:
+        async for keep, x in it:
+            if keep:
+                yield x
+    finally:
+        await it.aclose()
+
+
+async def _aflatten(it: AsyncGenerator[Any, None], _: int) -> AsyncGenerator[Any, None]:
+    try:
+        async for group in it:
+            for x in group:
+                yield x
+    finally:
+        await it.aclose()
+
+
+async def _abatched(it: AsyncGenerator[Any, None], n: int) -> AsyncGenerator[Any, None]:
+    try:
+        chunk: list[Any] = []
+        async for x in it:
+            chunk.append(x)
+            if len(chunk) == n:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+    finally:
+        await it.aclose()
+
+
+_ATAIL: dict[str, Callable[[AsyncGenerator[Any, None], int], AsyncGenerator[Any, None]]] = {
+    "keep": _akeep, "flatten": _aflatten, "batch": _abatched,
+}
 
 
 def _batched(it: Iterable[Any], n: int) -> Generator[list[Any], None, None]:
