@@ -49,7 +49,7 @@ T = TypeVar("T")
 #: Libraries whose versions every header records.
 LIBRARIES = (
     "conveyor", "joblib", "loky", "mpire", "pebble", "aiometer", "anyio", "dask",
-    "distributed", "cloudpickle", "psutil",
+    "distributed", "pypeln", "cloudpickle", "psutil",
 )
 #: pip spec of the peers (the ``bench`` extra), quoted in "not installed" notes.
 BENCH_INSTALL = 'pip install -e ".[bench]"'

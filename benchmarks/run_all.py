@@ -19,8 +19,9 @@ Output
 Run (from the project root)
     python benchmarks/run_all.py                  # full run (~20 min on 2 cores)
     python benchmarks/run_all.py --quick --no-readme   # smoke run (CI), ~1 min
-    python benchmarks/run_all.py --only overhead  # one table: overhead|sleep|cpu|memory|failure
-                                                  # (or 1|2|3|4|5); repeatable, or comma-separated
+    python benchmarks/run_all.py --only overhead  # one table: overhead|sleep|cpu|memory|
+                                                  # failure|pipeline (or 1-6); repeatable,
+                                                  # or comma-separated
 """
 
 from __future__ import annotations
@@ -65,6 +66,8 @@ TABLES = [
           ("4", "table4", "memory_lazy_input", "memory_lazy_input.py")),
     Table("failure", "failure_behaviour.py",
           ("5", "table5", "failure_behaviour", "failure_behaviour.py")),
+    Table("pipeline", "pipeline_makespan.py",
+          ("6", "table6", "pipeline_makespan", "pipeline_makespan.py")),
 ]
 
 
@@ -191,8 +194,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: small N, 1 repeat, expensive peer rows skipped (CI)")
     ap.add_argument("--only", action="append", default=[], metavar="TABLE",
-                    help="run only this table: overhead|sleep|cpu|memory|failure (or "
-                         "1|2|3|4|5); repeatable, or comma-separated")
+                    help="run only this table: overhead|sleep|cpu|memory|failure|pipeline "
+                         "(or 1-6); repeatable, or comma-separated")
     ap.add_argument("--no-readme", action="store_true",
                     help="do not touch README.md")
     ap.add_argument("--output", type=Path, default=None,

@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import time
 
-__all__ = ["ahang_at", "ainc", "asleep_for", "cpu_burn", "crash_at", "hang_at", "inc",
-           "sleep_for"]
+__all__ = ["ahang_at", "ainc", "apass_after", "asleep_for", "cpu_burn", "crash_at",
+           "hang_at", "inc", "pass_after", "sleep_for"]
 
 
 def inc(x: int) -> int:
@@ -43,6 +43,20 @@ async def asleep_for(seconds: float) -> float:
 
     await asyncio.sleep(seconds)
     return seconds
+
+
+def pass_after(x: object, seconds: float) -> object:
+    """A pipeline's I/O stage: blocks ``seconds`` (like a request), hands ``x`` on."""
+    time.sleep(seconds)
+    return x
+
+
+async def apass_after(x: object, seconds: float) -> object:
+    """Coroutine twin of :func:`pass_after`."""
+    import asyncio
+
+    await asyncio.sleep(seconds)
+    return x
 
 
 def cpu_burn(n: int) -> int:

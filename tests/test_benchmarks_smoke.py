@@ -20,7 +20,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
-PEERS = ("joblib", "loky", "mpire", "pebble", "aiometer", "anyio", "dask", "distributed")
+PEERS = ("joblib", "loky", "mpire", "pebble", "aiometer", "anyio", "dask", "distributed",
+         "pypeln")
 NUMBER = re.compile(r"\d")
 
 # Installed into a child interpreter through PYTHONPATH: makes the peers unimportable.
@@ -77,8 +78,8 @@ def test_quick_run_all_measures_every_conveyor_row() -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = tables(proc.stdout)
     titles = sorted(found)
-    assert len(titles) == 5, titles
-    for prefix in ("Table 1", "Table 2", "Table 3", "Table 4", "Table 5"):
+    assert len(titles) == 6, titles
+    for prefix in ("Table 1", "Table 2", "Table 3", "Table 4", "Table 5", "Table 6"):
         assert any(t.startswith(prefix) for t in titles), (prefix, titles)
     for title, rows in found.items():
         mine = conveyor_rows(rows)
@@ -91,7 +92,7 @@ def test_quick_run_all_measures_every_conveyor_row() -> None:
             # wall time, or when the failure surfaced
             assert NUMBER.search(row[3]), (title, text)
     # the process backend's rows are there, in every table that has them
-    for prefix in ("Table 1", "Table 3", "Table 4", "Table 5"):
+    for prefix in ("Table 1", "Table 3", "Table 4", "Table 5", "Table 6"):
         assert any("process" in r[1] for r in conveyor_rows(table(found, prefix))), prefix
     # Table 5: each conveyor scenario saw its failure and kept the good results
     for row in conveyor_rows(table(found, "Table 5")):
@@ -105,7 +106,8 @@ def test_quick_run_all_measures_every_conveyor_row() -> None:
     assert "left unchanged" in proc.stderr  # a smoke run never rewrites README/results
 
 
-@pytest.mark.parametrize("name", ["cpu_speedup.py", "failure_behaviour.py"])
+@pytest.mark.parametrize("name", ["cpu_speedup.py", "failure_behaviour.py",
+                                  "pipeline_makespan.py"])
 @pytest.mark.timeout(120)
 def test_new_tables_run_alone_with_a_row_filter(name: str) -> None:
     proc = run([str(BENCH / name), "--quick", "--rows", "conveyor"], timeout=110)
@@ -119,7 +121,7 @@ def test_new_tables_run_alone_with_a_row_filter(name: str) -> None:
 def test_run_all_knows_every_table() -> None:
     proc = run([str(BENCH / "run_all.py"), "--only", "nope"], timeout=30)
     assert proc.returncode != 0
-    for name in ("overhead", "sleep", "cpu", "memory", "failure"):
+    for name in ("overhead", "sleep", "cpu", "memory", "failure", "pipeline"):
         assert name in proc.stderr, proc.stderr
 
 
