@@ -129,6 +129,7 @@ class Run(Outcomes):
         self._outstanding = 0           # items taken, minus those dropped (not delivered)
         self.consumed = 0               # items the consumer took (written by the consumer)
         self._want_room = False         # the window is full: tell me when items are taken
+        self._room_at = 0               # ... once `consumed` reaches this
         self._out: list[list[Any]] = []  # chunks not yet handed to the consumer
         self._last_flush = 0.0
         self._pulled = 0
@@ -166,7 +167,7 @@ class Run(Outcomes):
         at ``consumed`` again, so one of the two always sees the other).
         """
         self.consumed += n
-        if self._want_room:
+        if self._want_room and self.consumed >= self._room_at:
             self._want_room = False
             self.events.put(0)
 
@@ -385,13 +386,21 @@ class Run(Outcomes):
         timed = opts.timeout is not None
         counters = self.counters
         src = self._source
+        # Refill once a few items' room is free, not at every item taken: each
+        # refill wakes this thread, and a refill of one item makes a batch of
+        # one. The window still holds `window - refill` items meanwhile.
+        refill = max(1, min(window // 4, max(size, window // 8)))
+        short = refill            # the first turn waits for that much room; later ones fill it
+        self._want_room = False   # set again below if still short of room
         while True:
             room = window - (self._outstanding - self.consumed)
-            if room <= 0:
+            if room < short and (room <= 0 or self._in_flight):
+                self._room_at = self._outstanding - window + refill
                 self._want_room = True
                 room = window - (self._outstanding - self.consumed)
-                if room <= 0:
+                if room < short:
                     return
+            short = 1
             slot = self._next_start
             if rate is not None and not self._rate_allows():
                 return
