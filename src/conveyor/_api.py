@@ -27,8 +27,8 @@ OnError = Literal["raise", "return", "skip"]
 MAP_DEFAULTS: dict[str, Any] = dict(
     ordered=True, window=None, batch="auto", timeout=None, retries=0, retry_on=(Exception,),
     backoff=0.1, on_error="raise", rate=None, progress=False, desc=None)
-WORKER_OPTIONS = ("initializer", "initargs", "max_tasks_per_worker")
-BackendName = Literal["thread", "asyncio", "process"]
+WORKER_OPTIONS = ("initializer", "initargs", "max_tasks_per_worker", "cluster")
+BackendName = Literal["thread", "asyncio", "process", "dask"]
 _ERROR_POLICIES = ("raise", "return", "skip")
 
 
@@ -66,6 +66,10 @@ def resolve_backend(backend: str | None, fn: object, where: str) -> str:
             f"{where}: {_name(fn)} is a coroutine function; the 'process' backend runs "
             "plain functions. Use backend='asyncio', or wrap it: "
             "def run(x): return asyncio.run(fn(x)).")
+    if backend == "dask" and is_async_fn(fn):
+        raise TypeError(
+            f"{where}: {_name(fn)} is a coroutine function; the 'dask' backend runs plain "
+            "functions. Wrap it: def run(x): return asyncio.run(fn(x)).")
     if backend == "asyncio" and not is_async_fn(fn):
         raise TypeError(
             f"{where}: {_name(fn)} is not a coroutine function (async def), so the "
@@ -143,10 +147,11 @@ def check_options(where: str, *, ordered: bool, window: int | None, batch: int |
 
 
 def _backend_and_workers(where: str, backend: str | None, fn: object,
-                         workers: int | None) -> tuple[str, int]:
+                         workers: int | None) -> tuple[str, int | None]:
+    """The backend's name and its workers (None for dask: the cluster's threads)."""
     name = resolve_backend(backend, fn, where)
     if workers is None:
-        return name, _backends.default_workers(name)
+        return name, None if name == "dask" else _backends.default_workers(name)
     return name, _positive_int(workers, "workers", where)
 
 
@@ -175,8 +180,16 @@ def _name(fn: object) -> str:
 
 
 def check_worker_options(where: str, name: str, initializer: object, initargs: object,
-                         max_tasks_per_worker: object) -> dict[str, Any]:
+                         max_tasks_per_worker: object, cluster: object = None
+                         ) -> dict[str, Any]:
     """The worker options as keyword arguments for ``_backends.create``."""
+    if name == "dask":
+        from ._backends.dask import import_distributed
+
+        import_distributed()   # not installed: say how, before anything else
+    if cluster is not None and name != "dask":
+        raise ValueError(f"{where}: cluster= names the dask cluster to run on; it needs "
+                         f"backend='dask' (got backend={name!r}).")
     if initializer is not None:
         check_fn(initializer, where + " initializer")
     if not isinstance(initargs, tuple):
@@ -189,13 +202,20 @@ def check_worker_options(where: str, name: str, initializer: object, initargs: o
                              "backend='process', or leave it out.")
         options["max_tasks_per_worker"] = _positive_int(max_tasks_per_worker,
                                                         "max_tasks_per_worker", where)
+    if cluster is not None:
+        options["cluster"] = cluster
     return options
 
 
 def start_run(fn: Callable[[Any], Any], items: Iterable[Any] | Source,
               backend: Backend, *, owns_backend: bool, options: Options,
               where: str) -> Run:
-    backend.prepare(fn, where)   # e.g. a function processes cannot receive: before any work
+    try:
+        backend.prepare(fn, where)   # e.g. a function processes cannot receive: before any work
+    except BaseException:
+        if owns_backend:
+            backend.close(cancel=True)   # e.g. the cluster a dask backend started
+        raise
     source: Iterator[Any] | Source
     if isinstance(items, Source):
         source = items
@@ -218,7 +238,7 @@ def map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], *,
         backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
         progress: bool | dict[str, Any] = ..., desc: str | None = ...,
         initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
-        max_tasks_per_worker: int | None = ...) -> Results[R]: ...
+        max_tasks_per_worker: int | None = ..., cluster: Any = ...) -> Results[R]: ...
 @overload
 def map(fn: Callable[[T], R], items: Iterable[T], *,
         backend: BackendName | None = ..., workers: int | None = ..., ordered: bool = ...,
@@ -228,7 +248,7 @@ def map(fn: Callable[[T], R], items: Iterable[T], *,
         backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
         progress: bool | dict[str, Any] = ..., desc: str | None = ...,
         initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
-        max_tasks_per_worker: int | None = ...) -> Results[R]: ...
+        max_tasks_per_worker: int | None = ..., cluster: Any = ...) -> Results[R]: ...
 def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
         backend: str | None = None, workers: int | None = None, ordered: bool = True,
         window: int | None = None, batch: int | str = "auto", timeout: float | None = None,
@@ -237,7 +257,7 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
         backoff: float = 0.1, on_error: str = "raise", rate: float | None = None,
         progress: bool | dict[str, Any] = False, desc: str | None = None,
         initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = (),
-        max_tasks_per_worker: int | None = None) -> Results[Any]:
+        max_tasks_per_worker: int | None = None, cluster: Any = None) -> Results[Any]:
     """Run ``fn`` over ``items`` concurrently; stream the results.
 
     Returns a :class:`Results`: iterate it for the results (input order when
@@ -249,7 +269,10 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
     "asyncio" (the default for coroutine functions, which run on an event loop
     in a helper thread, so this works inside Jupyter's running loop too) or
     "process" (CPU-bound Python: supervised worker processes; a crash fails
-    only its task, a timeout kills the task's process group).
+    only its task, a timeout kills the task's process group) or "dask" (a
+    dask.distributed cluster: ``cluster`` is a ``distributed.Client``, a
+    scheduler address or a cluster object; without it, the current Client if
+    there is one, else a LocalCluster started for the call).
     ``workers``: threads, coroutines or processes. ``batch``: "auto" (adaptive,
     see the README) or a fixed number of items per batch. ``timeout``: seconds
     per task; an overdue coroutine is cancelled, an overdue thread call is
@@ -273,7 +296,7 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
                             backoff=backoff, on_error=on_error, rate=rate,
                             progress=progress, desc=desc)
     worker_options = check_worker_options(where, name, initializer, initargs,
-                                          max_tasks_per_worker)
+                                          max_tasks_per_worker, cluster)
     be = _backends.create(name, n_workers, **worker_options)
     return Results(start_run(fn, items, be, owns_backend=True, options=options, where=where))
 
@@ -287,7 +310,7 @@ def amap(fn: Callable[[T], Awaitable[R]], items: Iterable[T] | AsyncIterable[T],
          backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
          progress: bool | dict[str, Any] = ..., desc: str | None = ...,
          initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
-         max_tasks_per_worker: int | None = ...) -> AsyncResults[R]: ...
+         max_tasks_per_worker: int | None = ..., cluster: Any = ...) -> AsyncResults[R]: ...
 @overload
 def amap(fn: Callable[[T], R], items: Iterable[T] | AsyncIterable[T], *,
          backend: BackendName | None = ..., workers: int | None = ..., ordered: bool = ...,
@@ -297,7 +320,7 @@ def amap(fn: Callable[[T], R], items: Iterable[T] | AsyncIterable[T], *,
          backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
          progress: bool | dict[str, Any] = ..., desc: str | None = ...,
          initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
-         max_tasks_per_worker: int | None = ...) -> AsyncResults[R]: ...
+         max_tasks_per_worker: int | None = ..., cluster: Any = ...) -> AsyncResults[R]: ...
 def amap(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any], *,
          backend: BackendName | None = None, workers: int | None = None, ordered: bool = True,
          window: int | None = None, batch: int | Literal["auto"] = "auto",
@@ -306,7 +329,8 @@ def amap(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any], *,
          backoff: float = 0.1, on_error: OnError = "raise", rate: float | None = None,
          progress: bool | dict[str, Any] = False, desc: str | None = None,
          initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = (),
-         max_tasks_per_worker: int | None = None) -> AsyncResults[Any]:
+         max_tasks_per_worker: int | None = None, cluster: Any = None
+         ) -> AsyncResults[Any]:
     """``map`` for async code: ``async for r in conveyor.amap(fn, items): ...``.
 
     Must be called with an event loop running. Coroutine functions run as
@@ -327,7 +351,8 @@ def amap(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any], *,
                             timeout=timeout, retries=retries, retry_on=retry_on,
                             backoff=backoff, on_error=on_error, rate=rate,
                             progress=progress, desc=desc)
-    extra = check_worker_options(where, name, initializer, initargs, max_tasks_per_worker)
+    extra = check_worker_options(where, name, initializer, initargs, max_tasks_per_worker,
+                                 cluster)
     if name == "asyncio":
         extra["loop"] = loop
     be = _backends.create(name, n_workers, **extra)

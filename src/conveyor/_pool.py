@@ -66,6 +66,8 @@ class Pool:
     worker fails with :class:`~conveyor.errors.WorkerInitError`. Process
     workers start at once and stay warm between maps; ``max_tasks_per_worker``
     replaces a process worker after that many tasks (a leaky library).
+    ``backend="dask"`` runs on a dask cluster (``cluster=`` as for
+    :func:`conveyor.map`; a LocalCluster it starts lives as long as the pool).
 
     Several maps and submits may use one pool at the same time, from any
     thread; they share its workers.
@@ -78,26 +80,27 @@ class Pool:
     ``close(cancel=True)`` when the block raised.
     """
 
-    def __init__(self, backend: Literal["thread", "asyncio", "process"] = "thread",
+    def __init__(self, backend: Literal["thread", "asyncio", "process", "dask"] = "thread",
                  workers: int | None = None, *,
                  initializer: Callable[..., object] | None = None,
                  initargs: tuple[Any, ...] = (),
-                 max_tasks_per_worker: int | None = None) -> None:
+                 max_tasks_per_worker: int | None = None, cluster: Any = None) -> None:
         where = "conveyor.Pool"
         if backend not in _backends.BACKENDS:
             choices = ", ".join(repr(b) for b in _backends.BACKENDS)
             raise ValueError(f"{where}: unknown backend {backend!r}; choose one of {choices}.")
         worker_options = check_worker_options(where, backend, initializer, initargs,
-                                              max_tasks_per_worker)
+                                              max_tasks_per_worker, cluster)
         if workers is None:
-            workers = _backends.default_workers(backend)
+            if backend != "dask":   # dask: the cluster's threads
+                workers = _backends.default_workers(backend)
         elif isinstance(workers, bool) or not isinstance(workers, int):
             raise TypeError(f"{where}: workers must be an int, got {workers!r}")
         elif workers < 1:
             raise ValueError(f"{where}: workers must be >= 1, got {workers}")
         self.backend_name = backend
-        self.workers = workers
         self._backend = _backends.create(backend, workers, **worker_options)
+        self.workers = self._backend.workers
         self._backend.start()
         self._backend.warm_up()
         self._appliers: dict[int, Apply] = {}   # id(fn) -> its submit wrapper

@@ -113,7 +113,8 @@ class Run(Outcomes):
         self._owns_backend = owns_backend
         self._workers = backend.workers
         self._batcher = Batcher(backend.batch_target, backend.max_batch, options.batch)
-        if options.rate is not None:
+        if options.rate is not None or (options.timeout is not None
+                                        and not backend.times_items):
             self._batcher = Batcher(backend.batch_target, 1, 1)
         # dispatcher-thread state
         self._seq = itertools.count()

@@ -16,6 +16,7 @@ BACKENDS: dict[str, tuple[str, str]] = {
     "thread": ("conveyor._backends.thread", "ThreadBackend"),
     "asyncio": ("conveyor._backends.asyncio", "AsyncioBackend"),
     "process": ("conveyor._backends.process", "ProcessBackend"),
+    "dask": ("conveyor._backends.dask", "DaskBackend"),
 }
 
 
@@ -36,7 +37,7 @@ def usable_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def create(name: str, workers: int, *, initializer: Callable[..., object] | None = None,
+def create(name: str, workers: int | None, *, initializer: Callable[..., object] | None = None,
            initargs: tuple[Any, ...] = (), **options: Any) -> Backend:
     module, cls = BACKENDS[name]
     backend_cls = getattr(importlib.import_module(module), cls)

@@ -118,6 +118,9 @@ class Backend(ABC):
     batch_target: ClassVar[float] = 0.002
     #: Largest batch adaptive batching may form.
     max_batch: ClassVar[int] = 4096
+    #: True if :meth:`running` can say which item of a batch runs: else batches
+    #: of runs with ``timeout=`` hold one item each.
+    times_items: ClassVar[bool] = True
 
     workers: int
 

@@ -1,0 +1,652 @@
+"""``backend="dask"``: batches run as tasks on a dask.distributed cluster.
+
+The engine's scheduler keeps every policy (the window, ordering, retries, the
+error policy, timeouts' deadlines, rate, progress); this module only turns a
+:class:`Batch` into one dask task and its result into a :class:`Completion`.
+
+* **Streaming.** ``client.map`` wants the whole input and makes every task up
+  front. Here the scheduler submits batches as its window allows, and this
+  backend keeps at most ``2 x workers`` batches on the cluster (``workers``
+  for timed ones, so a task's clock starts when a thread is free for it);
+  the rest wait here, where cancelling them costs nothing.
+* **One task per batch.** Dask pays about a millisecond and a half per task,
+  so adaptive batching aims at ``batch_target`` (100 ms) per batch. The task
+  carries the pickled function, the pickled items and the initializer as
+  bytes (cloudpickle, the same encoding as the process backend), and returns
+  the outcomes as bytes: dask never has to pickle a user's object itself, and
+  a failing item, result or exception fails only its own task.
+* **Lost workers.** Dask re-runs the task of a worker that dies (at least
+  once: its items may run twice). A task that kills ``allowed-failures``
+  workers fails with ``KilledWorker``; a batch of several items is then split
+  into one task per item, so that only the item that kills its worker fails,
+  with ``WorkerCrashed``.
+* **Retries** stay conveyor's (``retries=``, ``retry_on=``, backoff), not
+  dask's ``retries=``: dask retries a whole task on any exception, conveyor
+  retries the items that failed with the exceptions asked for.
+* **Timeouts.** Dask cannot stop a running task. An overdue item fails with
+  ``TaskTimeout`` at once; on a cluster conveyor started, the worker running it
+  is restarted (as a worker process is killed on the process backend), on a
+  cluster of yours it keeps its thread until it returns (as on threads), and
+  its slot is not reused meanwhile.
+* **Cancellation.** Queued batches are dropped; batches on the cluster are
+  cancelled there (``client.cancel``); a cluster conveyor started is closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from pickle import dumps as _dumps
+from pickle import loads as _loads
+from typing import Any
+
+from .. import _worker
+from ..errors import NotPicklable, WorkerCrashed
+from ._base import Backend, Batch, Completion, Running, dropped
+from .process import _fresh, _outcomes, _pickle_items, pickle_function
+
+__all__ = ["INSTALL", "DaskBackend", "import_distributed", "run_batch"]
+
+INSTALL = 'pip install "conveyor[dask]"'
+FN_CACHE = 64          # functions a dask worker keeps unpickled (FIFO)
+
+
+def import_distributed() -> Any:
+    """``distributed``, or an ImportError saying how to install it."""
+    try:
+        import distributed
+    except ImportError as exc:
+        raise ImportError(
+            f"backend='dask' needs dask.distributed, which is not installed here: "
+            f"{INSTALL} (or pip install \"dask[distributed]\")") from exc
+    return distributed
+
+
+# -- on the dask worker ---------------------------------------------------------
+_fns: dict[str, Callable[[Any], Any]] = {}
+_states: dict[str, tuple[dict[str, Any], tuple[Any, ...] | None]] = {}
+_state_lock = threading.Lock()
+
+
+def run_batch(token: str, fn_key: str, fn_data: bytes, init: bytes | None,
+              items_data: bytes) -> tuple[float, bytes]:
+    """Run one batch on a dask worker: ``(busy seconds, pickled outcomes)``.
+
+    ``token`` names the conveyor backend (one worker state and one initializer
+    run per dask worker process and token); the outcomes are encoded as the
+    process backend's (values, failure records).
+    """
+    fn = _fns.get(fn_key)
+    if fn is None:
+        try:
+            fn = _loads(fn_data)
+        except BaseException as exc:
+            fn = _unloadable(exc)
+        _fns[fn_key] = fn
+        if len(_fns) > FN_CACHE:
+            _fns.pop(next(iter(_fns)), None)
+    state, init_record = _worker_state(token, init)
+    try:
+        items = _loads(items_data)
+    except BaseException:
+        try:   # one item's exception that cannot be rebuilt fails that item only
+            items = _worker.tolerant_loads(items_data)
+            fn = _worker._skip_unbuildable(fn)
+        except BaseException as exc:
+            record = _worker._record(0, exc)
+            return 0.0, _dumps(([None], [record]), 5)
+    if init_record is not None:   # the initializer failed on this worker: every item fails
+        n = len(items)
+        return 0.0, _dumps(([None] * n, [(i, *init_record[1:]) for i in range(n)]), 5)
+    reset = _worker._state_var.set(state)
+    values: list[Any] = []
+    records: list[tuple[Any, ...]] = []
+    append = values.append
+    t0 = time.monotonic()
+    try:
+        for i, x in enumerate(items):
+            try:
+                append(fn(x))
+            except BaseException as exc:  # the task's own failure, whatever its type
+                append(None)
+                records.append(_worker._record(i, exc))
+    finally:
+        _worker._state_var.reset(reset)
+    busy = time.monotonic() - t0
+    return busy, _worker._outcomes(values, records, 0)
+
+
+def _worker_state(token: str, init: bytes | None) -> tuple[dict[str, Any],
+                                                           tuple[Any, ...] | None]:
+    """This dask worker's state dict for ``token``; the initializer runs on first use."""
+    with _state_lock:
+        entry = _states.get(token)
+        if entry is None:
+            state: dict[str, Any] = {}
+            record = None
+            if init is not None:
+                reset = _worker._state_var.set(state)
+                try:
+                    initializer, initargs = _loads(init)
+                    initializer(*initargs)
+                except BaseException as exc:
+                    record = _worker._record(0, exc)
+                finally:
+                    _worker._state_var.reset(reset)
+            entry = _states[token] = (state, record)
+        return entry
+
+
+def _unloadable(exc: BaseException) -> Callable[[Any], Any]:
+    message = (f"conveyor: the function could not be unpickled on the dask worker: "
+               f"{type(exc).__name__}: {exc} (are its module and conveyor installed on "
+               "the workers?)")
+
+    def fail(_item: Any) -> Any:
+        raise RuntimeError(message)
+    return fail
+
+
+# -- in the client ----------------------------------------------------------------
+class _Job:
+    """A batch (or one item of a split batch) and its dask future."""
+
+    __slots__ = ("batch", "done", "future", "items", "n", "parent", "pos", "since",
+                 "worker_stuck")
+
+    def __init__(self, batch: Batch, items: bytes, n: int, *,
+                 parent: _Split | None = None, pos: int = 0) -> None:
+        self.batch = batch
+        self.items = items        # pickled
+        self.n = n
+        self.parent = parent      # the split batch this item belongs to
+        self.pos = pos            # its position there
+        self.future: Any = None
+        self.since = 0.0
+        self.done = False         # reported (or expired): a late result is ignored
+        self.worker_stuck = False  # expired while running: keeps its slot until it ends
+
+
+class _Split:
+    """A batch that killed its workers, rerun as one task per item."""
+
+    __slots__ = ("batch", "busy", "errors", "finished", "jobs", "left", "values")
+
+    def __init__(self, batch: Batch, n: int) -> None:
+        self.batch = batch
+        self.values: list[Any] = [None] * n
+        self.errors: set[int] = set()
+        self.finished: set[int] = set()   # positions with an outcome
+        self.left = n
+        self.busy = 0.0
+        self.jobs: list[_Job] = []
+
+
+class DaskBackend(Backend):
+    name = "dask"
+    batch_target = 0.1      # dask costs ~1.6 ms a task: batches of ~100 ms
+    max_batch = 16384
+    times_items = False     # a task's items cannot be timed one by one: timed batches are 1 item
+
+    def __init__(self, workers: int | None, *,
+                 initializer: Callable[..., object] | None = None,
+                 initargs: tuple[Any, ...] = (), cluster: Any = None) -> None:
+        distributed = import_distributed()
+        self._cluster: _HelperCluster | None = None   # a LocalCluster we started
+        self._owns_client = False
+        client: Any
+        if cluster is None:
+            try:
+                client = distributed.Client.current()
+            except ValueError:   # no client in this process: start a cluster for the run
+                client = None
+            if client is None:
+                n = workers if workers is not None else _default_workers()
+                self._cluster = _HelperCluster(n)
+                try:
+                    client = distributed.Client(self._cluster.address, set_as_default=False,
+                                                timeout="30s")
+                except BaseException:
+                    self._cluster.close()
+                    raise
+                self._owns_client = True
+        elif isinstance(cluster, distributed.Client):
+            client = cluster
+        elif isinstance(cluster, str) or hasattr(cluster, "scheduler_address"):
+            try:
+                client = distributed.Client(cluster, set_as_default=False, timeout="10s")
+            except OSError as exc:
+                raise ConnectionError(
+                    f"backend='dask': could not connect to the dask scheduler at {cluster!r}: "
+                    f"{exc}") from exc
+            self._owns_client = True
+        else:
+            raise TypeError(
+                "backend='dask': cluster must be a distributed.Client, a scheduler address "
+                f"('tcp://host:8786') or a cluster object (LocalCluster...), got {cluster!r}")
+        self._client = client
+        self._distributed = distributed
+        if workers is None:
+            workers = max(1, sum(client.nthreads().values()))
+        self.workers = workers
+        self._token = uuid.uuid4().hex
+        self._init: bytes | None = None
+        if initializer is not None:
+            self._init = pickle_function((initializer, initargs), "the initializer")
+        self._fns: dict[int, tuple[Callable[[Any], Any], str, bytes]] = {}
+        self._keys = itertools.count()
+        self._lock = threading.Lock()
+        self._pending: deque[_Job] = deque()
+        self._running: dict[_Job, None] = {}
+        self._closed = False
+        self._idle = threading.Condition(self._lock)
+
+    # -- protocol ------------------------------------------------------------
+    def start(self) -> None:
+        pass
+
+    def prepare(self, fn: Callable[[Any], Any], where: str) -> None:
+        self._fn_key(fn, f"{where}: the function")
+
+    def submit(self, batch: Batch) -> None:
+        try:
+            self._fn_key(batch.fn, "the function")
+        except NotPicklable as exc:   # not prepared (checked) before: fail the batch
+            n = batch.limit
+            batch.sink(Completion(batch, [_fresh(exc) for _ in range(n)], list(range(n)), 0.0))
+            return
+        payload, n, error = _pickle_items(batch.items[:batch.limit])
+        if payload is None:   # the first item cannot be sent: fail it, the rest follow
+            assert error is not None
+            batch.sink(Completion(batch, [error], [0], 0.0))
+            return
+        with self._lock:
+            if self._closed:
+                reject = True
+            else:
+                reject = False
+                self._pending.append(_Job(batch, payload, n))
+                ready = self._ready()
+        if reject:
+            batch.sink(dropped(batch))
+            return
+        self._send(ready)
+
+    def running(self) -> list[Running]:
+        with self._lock:
+            return [Running(j.batch, 0, j.since) for j in self._running
+                    if j.batch.timed and not j.done and j.parent is None]
+
+    def expire(self, entry: Running, error: BaseException) -> bool:
+        with self._lock:
+            job = next((j for j in self._running if j.batch is entry.batch and not j.done
+                        and j.parent is None), None)
+            if job is None:
+                return False
+            job.done = True
+            job.worker_stuck = True   # its thread stays busy: keep the slot until it ends
+        busy = time.monotonic() - job.since
+        self._forget(job)
+        entry.batch.sink(Completion(entry.batch, [error], [0], busy))
+        return True
+
+    def cancel(self, batch: Batch) -> None:
+        batch.cancelled = True
+        with self._lock:
+            queued = [j for j in self._pending if j.batch is batch]
+            for j in queued:
+                self._pending.remove(j)
+            live = [j for j in self._running if j.batch is batch and not j.done]
+        for j in queued:
+            self._report_cancelled(j)
+        if live:
+            self._client.cancel([j.future for j in live if j.future is not None])
+
+    def close(self, *, cancel: bool, wait: bool = True) -> None:
+        with self._lock:
+            already = self._closed
+            self._closed = True
+            dropped_jobs: list[_Job] = []
+            live: list[_Job] = []
+            if cancel and not already:
+                dropped_jobs = list(self._pending)
+                self._pending.clear()
+                live = [j for j in self._running if not j.done]
+                for j in live:
+                    j.done = True
+        for j in dropped_jobs:
+            self._report_lost(j)
+        if live:
+            # the cluster may be gone already: then nothing runs there
+            with contextlib.suppress(Exception):
+                self._client.cancel([j.future for j in live if j.future is not None])
+            for j in live:
+                self._report_lost(j)
+        if not cancel:
+            with self._lock:
+                while self._pending or any(not j.done for j in self._running):
+                    self._idle.wait(0.1)
+        if wait:
+            self._shutdown()
+        else:   # Ctrl-C: stop the cluster without making the caller wait for it
+            threading.Thread(target=self._shutdown, name="conveyor-dask-close",
+                             daemon=False).start()
+
+    # -- internals -------------------------------------------------------------
+    def _shutdown(self) -> None:
+        client, cluster = self._client, self._cluster
+        if self._owns_client:
+            self._owns_client = False
+            with contextlib.suppress(Exception):
+                client.close(timeout=10)
+        if cluster is not None:
+            self._cluster = None
+            cluster.close()
+
+    def _fn_key(self, fn: Callable[[Any], Any], what: str) -> tuple[str, bytes]:
+        entry = self._fns.get(id(fn))
+        if entry is not None and entry[0] is fn:
+            return entry[1], entry[2]
+        data = pickle_function(fn, what)
+        with self._lock:
+            key = f"{self._token}-{next(self._keys)}"
+            self._fns[id(fn)] = (fn, key, data)   # holding fn: its id stays its own
+            if len(self._fns) > FN_CACHE:
+                del self._fns[next(iter(self._fns))]
+        return key, data
+
+    def _slots(self) -> int:
+        """Dask tasks this backend keeps on the cluster at once."""
+        return 2 * self.workers
+
+    def _ready(self) -> list[_Job]:
+        """Pending jobs to send now (lock held): they are moved to ``_running``."""
+        out = []
+        slots = self._slots()
+        busy = len(self._running)
+        timed_busy = sum(1 for j in self._running if j.batch.timed)
+        while self._pending and busy < slots:
+            job = self._pending[0]
+            if job.batch.timed and timed_busy >= self.workers:
+                break   # a timed task's clock starts as it is sent: only to a free thread
+            self._pending.popleft()
+            self._running[job] = None
+            busy += 1
+            timed_busy += job.batch.timed
+            out.append(job)
+        return out
+
+    def _send(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            batch = job.batch
+            if job.parent is None:
+                on_start = batch.on_start
+                if batch.cancelled or (on_start is not None and not on_start()):
+                    self._report_cancelled(job)
+                    continue
+            key, fn_data = self._fn_key(batch.fn, "the function")
+            job.since = time.monotonic()
+            if job.parent is None:
+                batch.started = job.since
+            try:
+                fut = self._client.submit(run_batch, self._token, key, fn_data, self._init,
+                                          job.items, pure=False)
+            except Exception as exc:   # the client is closed, or the cluster is gone
+                self._report_failed(job, exc)
+                continue
+            job.future = fut
+            fut.add_done_callback(lambda f, job=job: self._on_done(job, f))
+
+    def _on_done(self, job: _Job, fut: Any) -> None:
+        """A dask future ended (dask's callback thread)."""
+        if job.worker_stuck:   # expired earlier: its thread is free again
+            self._forget_slot(job)
+            return
+        if job.done:   # reported already (e.g. dropped at close): free its slot
+            with self._lock:
+                self._running.pop(job, None)
+                ready = self._ready()
+                self._idle.notify_all()
+            self._send(ready)
+            return
+        status = fut.status
+        if status == "finished":
+            try:
+                busy, data = fut.result()
+            except Exception as exc:   # the result could not be fetched
+                self._report_failed(job, exc)
+            else:
+                values, errors = _outcomes(data, 0, job.n)
+                self._report(job, values, errors, busy)
+        elif status == "cancelled":
+            if job.batch.cancelled:
+                self._report_cancelled(job)
+            else:   # cancelled by someone else (the cluster shut down)
+                self._report_lost(job)
+        else:
+            error = fut.exception()
+            if isinstance(error, self._distributed.KilledWorker) and job.n > 1:
+                self._split(job)
+            else:
+                self._report_failed(job, error)
+
+    def _split(self, job: _Job) -> None:
+        """Rerun the items of a batch that killed its workers one task each."""
+        import pickle
+
+        items = pickle.loads(job.items)
+        split = _Split(job.batch, job.n)
+        subs = []
+        for i, x in enumerate(items):
+            payload, _, _ = _pickle_items([x])
+            assert payload is not None   # the batch pickled as a whole
+            sub = _Job(job.batch, payload, 1, parent=split, pos=i)
+            split.jobs.append(sub)
+            subs.append(sub)
+        with self._lock:
+            self._running.pop(job, None)
+            job.done = True
+            if self._closed:
+                ready = None
+            else:
+                self._pending.extendleft(reversed(subs))
+                ready = self._ready()
+        if ready is None:
+            job.batch.sink(dropped(job.batch))
+            return
+        self._send(ready)
+
+    def _report(self, job: _Job, values: list[Any], errors: list[int], busy: float) -> None:
+        with self._lock:
+            if job.done:
+                return
+            job.done = True
+            self._running.pop(job, None)
+            ready = self._ready()
+            self._idle.notify_all()
+        self._send(ready)
+        split = job.parent
+        if split is None:
+            job.batch.sink(Completion(job.batch, values, errors, busy))
+            return
+        with self._lock:
+            split.values[job.pos] = values[0]
+            if errors:
+                split.errors.add(job.pos)
+            split.finished.add(job.pos)
+            split.busy += busy
+            split.left -= 1
+            last = split.left == 0
+        if last:
+            split.batch.sink(Completion(split.batch, split.values, sorted(split.errors),
+                                        split.busy))
+
+    def _report_failed(self, job: _Job, exc: BaseException | None) -> None:
+        """The dask task failed (not the function: the cluster): its items fail."""
+        errors = []
+        for _ in range(job.n):
+            if isinstance(exc, self._distributed.KilledWorker):
+                e: BaseException = WorkerCrashed(
+                    "the dask workers running this task died each time it ran (dask gave "
+                    f"up after its allowed-failures): {exc}")
+            else:
+                e = WorkerCrashed(f"the dask cluster could not run this task: "
+                                  f"{type(exc).__name__}: {exc}")
+            e.__cause__ = exc
+            errors.append(e)
+        self._report(job, errors, list(range(job.n)), time.monotonic() - job.since)
+
+    def _report_cancelled(self, job: _Job) -> None:
+        """A cancelled job: nothing ran (as far as the scheduler is told)."""
+        with self._lock:
+            if job.done:
+                return
+            job.done = True
+            self._running.pop(job, None)
+            ready = self._ready()
+            self._idle.notify_all()
+        self._send(ready)
+        if job.parent is None:
+            job.batch.sink(Completion(job.batch, [], None, 0.0))
+        else:
+            self._settle_split(job.parent)
+
+    def _report_lost(self, job: _Job) -> None:
+        with self._lock:
+            self._running.pop(job, None)
+            job.done = True
+            self._idle.notify_all()
+        if job.parent is None:
+            job.batch.sink(dropped(job.batch))
+        else:
+            self._settle_split(job.parent, lost=True)
+
+    def _settle_split(self, split: _Split, *, lost: bool = False) -> None:
+        """A split batch stops early: report the finished prefix once."""
+        with self._lock:
+            if split.left <= 0:
+                return
+            prefix = 0
+            while prefix in split.finished:
+                prefix += 1
+            split.left = 0
+        errors = sorted(p for p in split.errors if p < prefix)
+        split.batch.sink(Completion(split.batch, split.values[:prefix], errors, split.busy,
+                                    lost=lost))
+
+    def _forget(self, job: _Job) -> None:
+        """An expired job: on a cluster conveyor started, restart the stuck worker."""
+        if self._cluster is None or job.future is None:
+            return
+        threading.Thread(target=self._restart_worker_of, args=(job,),
+                         name="conveyor-dask-restart", daemon=True).start()
+
+    def _restart_worker_of(self, job: _Job) -> None:
+        try:
+            key = job.future.key
+            where = [addr for addr, keys in self._client.processing().items() if key in keys]
+            self._client.cancel([job.future], force=True)
+            if where:
+                self._client.restart_workers(where, raise_for_error=False)
+        except Exception:   # the cluster is closing: its workers go with it
+            pass
+        self._forget_slot(job)
+
+    def _forget_slot(self, job: _Job) -> None:
+        with self._lock:
+            if job not in self._running:
+                return
+            self._running.pop(job, None)
+            job.worker_stuck = False
+            ready = self._ready()
+            self._idle.notify_all()
+        self._send(ready)
+
+
+# The LocalCluster conveyor starts lives in a helper interpreter of its own: dask
+# starts worker processes with multiprocessing's "spawn", which re-imports the
+# caller's __main__ in each of them (a script without the __name__ guard would
+# start clusters recursively). The helper's __main__ is this code; it closes the
+# cluster when its stdin ends: when conveyor closes it, or when the parent dies.
+_HELPER = r"""
+import json, logging, sys
+cfg = json.loads(sys.argv[1])
+sys.path[:] = cfg["path"]
+from distributed import LocalCluster
+cluster = LocalCluster(n_workers=cfg["n"], threads_per_worker=1, processes=True,
+                       dashboard_address=None, silence_logs=logging.ERROR)
+sys.stdout.write(cluster.scheduler_address + "\n")
+sys.stdout.flush()
+try:
+    sys.stdin.read()
+finally:
+    cluster.close(timeout=10)
+"""
+HELPER_START = 120.0   # seconds the helper may take to report its scheduler's address
+HELPER_EXIT = 15.0     # seconds it may take to close its cluster before it is killed
+
+
+class _HelperCluster:
+    """A LocalCluster (processes, one thread each) in a helper process of ours."""
+
+    def __init__(self, n_workers: int) -> None:
+        import json
+        import os
+        import subprocess
+        import sys
+        import tempfile
+
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - open as long as the helper runs
+        cfg = json.dumps({"n": n_workers, "path": [os.path.abspath(p) if p else os.getcwd()
+                                                    for p in sys.path]})
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _HELPER, cfg], stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=self._err, start_new_session=True)
+        line = self._read_address()
+        if not line.startswith(("tcp://", "inproc://", "tls://", "ucx://")):
+            self.close()
+            self._err.seek(0)
+            tail = self._err.read().decode(errors="replace").strip().splitlines()[-5:]
+            raise RuntimeError("backend='dask': the LocalCluster conveyor starts did not come "
+                               "up: " + (" / ".join(tail) or "no address reported"))
+        self.address = line
+
+    def _read_address(self) -> str:
+        out: list[str] = []
+        stdout = self._proc.stdout
+        assert stdout is not None
+        reader = threading.Thread(target=lambda: out.append(stdout.readline().decode()),
+                                  name="conveyor-dask-start", daemon=True)
+        reader.start()
+        reader.join(HELPER_START)
+        return out[0].strip() if out else ""
+
+    def close(self, timeout: float = HELPER_EXIT) -> None:
+        import os
+        import signal
+        import subprocess
+
+        proc = self._proc
+        with contextlib.suppress(OSError):
+            assert proc.stdin is not None
+            proc.stdin.close()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+        with contextlib.suppress(OSError):   # the helper and whatever is left of its cluster
+            os.killpg(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        if proc.stdout is not None:
+            proc.stdout.close()
+        self._err.close()
+
+
+def _default_workers() -> int:
+    from . import usable_cpus
+
+    return usable_cpus()
