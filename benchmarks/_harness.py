@@ -124,6 +124,10 @@ def conveyor_has_backend(name: str) -> bool:
     """Whether this conveyor knows ``backend=name`` (asked through the public API)."""
     import conveyor
 
+    if name == "dask":   # a Pool would start a cluster: ask the registry instead
+        from conveyor._backends import BACKENDS
+
+        return name in BACKENDS
     try:
         pool = conveyor.Pool(backend=name, workers=1)  # type: ignore[arg-type]
     except ValueError:  # "unknown backend ..."

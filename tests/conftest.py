@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,14 +18,66 @@ from ._crossproc import Gate
 __all__ = ["BACKENDS", "BackendName", "Gate", "Sleepers", "child_processes", "task",
            "wait_no_child_processes", "wait_no_conveyor_threads", "waiting_task"]
 
-BackendName = Literal["thread", "asyncio", "process"]
+BackendName = Literal["thread", "asyncio", "process", "dask"]
+#: dask where it is installed (the dev extra has it; CI's extra Pythons install
+#: only the test extra, and run the other backends' tests)
+HAS_DASK = importlib.util.find_spec("distributed") is not None
 BACKENDS: list[BackendName] = ["thread", "asyncio", "process"]
+if HAS_DASK:
+    BACKENDS.append("dask")
+
+#: The session's dask cluster (started by the first test that needs it).
+_dask: dict[str, Any] = {}
+
+
+def dask_session_client() -> Any:
+    """A Client of a real LocalCluster (2 worker processes, 1 thread each), shared by
+    the session's tests. It is not the default client: tests opt in."""
+    if "client" not in _dask:
+        import distributed
+
+        cluster = distributed.LocalCluster(  # type: ignore[no-untyped-call]
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
+            silence_logs=40)
+        _dask["cluster"] = cluster
+        _dask["client"] = distributed.Client(  # type: ignore[no-untyped-call]
+            cluster, set_as_default=False)
+    return _dask["client"]
+
+
+def dask_session_pids() -> set[int]:
+    """The processes of the session's dask cluster (not leftovers of a test)."""
+    client = _dask.get("client")
+    if client is None:
+        return set()
+    import os
+
+    pids: set[int] = set()
+    for pid in client.run(os.getpid).values():
+        pids.add(pid)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            pids.update(p.pid for p in psutil.Process(pid).children(recursive=True))
+    return pids
+
+
+def pytest_sessionfinish() -> None:
+    client, cluster = _dask.pop("client", None), _dask.pop("cluster", None)
+    if client is not None:
+        client.close()
+    if cluster is not None:
+        cluster.close()
 
 
 @pytest.fixture(params=BACKENDS)
-def backend(request: pytest.FixtureRequest) -> BackendName:
+def backend(request: pytest.FixtureRequest) -> Iterator[BackendName]:
+    """Each backend; for dask, the session's cluster is the current client meanwhile,
+    so ``backend="dask"`` without ``cluster=`` runs on it."""
     name: BackendName = request.param
-    return name
+    if name != "dask":
+        yield name
+        return
+    with dask_session_client().as_current():
+        yield name
 
 
 def task(backend: str, fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -114,10 +167,13 @@ def child_processes() -> list[psutil.Process]:
 
     Except multiprocessing's resource tracker: the stdlib starts one per
     process for its own pools (the demo's stdlib side uses one) and it lives as
-    long as the test process.
+    long as the test process; and the session's dask cluster.
     """
     out = []
+    session = dask_session_pids()
     for p in psutil.Process().children(recursive=True):
+        if p.pid in session:
+            continue
         try:
             if p.status() == psutil.STATUS_ZOMBIE or \
                     "multiprocessing.resource_tracker" in " ".join(p.cmdline()):

@@ -138,4 +138,7 @@ def test_missing_peers_give_not_installed_rows(tmp_path: Path) -> None:
     for row in peer_rows:
         assert row[3].startswith("not installed"), row
     for row in conveyor_rows(rows):
-        assert NUMBER.search(row[3]) and "ERROR" not in row[3], row
+        if "dask" in row[1]:   # conveyor's dask rows need dask too
+            assert row[3].startswith("not installed"), row
+        else:
+            assert NUMBER.search(row[3]) and "ERROR" not in row[3], row

@@ -29,7 +29,9 @@ def test_rate_spaces_task_starts(backend: BackendName) -> None:
     # at most 50 starts per second: 11 starts span at least 10 intervals of 20 ms
     assert starts[-1] - starts[0] >= 10 / 50 * 0.95
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert min(gaps) >= 0.02 * 0.5   # no bursts
+    # no bursts; on dask a start also carries the cluster scheduler's latency,
+    # which varies by a few ms from task to task
+    assert min(gaps) >= 0.02 * (0.2 if backend == "dask" else 0.5)
 
 
 def test_progress_bar_counts_items(backend: BackendName) -> None:

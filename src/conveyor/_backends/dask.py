@@ -6,9 +6,9 @@ error policy, timeouts' deadlines, rate, progress); this module only turns a
 
 * **Streaming.** ``client.map`` wants the whole input and makes every task up
   front. Here the scheduler submits batches as its window allows, and this
-  backend keeps at most ``2 x workers`` batches on the cluster (``workers``
-  for timed ones, so a task's clock starts when a thread is free for it);
-  the rest wait here, where cancelling them costs nothing.
+  backend keeps at most ``workers`` batches on the cluster (one per worker
+  thread: see ``_ready``); the rest wait here, where cancelling them costs
+  nothing.
 * **One task per batch.** Dask pays about a millisecond and a half per task,
   so adaptive batching aims at ``batch_target`` (100 ms) per batch. The task
   carries the pickled function, the pickled items and the initializer as
@@ -360,24 +360,20 @@ class DaskBackend(Backend):
                 del self._fns[next(iter(self._fns))]
         return key, data
 
-    def _slots(self) -> int:
-        """Dask tasks this backend keeps on the cluster at once."""
-        return 2 * self.workers
-
     def _ready(self) -> list[_Job]:
-        """Pending jobs to send now (lock held): they are moved to ``_running``."""
+        """Pending jobs to send now (lock held): they are moved to ``_running``.
+
+        At most one task per worker thread is on the cluster. More would queue
+        on the workers, and when a worker dies dask counts that death against
+        every task it held (an innocent batch could end as KilledWorker); a
+        timed task's clock would also start while it waited.
+        """
         out = []
-        slots = self._slots()
         busy = len(self._running)
-        timed_busy = sum(1 for j in self._running if j.batch.timed)
-        while self._pending and busy < slots:
-            job = self._pending[0]
-            if job.batch.timed and timed_busy >= self.workers:
-                break   # a timed task's clock starts as it is sent: only to a free thread
-            self._pending.popleft()
+        while self._pending and busy < self.workers:
+            job = self._pending.popleft()
             self._running[job] = None
             busy += 1
-            timed_busy += job.batch.timed
             out.append(job)
         return out
 
@@ -579,7 +575,7 @@ cfg = json.loads(sys.argv[1])
 sys.path[:] = cfg["path"]
 from distributed import LocalCluster
 cluster = LocalCluster(n_workers=cfg["n"], threads_per_worker=1, processes=True,
-                       dashboard_address=None, silence_logs=logging.ERROR)
+                       dashboard_address=":0", silence_logs=logging.ERROR)
 sys.stdout.write(cluster.scheduler_address + "\n")
 sys.stdout.flush()
 try:
