@@ -387,6 +387,8 @@ class Run(Outcomes):
         timed = opts.timeout is not None
         counters = self.counters
         src = self._source
+        per_worker = self.backend.batches_per_worker
+        most = None if per_worker is None else per_worker * workers
         # Refill once a few items' room is free, not at every item taken: each
         # refill wakes this thread, and a refill of one item makes a batch of
         # one. The window still holds `window - refill` items meanwhile.
@@ -402,6 +404,8 @@ class Run(Outcomes):
                 if room < short:
                     return
             short = 1
+            if most is not None and len(in_flight) >= most:
+                return   # a completion wakes us
             slot = self._next_start
             if rate is not None and not self._rate_allows():
                 return

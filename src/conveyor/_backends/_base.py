@@ -121,6 +121,11 @@ class Backend(ABC):
     #: True if :meth:`running` can say which item of a batch runs: else batches
     #: of runs with ``timeout=`` hold one item each.
     times_items: ClassVar[bool] = True
+    #: Most batches in flight per worker (None: as many as the window allows).
+    #: Where a batch's round trip is long (dask), the ones submitted early, at
+    #: the small sizes adaptive batching starts with, would otherwise fill the
+    #: whole window and set the run's pace.
+    batches_per_worker: ClassVar[int | None] = None
 
     workers: int
 

@@ -10,7 +10,8 @@ error policy, timeouts' deadlines, rate, progress); this module only turns a
   thread: see ``_ready``); the rest wait here, where cancelling them costs
   nothing.
 * **One task per batch.** Dask pays about a millisecond and a half per task,
-  so adaptive batching aims at ``batch_target`` (100 ms) per batch. The task
+  and a batch's round trip (client -> scheduler -> worker -> client) several
+  more, so adaptive batching aims at ``batch_target`` (250 ms) per batch. The task
   carries the pickled function, the pickled items and the initializer as
   bytes (cloudpickle, the same encoding as the process backend), and returns
   the outcomes as bytes: dask never has to pickle a user's object itself, and
@@ -189,9 +190,10 @@ class _Split:
 
 class DaskBackend(Backend):
     name = "dask"
-    batch_target = 0.1      # dask costs ~1.6 ms a task: batches of ~100 ms
+    batch_target = 0.25     # dask costs ~1.6 ms a task, plus a round trip: batches of ~250 ms
     max_batch = 16384
     times_items = False     # a task's items cannot be timed one by one: timed batches are 1 item
+    batches_per_worker = 2  # one on the cluster, one waiting here: later ones get the learned size
 
     def __init__(self, workers: int | None, *,
                  initializer: Callable[..., object] | None = None,
