@@ -301,7 +301,7 @@ CASES: list[SpeedupCase] = [
                 factory=dask_cluster, requires=("distributed",), expensive=True),
     SpeedupCase(group="cluster", label="conveyor.Pool(backend='dask', cluster=client) on the "
                 "same LocalCluster", factory=conveyor_dask, requires=("distributed",),
-                backend="dask", expensive=True, target=TARGET_DASK),
+                backend="dask", target=TARGET_DASK),
 ]
 
 

@@ -433,8 +433,7 @@ CASES: list[OverheadCase] = [
                  expensive=True),
     OverheadCase(group="cluster", label="conveyor.Pool(backend='dask', cluster=client).map "
                  "on the same LocalCluster [warm]", n=N_FAST, factory=conveyor_dask_pool(2),
-                 requires=("distributed",), backend="dask", expensive=True,
-                 target=TARGET_DASK_US),
+                 requires=("distributed",), backend="dask", target=TARGET_DASK_US),
 ]
 
 
