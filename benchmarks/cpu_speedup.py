@@ -241,6 +241,27 @@ def dask_cluster(warm: bool) -> Iterator[Run]:
 
 
 @contextlib.contextmanager
+def dask_cluster_no_profiler(warm: bool) -> Iterator[Run]:
+    """``client.map`` on a LocalCluster with dask's statistical profiler off (it samples
+    every worker thread's stack every 10 ms; the cluster conveyor starts has it off)."""
+    import dask
+
+    with dask.config.set({"distributed.worker.profile.enabled": False}), \
+            dask_cluster(warm) as run:
+        yield run
+
+
+@contextlib.contextmanager
+def conveyor_dask_own(warm: bool) -> Iterator[Run]:
+    """``conveyor.Pool(backend="dask")`` with no cluster given: the LocalCluster
+    conveyor starts (in a helper process, profiler off)."""
+    with quiet_dask_logs(), conveyor.Pool(backend="dask", workers=WORKERS) as pool:
+        if warm:
+            list(pool.map(cpu_burn, WARMUP))
+        yield lambda args: list(pool.map(cpu_burn, args))
+
+
+@contextlib.contextmanager
 def conveyor_dask(warm: bool) -> Iterator[Run]:
     from distributed import Client, LocalCluster
 
@@ -299,9 +320,15 @@ CASES: list[SpeedupCase] = [
                 one_shot=True),
     SpeedupCase(group="cluster", label="dask LocalCluster(2 procs x 1 thread) client.map",
                 factory=dask_cluster, requires=("distributed",), expensive=True),
-    SpeedupCase(group="cluster", label="conveyor.Pool(backend='dask', cluster=client) on the "
-                "same LocalCluster", factory=conveyor_dask, requires=("distributed",),
-                backend="dask", target=TARGET_DASK),
+    SpeedupCase(group="cluster", label="dask LocalCluster(2 procs x 1 thread, profiler off) "
+                "client.map", factory=dask_cluster_no_profiler, requires=("distributed",),
+                expensive=True),
+    SpeedupCase(group="cluster", label="conveyor.Pool(backend='dask', cluster=client) on a "
+                "LocalCluster(2 procs x 1 thread)", factory=conveyor_dask,
+                requires=("distributed",), backend="dask", target=TARGET_DASK),
+    SpeedupCase(group="cluster", label="conveyor.Pool(backend='dask', workers=2): the "
+                "LocalCluster conveyor starts (profiler off)", factory=conveyor_dask_own,
+                requires=("distributed",), backend="dask", target=TARGET_DASK),
 ]
 
 

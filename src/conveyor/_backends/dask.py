@@ -5,10 +5,9 @@ error policy, timeouts' deadlines, rate, progress); this module only turns a
 :class:`Batch` into one dask task and its result into a :class:`Completion`.
 
 * **Streaming.** ``client.map`` wants the whole input and makes every task up
-  front. Here the scheduler submits batches as its window allows, and this
-  backend keeps at most ``workers`` batches on the cluster (one per worker
-  thread: see ``_ready``); the rest wait here, where cancelling them costs
-  nothing.
+  front. Here the scheduler submits batches as its window allows, at most two
+  per worker thread, and this backend puts them on the cluster (see
+  ``_ready``); the rest wait here, where cancelling them costs nothing.
 * **One task per batch.** Dask pays about a millisecond and a half per task,
   and a batch's round trip (client -> scheduler -> worker -> client) several
   more, so adaptive batching aims at ``batch_target`` (250 ms) per batch. The task
@@ -18,9 +17,11 @@ error policy, timeouts' deadlines, rate, progress); this module only turns a
   a failing item, result or exception fails only its own task.
 * **Lost workers.** Dask re-runs the task of a worker that dies (at least
   once: its items may run twice). A task that kills ``allowed-failures``
-  workers fails with ``KilledWorker``; a batch of several items is then split
-  into one task per item, so that only the item that kills its worker fails,
-  with ``WorkerCrashed``.
+  workers fails with ``KilledWorker``; dask blames every task the dead workers
+  held, so conveyor runs it once more alone on the cluster, and if it fails
+  again a batch of several items is split into one task per item (each run
+  alone), so that only the item that kills its worker fails, with
+  ``WorkerCrashed``.
 * **Retries** stay conveyor's (``retries=``, ``retry_on=``, backoff), not
   dask's ``retries=``: dask retries a whole task on any exception, conveyor
   retries the items that failed with the exceptions asked for.
@@ -55,6 +56,7 @@ __all__ = ["INSTALL", "DaskBackend", "import_distributed", "run_batch"]
 
 INSTALL = 'pip install "conveyor[dask]"'
 FN_CACHE = 64          # functions a dask worker keeps unpickled (FIFO)
+LOST_TRIES = 3         # times a task whose result died with its worker is run again
 
 
 def import_distributed() -> Any:
@@ -157,8 +159,8 @@ def _unloadable(exc: BaseException) -> Callable[[Any], Any]:
 class _Job:
     """A batch (or one item of a split batch) and its dask future."""
 
-    __slots__ = ("batch", "done", "future", "items", "n", "parent", "pos", "since",
-                 "worker_stuck")
+    __slots__ = ("alone", "batch", "done", "future", "items", "lost", "n", "parent", "pos",
+                 "since", "worker_stuck")
 
     def __init__(self, batch: Batch, items: bytes, n: int, *,
                  parent: _Split | None = None, pos: int = 0) -> None:
@@ -171,6 +173,8 @@ class _Job:
         self.since = 0.0
         self.done = False         # reported (or expired): a late result is ignored
         self.worker_stuck = False  # expired while running: keeps its slot until it ends
+        self.alone = False        # suspected of killing workers: runs with nothing beside it
+        self.lost = 0             # times its result was lost with its worker
 
 
 class _Split:
@@ -193,7 +197,7 @@ class DaskBackend(Backend):
     batch_target = 0.25     # dask costs ~1.6 ms a task, plus a round trip: batches of ~250 ms
     max_batch = 16384
     times_items = False     # a task's items cannot be timed one by one: timed batches are 1 item
-    batches_per_worker = 2  # one on the cluster, one waiting here: later ones get the learned size
+    batches_per_worker = 2  # both on the cluster: later ones get the size batching has learned
 
     def __init__(self, workers: int | None, *,
                  initializer: Callable[..., object] | None = None,
@@ -245,6 +249,7 @@ class DaskBackend(Backend):
         self._lock = threading.Lock()
         self._pending: deque[_Job] = deque()
         self._running: dict[_Job, None] = {}
+        self._fetching = 0                  # finished tasks whose results are on their way
         self._closed = False
         self._idle = threading.Condition(self._lock)
 
@@ -331,7 +336,8 @@ class DaskBackend(Backend):
                 self._report_lost(j)
         if not cancel:
             with self._lock:
-                while self._pending or any(not j.done for j in self._running):
+                while self._pending or self._fetching or \
+                        any(not j.done for j in self._running):
                     self._idle.wait(0.1)
         if wait:
             self._shutdown()
@@ -365,18 +371,35 @@ class DaskBackend(Backend):
     def _ready(self) -> list[_Job]:
         """Pending jobs to send now (lock held): they are moved to ``_running``.
 
-        At most one task per worker thread is on the cluster. More would queue
-        on the workers, and when a worker dies dask counts that death against
-        every task it held (an innocent batch could end as KilledWorker); a
-        timed task's clock would also start while it waited.
+        Two tasks per worker thread may be on the cluster: the second waits on
+        its worker, so the worker never idles for a round trip between tasks.
+        A timed task is sent only to a free thread (its clock starts as it is
+        sent). A task under suspicion runs *alone*: when a worker dies, dask
+        counts the death against every task that worker held, so a task that
+        ends as ``KilledWorker`` runs once more with nothing beside it before
+        conveyor believes it.
         """
-        out = []
-        busy = len(self._running)
-        while self._pending and busy < self.workers:
-            job = self._pending.popleft()
-            self._running[job] = None
+        out: list[_Job] = []
+        running = self._running
+        if any(j.alone for j in running):
+            return out
+        busy = len(running)
+        while self._pending:
+            job = self._pending[0]
+            if job.alone:
+                if busy:
+                    break
+                limit = 1
+            else:
+                limit = self.workers if job.batch.timed else 2 * self.workers
+            if busy >= limit:
+                break
+            self._pending.popleft()
+            running[job] = None
             busy += 1
             out.append(job)
+            if job.alone:
+                break
         return out
 
     def _send(self, jobs: list[_Job]) -> None:
@@ -414,24 +437,78 @@ class DaskBackend(Backend):
             return
         status = fut.status
         if status == "finished":
+            # Free the worker's slot first: the next task is on its way while
+            # this one's result is fetched (a round trip of its own).
+            with self._lock:
+                self._running.pop(job, None)
+                self._fetching += 1
+                ready = self._ready()
+            self._send(ready)
             try:
-                busy, data = fut.result()
-            except Exception as exc:   # the result could not be fetched
-                self._report_failed(job, exc)
-            else:
-                values, errors = _outcomes(data, 0, job.n)
-                self._report(job, values, errors, busy)
+                try:
+                    busy, data = fut.result()
+                except Exception as exc:   # its worker died before the result was fetched?
+                    self._resubmit(job, exc)
+                else:
+                    values, errors = _outcomes(data, 0, job.n)
+                    self._report(job, values, errors, busy)
+            finally:
+                with self._lock:
+                    self._fetching -= 1
+                    self._idle.notify_all()
         elif status == "cancelled":
             if job.batch.cancelled:
                 self._report_cancelled(job)
             else:   # cancelled by someone else (the cluster shut down)
                 self._report_lost(job)
+        elif status != "error":   # "lost": its result died with its worker
+            self._resubmit(job, None)
         else:
             error = fut.exception()
-            if isinstance(error, self._distributed.KilledWorker) and job.n > 1:
-                self._split(job)
+            if isinstance(error, self._distributed.KilledWorker):
+                if not job.alone:
+                    self._requeue_alone(job)
+                    return
+                if job.n > 1:
+                    self._split(job)
+                    return
+            self._report_failed(job, error)
+
+    def _resubmit(self, job: _Job, error: BaseException | None) -> None:
+        """The task ran but its result was lost with its worker: run it again (at
+        least once, as dask does for a task whose worker dies), a few times at most."""
+        job.lost += 1
+        if job.lost > LOST_TRIES:
+            self._report_failed(job, error)
+            return
+        with self._lock:
+            self._running.pop(job, None)
+            if self._closed:
+                ready = None
             else:
-                self._report_failed(job, error)
+                job.future = None
+                self._pending.appendleft(job)
+                ready = self._ready()
+        if ready is None:
+            self._report_lost(job)
+            return
+        self._send(ready)
+
+    def _requeue_alone(self, job: _Job) -> None:
+        """Run a task that ended as KilledWorker once more, alone on the cluster."""
+        with self._lock:
+            self._running.pop(job, None)
+            if self._closed:
+                ready = None
+            else:
+                job.alone = True
+                job.future = None
+                self._pending.appendleft(job)
+                ready = self._ready()
+        if ready is None:
+            self._report_lost(job)
+            return
+        self._send(ready)
 
     def _split(self, job: _Job) -> None:
         """Rerun the items of a batch that killed its workers one task each."""
@@ -444,6 +521,7 @@ class DaskBackend(Backend):
             payload, _, _ = _pickle_items([x])
             assert payload is not None   # the batch pickled as a whole
             sub = _Job(job.batch, payload, 1, parent=split, pos=i)
+            sub.alone = True   # one at a time: the item that kills its worker is the one
             split.jobs.append(sub)
             subs.append(sub)
         with self._lock:
@@ -490,8 +568,8 @@ class DaskBackend(Backend):
         for _ in range(job.n):
             if isinstance(exc, self._distributed.KilledWorker):
                 e: BaseException = WorkerCrashed(
-                    "the dask workers running this task died each time it ran (dask gave "
-                    f"up after its allowed-failures): {exc}")
+                    "the dask workers running this task died each time it ran, also alone "
+                    f"on the cluster (dask gave up after its allowed-failures): {exc}")
             else:
                 e = WorkerCrashed(f"the dask cluster could not run this task: "
                                   f"{type(exc).__name__}: {exc}")
@@ -575,7 +653,11 @@ _HELPER = r"""
 import json, logging, sys
 cfg = json.loads(sys.argv[1])
 sys.path[:] = cfg["path"]
+import dask
 from distributed import LocalCluster
+# dask's statistical profiler samples every worker thread's stack every 10 ms,
+# which costs pure-Python tasks about a tenth of their speed: off here
+dask.config.set({"distributed.worker.profile.enabled": False})
 cluster = LocalCluster(n_workers=cfg["n"], threads_per_worker=1, processes=True,
                        dashboard_address=":0", silence_logs=logging.ERROR)
 sys.stdout.write(cluster.scheduler_address + "\n")
