@@ -466,8 +466,8 @@ class DaskBackend(Backend):
         else:
             error = fut.exception()
             if isinstance(error, self._distributed.KilledWorker):
-                if not job.alone:
-                    self._requeue_alone(job)
+                if not job.alone:   # dask blames every task a dead worker held
+                    self._requeue(job, alone=True)
                     return
                 if job.n > 1:
                     self._split(job)
@@ -481,27 +481,17 @@ class DaskBackend(Backend):
         if job.lost > LOST_TRIES:
             self._report_failed(job, error)
             return
-        with self._lock:
-            self._running.pop(job, None)
-            if self._closed:
-                ready = None
-            else:
-                job.future = None
-                self._pending.appendleft(job)
-                ready = self._ready()
-        if ready is None:
-            self._report_lost(job)
-            return
-        self._send(ready)
+        self._requeue(job, alone=False)
 
-    def _requeue_alone(self, job: _Job) -> None:
-        """Run a task that ended as KilledWorker once more, alone on the cluster."""
+    def _requeue(self, job: _Job, *, alone: bool) -> None:
+        """Put a job that ended without its outcomes first in line again
+        (``alone``: to run with nothing beside it on the cluster)."""
         with self._lock:
             self._running.pop(job, None)
             if self._closed:
                 ready = None
             else:
-                job.alone = True
+                job.alone = job.alone or alone
                 job.future = None
                 self._pending.appendleft(job)
                 ready = self._ready()
