@@ -39,8 +39,12 @@ def add_run_parser(commands: Any) -> None:
                      help="JSON Lines input (default: standard input)")
     run.add_argument("--output", "-o", default="-", metavar="FILE",
                      help="JSON Lines output (default: standard output)")
-    run.add_argument("--backend", choices=["thread", "asyncio", "process"], default=None,
+    run.add_argument("--backend", choices=["thread", "asyncio", "process", "dask"],
+                     default=None,
                      help="default: asyncio for a coroutine function, else thread")
+    run.add_argument("--cluster", default=None, metavar="ADDRESS",
+                     help="dask: the scheduler's address (default: a LocalCluster for the "
+                          "run)")
     run.add_argument("--workers", type=int, default=None)
     run.add_argument("--unordered", action="store_true",
                      help="write results as they complete, not in input order")
@@ -98,7 +102,8 @@ def run_command(args: argparse.Namespace) -> int:
             fn, _lines(src, "input" if args.input == "-" else args.input),
             backend=args.backend, workers=args.workers, ordered=not args.unordered,
             window=args.window, timeout=args.timeout, retries=args.retries,
-            on_error=args.on_error, rate=args.rate, progress=args.progress)
+            on_error=args.on_error, rate=args.rate, progress=args.progress,
+            cluster=args.cluster)
         with results:
             try:
                 for n, value in enumerate(results):
