@@ -645,8 +645,8 @@ cfg = json.loads(sys.argv[1])
 sys.path[:] = cfg["path"]
 import dask
 from distributed import LocalCluster
-# dask's statistical profiler samples every worker thread's stack every 10 ms,
-# which costs pure-Python tasks about a tenth of their speed: off here
+# dask's statistical profiler samples every worker thread's stack every 10 ms
+# (taking the GIL from the task each time): off in a cluster run for throughput
 dask.config.set({"distributed.worker.profile.enabled": False})
 cluster = LocalCluster(n_workers=cfg["n"], threads_per_worker=1, processes=True,
                        dashboard_address=":0", silence_logs=logging.ERROR)
