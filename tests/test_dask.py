@@ -354,3 +354,66 @@ def test_ctrl_c_stops_the_run_and_its_cluster(tmp_path: Path) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait(5)
+
+
+def _explode_off_parent(parent: int, x: int) -> int:
+    """Rebuilds ``x`` in the test process, raises anywhere else (a dask worker)."""
+    if os.getpid() != parent:
+        raise ValueError(f"item {x} cannot be rebuilt on the worker")
+    return x
+
+
+class OnlyHere:
+    """An item whose unpickling fails on the workers."""
+
+    def __init__(self, x: int) -> None:
+        self.x = x
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_explode_off_parent, (os.getpid(), self.x))
+
+
+def identity(x: Any) -> Any:
+    return x
+
+
+def test_an_item_that_cannot_be_rebuilt_on_the_worker_fails_alone(client: Any) -> None:
+    items: list[Any] = list(range(10))
+    items[5] = OnlyHere(5)
+    out = list(conveyor.map(identity, items, backend="dask", cluster=client, batch=10,
+                            on_error="return"))
+    assert isinstance(out[5], ValueError), out
+    assert "item 5 cannot be rebuilt" in str(out[5])
+    assert [x for i, x in enumerate(out) if i != 5] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
+
+
+def test_a_failing_initializer_gives_worker_init_error(client: Any) -> None:
+    def init() -> None:
+        raise OSError("no model here")
+
+    out = list(conveyor.map(square, range(4), backend="dask", cluster=client,
+                            initializer=init, on_error="return"))
+    assert all(isinstance(e, conveyor.errors.WorkerInitError) for e in out), out
+    assert isinstance(getattr(out[0], "__cause__", None), OSError)
+
+
+def test_an_unpicklable_initializer_fails_before_a_cluster_starts() -> None:
+    import threading
+    lock = threading.Lock()
+    with pytest.raises(conveyor.errors.NotPicklable, match="initializer"):
+        conveyor.map(square, [1], backend="dask", workers=1, initializer=print,
+                     initargs=(lock,))
+    assert not child_processes()
+
+
+def test_pool_submit_survives_a_call_that_kills_its_worker(own_cluster: Any) -> None:
+    """The call that kills its worker fails with WorkerCrashed (after running once
+    more alone); the pool goes on, and close() runs what was queued."""
+    with conveyor.Pool("dask", cluster=own_cluster) as pool:
+        bad: Any = pool.submit(os._exit, 3)
+        with pytest.raises(WorkerCrashed):
+            bad.result(timeout=60)
+        own_cluster.wait_for_workers(2, timeout=30)
+        late = [pool.submit(square, i) for i in range(6)]
+    # leaving the block is close(): the queued calls ran before it returned
+    assert [f.result(timeout=0) for f in late] == [i * i for i in range(6)]

@@ -49,7 +49,15 @@ from typing import Any
 
 from .. import _worker
 from ..errors import NotPicklable, WorkerCrashed
-from ._base import Backend, Batch, Completion, Running, dropped
+from ._base import (
+    Backend,
+    Batch,
+    Completion,
+    Running,
+    dropped,
+    init_failure,
+    initializer_failed,
+)
 from .process import _fresh, _outcomes, _pickle_items, pickle_function
 
 __all__ = ["INSTALL", "DaskBackend", "import_distributed", "run_batch"]
@@ -57,6 +65,8 @@ __all__ = ["INSTALL", "DaskBackend", "import_distributed", "run_batch"]
 INSTALL = 'pip install "conveyor[dask]"'
 FN_CACHE = 64          # functions a dask worker keeps unpickled (FIFO)
 LOST_TRIES = 3         # times a task whose result died with its worker is run again
+UNLOADABLE = -1.0      # run_batch's "busy" when its items could not be unpickled together
+INIT_FAILED = -2.0     # ... when the initializer failed on that worker
 
 
 def import_distributed() -> Any:
@@ -92,7 +102,8 @@ def run_batch(token: str, fn_key: str, fn_data: bytes, init: bytes | None,
             fn = _unloadable(exc)
         _fns[fn_key] = fn
         if len(_fns) > FN_CACHE:
-            _fns.pop(next(iter(_fns)), None)
+            with contextlib.suppress(RuntimeError, StopIteration):   # another thread's eviction
+                _fns.pop(next(iter(_fns)), None)
     state, init_record = _worker_state(token, init)
     try:
         items = _loads(items_data)
@@ -100,12 +111,12 @@ def run_batch(token: str, fn_key: str, fn_data: bytes, init: bytes | None,
         try:   # one item's exception that cannot be rebuilt fails that item only
             items = _worker.tolerant_loads(items_data)
             fn = _worker._skip_unbuildable(fn)
-        except BaseException as exc:
-            record = _worker._record(0, exc)
-            return 0.0, _dumps(([None], [record]), 5)
+        except BaseException as exc:   # the client sends the items one by one instead
+            return UNLOADABLE, _dumps(([None], [_worker._record(0, exc)]), 5)
     if init_record is not None:   # the initializer failed on this worker: every item fails
         n = len(items)
-        return 0.0, _dumps(([None] * n, [(i, *init_record[1:]) for i in range(n)]), 5)
+        return INIT_FAILED, _dumps(([None] * n, [(i, *init_record[1:]) for i in range(n)]),
+                                   5)
     reset = _worker._state_var.set(state)
     values: list[Any] = []
     records: list[tuple[Any, ...]] = []
@@ -160,7 +171,7 @@ class _Job:
     """A batch (or one item of a split batch) and its dask future."""
 
     __slots__ = ("alone", "batch", "done", "future", "items", "lost", "n", "parent", "pos",
-                 "since", "worker_stuck")
+                 "restarting", "sent", "since", "worker_stuck")
 
     def __init__(self, batch: Batch, items: bytes, n: int, *,
                  parent: _Split | None = None, pos: int = 0) -> None:
@@ -175,6 +186,8 @@ class _Job:
         self.worker_stuck = False  # expired while running: keeps its slot until it ends
         self.alone = False        # suspected of killing workers: runs with nothing beside it
         self.lost = 0             # times its result was lost with its worker
+        self.sent = False         # sent once (Pool.submit's future is running from then on)
+        self.restarting = False   # expired: its worker is being restarted
 
 
 class _Split:
@@ -203,6 +216,10 @@ class DaskBackend(Backend):
                  initializer: Callable[..., object] | None = None,
                  initargs: tuple[Any, ...] = (), cluster: Any = None) -> None:
         distributed = import_distributed()
+        self._initializer = initializer
+        self._init: bytes | None = None
+        if initializer is not None:   # before anything starts: nothing to clean up if it fails
+            self._init = pickle_function((initializer, initargs), "the initializer")
         self._cluster: _HelperCluster | None = None   # a LocalCluster we started
         self._owns_client = False
         client: Any
@@ -238,12 +255,13 @@ class DaskBackend(Backend):
         self._client = client
         self._distributed = distributed
         if workers is None:
-            workers = max(1, sum(client.nthreads().values()))
+            try:
+                workers = max(1, sum(client.nthreads().values()))
+            except BaseException:
+                self._shutdown()
+                raise
         self.workers = workers
         self._token = uuid.uuid4().hex
-        self._init: bytes | None = None
-        if initializer is not None:
-            self._init = pickle_function((initializer, initargs), "the initializer")
         self._fns: dict[int, tuple[Callable[[Any], Any], str, bytes]] = {}
         self._keys = itertools.count()
         self._lock = threading.Lock()
@@ -251,6 +269,7 @@ class DaskBackend(Backend):
         self._running: dict[_Job, None] = {}
         self._fetching = 0                  # finished tasks whose results are on their way
         self._closed = False
+        self._cancelling = False            # closed with cancel=True: nothing runs again
         self._idle = threading.Condition(self._lock)
 
     # -- protocol ------------------------------------------------------------
@@ -316,16 +335,14 @@ class DaskBackend(Backend):
 
     def close(self, *, cancel: bool, wait: bool = True) -> None:
         with self._lock:
-            already = self._closed
             self._closed = True
             dropped_jobs: list[_Job] = []
             live: list[_Job] = []
-            if cancel and not already:
+            if cancel and not self._cancelling:
+                self._cancelling = True
                 dropped_jobs = list(self._pending)
                 self._pending.clear()
                 live = [j for j in self._running if not j.done]
-                for j in live:
-                    j.done = True
         for j in dropped_jobs:
             self._report_lost(j)
         if live:
@@ -381,21 +398,24 @@ class DaskBackend(Backend):
         """
         out: list[_Job] = []
         running = self._running
-        if any(j.alone for j in running):
+        live = [j for j in running if not j.worker_stuck]   # stuck ones wait on no one
+        if any(j.alone for j in live):
             return out
         busy = len(running)
+        now = time.monotonic()
         while self._pending:
             job = self._pending[0]
             if job.alone:
-                if busy:
+                if live or out:
                     break
-                limit = 1
+                limit = busy + 1
             else:
                 limit = self.workers if job.batch.timed else 2 * self.workers
             if busy >= limit:
                 break
             self._pending.popleft()
             running[job] = None
+            job.since = now   # running() may report it before _send gets to it
             busy += 1
             out.append(job)
             if job.alone:
@@ -405,28 +425,30 @@ class DaskBackend(Backend):
     def _send(self, jobs: list[_Job]) -> None:
         for job in jobs:
             batch = job.batch
-            if job.parent is None:
-                on_start = batch.on_start
-                if batch.cancelled or (on_start is not None and not on_start()):
+            if batch.cancelled:
+                self._report_cancelled(job)
+                continue
+            if not job.sent and job.parent is None:
+                on_start = batch.on_start   # Pool.submit: once, as the call is first sent
+                if on_start is not None and not on_start():
                     self._report_cancelled(job)
                     continue
-            key, fn_data = self._fn_key(batch.fn, "the function")
-            job.since = time.monotonic()
-            if job.parent is None:
                 batch.started = job.since
+            job.sent = True
             try:
+                key, fn_data = self._fn_key(batch.fn, "the function")
                 fut = self._client.submit(run_batch, self._token, key, fn_data, self._init,
                                           job.items, pure=False)
+                job.future = fut
+                fut.add_done_callback(lambda f, job=job: self._on_done(job, f))
             except Exception as exc:   # the client is closed, or the cluster is gone
                 self._report_failed(job, exc)
-                continue
-            job.future = fut
-            fut.add_done_callback(lambda f, job=job: self._on_done(job, f))
 
     def _on_done(self, job: _Job, fut: Any) -> None:
         """A dask future ended (dask's callback thread)."""
         if job.worker_stuck:   # expired earlier: its thread is free again
-            self._forget_slot(job)
+            if not job.restarting:   # else: once its worker is back (_restart_worker_of)
+                self._forget_slot(job)
             return
         if job.done:   # reported already (e.g. dropped at close): free its slot
             with self._lock:
@@ -443,15 +465,14 @@ class DaskBackend(Backend):
                 self._running.pop(job, None)
                 self._fetching += 1
                 ready = self._ready()
-            self._send(ready)
             try:
+                self._send(ready)
                 try:
                     busy, data = fut.result()
                 except Exception as exc:   # its worker died before the result was fetched?
                     self._resubmit(job, exc)
                 else:
-                    values, errors = _outcomes(data, 0, job.n)
-                    self._report(job, values, errors, busy)
+                    self._finished(job, busy, data)
             finally:
                 with self._lock:
                     self._fetching -= 1
@@ -474,6 +495,19 @@ class DaskBackend(Backend):
                     return
             self._report_failed(job, error)
 
+    def _finished(self, job: _Job, busy: float, data: bytes) -> None:
+        """A task's result arrived: report its outcomes."""
+        if busy == UNLOADABLE and job.n > 1:   # send the items one by one instead
+            self._split(job, alone=False)
+            return
+        values, errors = _outcomes(data, 0, job.n)
+        if busy == INIT_FAILED:   # as on the other backends: WorkerInitError per item
+            first = values[0] if values and isinstance(values[0], BaseException) else \
+                RuntimeError("the initializer failed")
+            cause = initializer_failed(self._initializer, first)
+            values = [init_failure(cause) for _ in values]
+        self._report(job, values, errors, max(busy, 0.0))
+
     def _resubmit(self, job: _Job, error: BaseException | None) -> None:
         """The task ran but its result was lost with its worker: run it again (at
         least once, as dask does for a task whose worker dies), a few times at most."""
@@ -487,8 +521,10 @@ class DaskBackend(Backend):
         """Put a job that ended without its outcomes first in line again
         (``alone``: to run with nothing beside it on the cluster)."""
         with self._lock:
+            if job.done:   # reported meanwhile (close(cancel=True))
+                return
             self._running.pop(job, None)
-            if self._closed:
+            if self._cancelling:
                 ready = None
             else:
                 job.alone = job.alone or alone
@@ -500,24 +536,26 @@ class DaskBackend(Backend):
             return
         self._send(ready)
 
-    def _split(self, job: _Job) -> None:
-        """Rerun the items of a batch that killed its workers one task each."""
-        import pickle
-
-        items = pickle.loads(job.items)
+    def _split(self, job: _Job, *, alone: bool = True) -> None:
+        """Rerun a batch's items one task each: to find the one that kills its
+        worker (``alone``: each with nothing beside it), or because they could
+        not be unpickled together on the worker."""
+        items = job.batch.items[:job.n]   # the originals: they pickled together before
         split = _Split(job.batch, job.n)
         subs = []
         for i, x in enumerate(items):
             payload, _, _ = _pickle_items([x])
             assert payload is not None   # the batch pickled as a whole
             sub = _Job(job.batch, payload, 1, parent=split, pos=i)
-            sub.alone = True   # one at a time: the item that kills its worker is the one
+            sub.alone = alone   # one at a time: the item that kills its worker is the one
             split.jobs.append(sub)
             subs.append(sub)
         with self._lock:
+            if job.done:   # reported meanwhile (close(cancel=True))
+                return
             self._running.pop(job, None)
             job.done = True
-            if self._closed:
+            if self._cancelling:
                 ready = None
             else:
                 self._pending.extendleft(reversed(subs))
@@ -584,9 +622,13 @@ class DaskBackend(Backend):
 
     def _report_lost(self, job: _Job) -> None:
         with self._lock:
-            self._running.pop(job, None)
+            if job.done:
+                return
             job.done = True
+            self._running.pop(job, None)
+            ready = self._ready()
             self._idle.notify_all()
+        self._send(ready)
         if job.parent is None:
             job.batch.sink(dropped(job.batch))
         else:
@@ -609,6 +651,7 @@ class DaskBackend(Backend):
         """An expired job: on a cluster conveyor started, restart the stuck worker."""
         if self._cluster is None or job.future is None:
             return
+        job.restarting = True
         threading.Thread(target=self._restart_worker_of, args=(job,),
                          name="conveyor-dask-restart", daemon=True).start()
 
@@ -617,10 +660,11 @@ class DaskBackend(Backend):
             key = job.future.key
             where = [addr for addr, keys in self._client.processing().items() if key in keys]
             self._client.cancel([job.future], force=True)
-            if where:
+            if where:   # returns once the workers are back
                 self._client.restart_workers(where, raise_for_error=False)
         except Exception:   # the cluster is closing: its workers go with it
             pass
+        job.restarting = False
         self._forget_slot(job)
 
     def _forget_slot(self, job: _Job) -> None:
