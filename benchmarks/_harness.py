@@ -402,6 +402,19 @@ def quiet_dask_logs() -> contextlib.AbstractContextManager[None]:
                       "distributed.scheduler", "distributed.core", level=logging.ERROR)
 
 
+@contextlib.contextmanager
+def dask_client(workers: int) -> Iterator[Any]:
+    """A Client of a fresh LocalCluster (``workers`` processes x 1 thread, dashboard on
+    a free port), closed at the end; dask's shutdown logs are silenced."""
+    from distributed import Client, LocalCluster
+
+    with quiet_dask_logs(), \
+            LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
+                         dashboard_address=":0") as cluster, \
+            Client(cluster) as client:
+        yield client
+
+
 # ---------------------------------------------------------------------------
 # Child processes of a table (Tables 4 and 5)
 # ---------------------------------------------------------------------------

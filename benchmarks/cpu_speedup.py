@@ -53,6 +53,7 @@ import conveyor
 from _harness import (
     Case,
     Stats,
+    dask_client,
     error_cell,
     fmt_s,
     footer,
@@ -229,12 +230,7 @@ def joblib_backend(backend: str) -> Factory:
 
 @contextlib.contextmanager
 def dask_cluster(warm: bool) -> Iterator[Run]:
-    from distributed import Client, LocalCluster
-
-    with quiet_dask_logs(), \
-            LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
-                         dashboard_address=":0") as cluster, \
-            Client(cluster) as client:
+    with dask_client(WORKERS) as client:
         if warm:
             client.gather(client.map(cpu_burn, WARMUP, pure=False))
         yield lambda args: client.gather(client.map(cpu_burn, args, pure=False))
@@ -263,13 +259,7 @@ def conveyor_dask_own(warm: bool) -> Iterator[Run]:
 
 @contextlib.contextmanager
 def conveyor_dask(warm: bool) -> Iterator[Run]:
-    from distributed import Client, LocalCluster
-
-    with quiet_dask_logs(), \
-            LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True,
-                         dashboard_address=":0") as cluster, \
-            Client(cluster) as client, \
-            conveyor.Pool(backend="dask", cluster=client) as pool:
+    with dask_client(WORKERS) as client, conveyor.Pool(backend="dask", cluster=client) as pool:
         if warm:
             list(pool.map(cpu_burn, WARMUP))
         yield lambda args: list(pool.map(cpu_burn, args))

@@ -61,13 +61,13 @@ from typing import Any
 from _harness import (
     Case,
     ProcessWatch,
+    dask_client,
     footer,
     header,
     kill_loky_executors,
     md_table,
     missing_modules,
     progress,
-    quiet_dask_logs,
     session_pids,
 )
 from workloads import ahang_at, crash_at, hang_at, inc
@@ -348,12 +348,9 @@ def crash_pebble_map(ctx: Ctx) -> None:
 
 
 def crash_dask(ctx: Ctx) -> None:
-    from distributed import Client, LocalCluster
     from distributed import wait as dwait
 
-    with quiet_dask_logs(), \
-            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with dask_client(2) as client:
         ctx.begin()
         fs = ctx.watch(client.map(ctx.crash(), range(N), pure=False))
         with contextlib.suppress(Exception):
@@ -609,11 +606,7 @@ def hang_loky_kill_workers(ctx: Ctx) -> None:
 
 
 def hang_dask_result_timeout(ctx: Ctx) -> None:
-    from distributed import Client, LocalCluster
-
-    with quiet_dask_logs(), \
-            LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster, \
-            Client(cluster) as client:
+    with dask_client(2) as client:
         ctx.begin()
         fs = ctx.watch(client.map(ctx.hang(), range(N), pure=False))
         good, errors, bad = ctx.collect(fs, timeout=ctx.timeout)

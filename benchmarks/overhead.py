@@ -59,6 +59,7 @@ import conveyor
 from _harness import (
     Case,
     Stats,
+    dask_client,
     error_cell,
     fmt_ratio,
     fmt_s,
@@ -68,7 +69,6 @@ from _harness import (
     kill_loky_executors,
     md_table,
     progress,
-    quiet_dask_logs,
     timed,
     verdict,
 )
@@ -263,12 +263,7 @@ def loky_map(workers: int, chunksize: int) -> Factory:
 def dask_client_map(workers: int) -> Factory:
     @contextlib.contextmanager
     def cm() -> Iterator[Run]:
-        from distributed import Client, LocalCluster
-
-        with quiet_dask_logs(), \
-                LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                             dashboard_address=":0") as cluster, \
-                Client(cluster) as client:
+        with dask_client(workers) as client:
             client.gather(client.map(inc, WARMUP, pure=False))
             # pure=False: fresh keys per call, so a repeat cannot hit cached results
             yield lambda xs: client.gather(client.map(inc, xs, pure=False))
@@ -279,12 +274,7 @@ def conveyor_dask_pool(workers: int) -> Factory:
     """Warm: a LocalCluster and a ``conveyor.Pool(backend="dask", cluster=client)`` on it."""
     @contextlib.contextmanager
     def cm() -> Iterator[Run]:
-        from distributed import Client, LocalCluster
-
-        with quiet_dask_logs(), \
-                LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
-                             dashboard_address=":0") as cluster, \
-                Client(cluster) as client, \
+        with dask_client(workers) as client, \
                 conveyor.Pool(backend="dask", cluster=client) as pool:
             list(pool.map(inc, WARMUP))
             yield lambda xs: list(pool.map(inc, xs))

@@ -406,10 +406,12 @@ class _Worker:
                     self.flush(cur, STATUS_PARTIAL, 0.0)
 
 
-def _unloadable(exc: BaseException) -> Callable[[Any], Any]:
-    message = (f"conveyor: the function could not be unpickled in the worker process: "
-               f"{type(exc).__name__}: {_safe_str(exc)} (is its module importable there, "
-               "with the same sys.path and working directory?)")
+def _unloadable(exc: BaseException, where: str = "in the worker process",
+                hint: str = "is its module importable there, with the same sys.path and "
+                            "working directory?") -> Callable[[Any], Any]:
+    """A stand-in for a function that could not be unpickled: each call says why."""
+    message = (f"conveyor: the function could not be unpickled {where}: "
+               f"{type(exc).__name__}: {_safe_str(exc)} ({hint})")
 
     def fail(_item: Any) -> Any:
         raise RuntimeError(message)

@@ -99,7 +99,8 @@ def run_batch(token: str, fn_key: str, fn_data: bytes, init: bytes | None,
         try:
             fn = _loads(fn_data)
         except BaseException as exc:
-            fn = _unloadable(exc)
+            fn = _worker._unloadable(exc, "on the dask worker",
+                                     "are its module and conveyor installed on the workers?")
         _fns[fn_key] = fn
         if len(_fns) > FN_CACHE:
             with contextlib.suppress(RuntimeError, StopIteration):   # another thread's eviction
@@ -154,16 +155,6 @@ def _worker_state(token: str, init: bytes | None) -> tuple[dict[str, Any],
                     _worker._state_var.reset(reset)
             entry = _states[token] = (state, record)
         return entry
-
-
-def _unloadable(exc: BaseException) -> Callable[[Any], Any]:
-    message = (f"conveyor: the function could not be unpickled on the dask worker: "
-               f"{type(exc).__name__}: {exc} (are its module and conveyor installed on "
-               "the workers?)")
-
-    def fail(_item: Any) -> Any:
-        raise RuntimeError(message)
-    return fail
 
 
 # -- in the client ----------------------------------------------------------------
@@ -451,11 +442,7 @@ class DaskBackend(Backend):
                 self._forget_slot(job)
             return
         if job.done:   # reported already (e.g. dropped at close): free its slot
-            with self._lock:
-                self._running.pop(job, None)
-                ready = self._ready()
-                self._idle.notify_all()
-            self._send(ready)
+            self._free(job)
             return
         status = fut.status
         if status == "finished":
@@ -565,15 +552,26 @@ class DaskBackend(Backend):
             return
         self._send(ready)
 
-    def _report(self, job: _Job, values: list[Any], errors: list[int], busy: float) -> None:
+    def _free(self, job: _Job, *, settle: bool = False) -> bool:
+        """Take ``job`` off the cluster's slots and send what may go now.
+
+        ``settle``: also mark it reported; False if it was already (each batch
+        gets one completion, whichever path reports it first).
+        """
         with self._lock:
-            if job.done:
-                return
-            job.done = True
+            if settle:
+                if job.done:
+                    return False
+                job.done = True
             self._running.pop(job, None)
             ready = self._ready()
             self._idle.notify_all()
         self._send(ready)
+        return True
+
+    def _report(self, job: _Job, values: list[Any], errors: list[int], busy: float) -> None:
+        if not self._free(job, settle=True):
+            return
         split = job.parent
         if split is None:
             job.batch.sink(Completion(job.batch, values, errors, busy))
@@ -607,28 +605,16 @@ class DaskBackend(Backend):
 
     def _report_cancelled(self, job: _Job) -> None:
         """A cancelled job: nothing ran (as far as the scheduler is told)."""
-        with self._lock:
-            if job.done:
-                return
-            job.done = True
-            self._running.pop(job, None)
-            ready = self._ready()
-            self._idle.notify_all()
-        self._send(ready)
+        if not self._free(job, settle=True):
+            return
         if job.parent is None:
             job.batch.sink(Completion(job.batch, [], None, 0.0))
         else:
             self._settle_split(job.parent)
 
     def _report_lost(self, job: _Job) -> None:
-        with self._lock:
-            if job.done:
-                return
-            job.done = True
-            self._running.pop(job, None)
-            ready = self._ready()
-            self._idle.notify_all()
-        self._send(ready)
+        if not self._free(job, settle=True):
+            return
         if job.parent is None:
             job.batch.sink(dropped(job.batch))
         else:
@@ -668,14 +654,8 @@ class DaskBackend(Backend):
         self._forget_slot(job)
 
     def _forget_slot(self, job: _Job) -> None:
-        with self._lock:
-            if job not in self._running:
-                return
-            self._running.pop(job, None)
-            job.worker_stuck = False
-            ready = self._ready()
-            self._idle.notify_all()
-        self._send(ready)
+        job.worker_stuck = False
+        self._free(job)
 
 
 # The LocalCluster conveyor starts lives in a helper interpreter of its own: dask
