@@ -250,7 +250,7 @@ def dask_cluster_no_profiler(warm: bool) -> Iterator[Run]:
 @contextlib.contextmanager
 def conveyor_dask_own(warm: bool) -> Iterator[Run]:
     """``conveyor.Pool(backend="dask")`` with no cluster given: the LocalCluster
-    conveyor starts (in a helper process, profiler off)."""
+    conveyor starts (in a helper process, profiler off, monitors slowed)."""
     with quiet_dask_logs(), conveyor.Pool(backend="dask", workers=WORKERS) as pool:
         if warm:
             list(pool.map(cpu_burn, WARMUP))
@@ -317,8 +317,9 @@ CASES: list[SpeedupCase] = [
                 "LocalCluster(2 procs x 1 thread)", factory=conveyor_dask,
                 requires=("distributed",), backend="dask", target=TARGET_DASK),
     SpeedupCase(group="cluster", label="conveyor.Pool(backend='dask', workers=2): the "
-                "LocalCluster conveyor starts (profiler off)", factory=conveyor_dask_own,
-                requires=("distributed",), backend="dask", target=TARGET_DASK),
+                "LocalCluster conveyor starts (profiler off, monitors slowed)",
+                factory=conveyor_dask_own, requires=("distributed",), backend="dask",
+                target=TARGET_DASK),
 ]
 
 

@@ -389,6 +389,10 @@ class Run(Outcomes):
         src = self._source
         per_worker = self.backend.batches_per_worker
         most = None if per_worker is None else per_worker * workers
+        # The last batches of an input of known length get smaller, so that the
+        # workers finish together: at most the items left over the batches
+        # that can wait on the workers at once.
+        tail = workers if most is None else most
         # Refill once a few items' room is free, not at every item taken: each
         # refill wakes this thread, and a refill of one item makes a batch of
         # one. The window still holds `window - refill` items meanwhile.
@@ -411,7 +415,7 @@ class Run(Outcomes):
                 return
             want = size
             if total is not None:
-                want = min(want, max(1, -(-(total - self._pulled) // workers)))
+                want = min(want, max(1, -(-(total - self._pulled) // tail)))
             want = max(1, min(want, room))
             if src is not None:
                 # The pump may read what the window has room for, no more.

@@ -223,8 +223,10 @@ class DaskBackend(Backend):
                 n = workers if workers is not None else _default_workers()
                 self._cluster = _HelperCluster(n)
                 try:
+                    # results come straight from the workers, not through the
+                    # scheduler (whose process shares the workers' cores)
                     client = distributed.Client(self._cluster.address, set_as_default=False,
-                                                timeout="30s")
+                                                timeout="30s", direct_to_workers=True)
                 except BaseException:
                     self._cluster.close()
                     raise
@@ -669,11 +671,20 @@ cfg = json.loads(sys.argv[1])
 sys.path[:] = cfg["path"]
 import dask
 from distributed import LocalCluster
-# dask's statistical profiler samples every worker thread's stack every 10 ms
-# (taking the GIL from the task each time): off in a cluster run for throughput
-dask.config.set({"distributed.worker.profile.enabled": False})
+# A cluster for throughput on this machine, whose cores its workers' tasks use:
+# what wakes up on a timer takes a core (and the GIL) from a task. Dask's
+# statistical profiler samples every worker thread's stack every 10 ms; the
+# event-loop health check runs every 20 ms in each process; the system and
+# memory monitors feed a dashboard, which nobody can see here (its address is
+# not shown). Off, or at a slower pace.
+dask.config.set({
+    "distributed.worker.profile.enabled": False,
+    "distributed.admin.tick.interval": "1s",
+    "distributed.admin.system-monitor.interval": "2s",
+    "distributed.worker.memory.monitor-interval": "500ms",
+})
 cluster = LocalCluster(n_workers=cfg["n"], threads_per_worker=1, processes=True,
-                       dashboard_address=":0", silence_logs=logging.ERROR)
+                       dashboard_address=None, silence_logs=logging.ERROR)
 sys.stdout.write(cluster.scheduler_address + "\n")
 sys.stdout.flush()
 try:
