@@ -391,8 +391,11 @@ class Run(Outcomes):
         most = None if per_worker is None else per_worker * workers
         # The last batches of an input of known length get smaller, so that the
         # workers finish together: at most the items left over the batches
-        # that can wait on the workers at once.
+        # that can wait on the workers at once. Where batches wait on the
+        # workers (dask), a task costs milliseconds: a last batch keeps at
+        # least an eighth of the learned size (a fraction of the batch target).
         tail = workers if most is None else most
+        least = 1 if most is None else max(1, size // 8)
         # Refill once a few items' room is free, not at every item taken: each
         # refill wakes this thread, and a refill of one item makes a batch of
         # one. The window still holds `window - refill` items meanwhile.
@@ -415,7 +418,7 @@ class Run(Outcomes):
                 return
             want = size
             if total is not None:
-                want = min(want, max(1, -(-(total - self._pulled) // tail)))
+                want = min(want, max(least, -(-(total - self._pulled) // tail)))
             want = max(1, min(want, room))
             if src is not None:
                 # The pump may read what the window has room for, no more.
