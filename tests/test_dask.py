@@ -387,6 +387,39 @@ def test_an_item_that_cannot_be_rebuilt_on_the_worker_fails_alone(client: Any) -
     assert [x for i, x in enumerate(out) if i != 5] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
 
 
+def only_on_workers(x: int) -> Any:
+    """``x``, but item 3 becomes an object of a module only the workers can import."""
+    if x != 3:
+        return x
+    import conveyor_workers_only  # type: ignore[import-not-found]
+
+    return conveyor_workers_only.Thing(x)
+
+
+def add_path(path: str) -> None:
+    sys.path.insert(0, path)
+
+
+def remove_path(path: str) -> None:
+    sys.path.remove(path)
+
+
+def test_a_result_the_client_cannot_unpickle_fails_alone(client: Any, tmp_path: Path
+                                                          ) -> None:
+    (tmp_path / "conveyor_workers_only.py").write_text(
+        "class Thing:\n    def __init__(self, x):\n        self.x = x\n")
+    client.run(add_path, str(tmp_path))
+    try:
+        assert str(tmp_path) not in sys.path
+        out = list(conveyor.map(only_on_workers, range(8), backend="dask", cluster=client,
+                                batch=8, on_error="return"))
+    finally:
+        client.run(remove_path, str(tmp_path))
+    assert isinstance(out[3], conveyor.errors.NotPicklable), out
+    assert "conveyor_workers_only" in str(out[3])
+    assert [x for i, x in enumerate(out) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
+
+
 def test_a_failing_initializer_gives_worker_init_error(client: Any) -> None:
     def init() -> None:
         raise OSError("no model here")

@@ -489,7 +489,11 @@ class DaskBackend(Backend):
         if busy == UNLOADABLE and job.n > 1:   # send the items one by one instead
             self._split(job, alone=False)
             return
-        values, errors = _outcomes(data, 0, job.n)
+        try:
+            values, errors = _outcomes(data, 0, job.n, strict=job.n > 1)
+        except Exception:   # a result this process cannot unpickle (a module only the
+            self._split(job, alone=False)   # workers have): rerun one by one, so it fails alone
+            return
         if busy == INIT_FAILED:   # as on the other backends: WorkerInitError per item
             first = values[0] if values and isinstance(values[0], BaseException) else \
                 RuntimeError("the initializer failed")
@@ -528,7 +532,7 @@ class DaskBackend(Backend):
     def _split(self, job: _Job, *, alone: bool = True) -> None:
         """Rerun a batch's items one task each: to find the one that kills its
         worker (``alone``: each with nothing beside it), or because they could
-        not be unpickled together on the worker."""
+        not be unpickled together on the worker, or their results here."""
         items = job.batch.items[:job.n]   # the originals: they pickled together before
         split = _Split(job.batch, job.n)
         subs = []
