@@ -118,6 +118,37 @@ def test_streams_with_a_bounded_number_of_tasks_on_the_cluster(client: Any) -> N
     assert wait_until(lambda: not conveyor_tasks(client)), conveyor_tasks(client)
 
 
+def nap(x: int) -> int:
+    time.sleep(0.05)
+    return x
+
+
+def test_a_cluster_that_grows_during_a_run_is_used() -> None:
+    """Without workers=, conveyor counts the cluster's threads again as it runs:
+    workers that join later get tasks (two per thread on the cluster)."""
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0", silence_logs=50)
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        seen: list[int] = []
+        with conveyor.map(nap, range(10_000), backend="dask", cluster=client,
+                          batch=1) as results:
+            for i, _ in enumerate(results):
+                seen.append(len(conveyor_tasks(client, running_only=True)))
+                if i == 15:
+                    assert max(seen) <= 2, seen   # one thread: two tasks at most
+                    cluster.scale(3)
+                    assert wait_until(lambda: sum(client.nthreads().values()) == 3, 60)
+                    grown = len(seen)
+                if i > 15 and max(seen[grown:]) > 2:
+                    break
+                assert i < 600, f"never more than 2 tasks on 3 threads: {seen[-20:]}"
+        assert 2 < max(seen[grown:]) <= 6, seen
+    finally:
+        client.close()
+        cluster.close()
+
+
 def test_early_exit_cancels_the_runs_tasks_on_the_cluster(client: Any) -> None:
     gate = Gate()
     tally = Tally()

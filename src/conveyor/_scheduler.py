@@ -368,8 +368,9 @@ class Run(Outcomes):
                 self._submit([item], g, pos, attempt)
         if self._input_done or self._halt_input:
             return
+        # A backend may follow a cluster that grows or shrinks (dask)
+        self._workers = workers = self.backend.workers
         window = self._window()
-        workers = self._workers
         size = self._batcher.size
         if opts.window is not None:
             size = min(size, max(1, opts.window // (2 * workers)))

@@ -64,6 +64,7 @@ __all__ = ["INSTALL", "DaskBackend", "import_distributed", "run_batch"]
 
 INSTALL = 'pip install "conveyor[dask]"'
 FN_CACHE = 64          # functions a dask worker keeps unpickled (FIFO)
+RECOUNT = 1.0          # seconds between counts of the cluster's threads
 LOST_TRIES = 3         # times a task whose result died with its worker is run again
 UNLOADABLE = -1.0      # run_batch's "busy" when its items could not be unpickled together
 INIT_FAILED = -2.0     # ... when the initializer failed on that worker
@@ -247,6 +248,10 @@ class DaskBackend(Backend):
                 f"('tcp://host:8786') or a cluster object (LocalCluster...), got {cluster!r}")
         self._client = client
         self._distributed = distributed
+        # Without workers=, conveyor counts the cluster's threads, and counts
+        # them again as it goes (a cluster may grow or shrink during a run).
+        self._follows = workers is None
+        self._counted = time.monotonic()
         if workers is None:
             try:
                 workers = max(1, sum(client.nthreads().values()))
@@ -273,6 +278,8 @@ class DaskBackend(Backend):
         self._fn_key(fn, f"{where}: the function")
 
     def submit(self, batch: Batch) -> None:
+        if self._follows:
+            self._recount()
         try:
             self._fn_key(batch.fn, "the function")
         except NotPicklable as exc:   # not prepared (checked) before: fail the batch
@@ -356,6 +363,25 @@ class DaskBackend(Backend):
                              daemon=False).start()
 
     # -- internals -------------------------------------------------------------
+    def _recount(self) -> None:
+        """Follow the cluster's thread count (the scheduler reads ``workers`` at
+        each refill): workers that join later, or an adaptive cluster that grows,
+        are used. The client's cached view of the scheduler, refreshed every few
+        seconds, is read: no round trip. No thread at all keeps the last count."""
+        now = time.monotonic()
+        if now - self._counted < RECOUNT:
+            return
+        self._counted = now
+        info = getattr(self._client, "_scheduler_identity", None)
+        if not isinstance(info, dict):
+            return
+        total = info.get("total_threads")
+        if total is None:   # older dask: per-worker entries only
+            with contextlib.suppress(Exception):
+                total = sum(w["nthreads"] for w in info.get("workers", {}).values())
+        if isinstance(total, int) and total > 0:
+            self.workers = total
+
     def _shutdown(self) -> None:
         client, cluster = self._client, self._cluster
         if self._owns_client:
