@@ -8,6 +8,7 @@ the three ways to name a cluster, and the error when dask is missing.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -418,8 +419,9 @@ def test_an_item_that_cannot_be_rebuilt_on_the_worker_fails_alone(client: Any) -
     assert [x for i, x in enumerate(out) if i != 5] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
 
 
-def only_on_workers(x: int) -> Any:
+def only_on_workers(x: int, tally: Tally) -> Any:
     """``x``, but item 3 becomes an object of a module only the workers can import."""
+    tally.add("ran")
     if x != 3:
         return x
     import conveyor_workers_only  # type: ignore[import-not-found]
@@ -442,13 +444,15 @@ def test_a_result_the_client_cannot_unpickle_fails_alone(client: Any, tmp_path: 
     client.run(add_path, str(tmp_path))
     try:
         assert str(tmp_path) not in sys.path
-        out = list(conveyor.map(only_on_workers, range(8), backend="dask", cluster=client,
-                                batch=8, on_error="return"))
+        tally = Tally()
+        out = list(conveyor.map(functools.partial(only_on_workers, tally=tally), range(40),
+                                backend="dask", cluster=client, batch=40, on_error="return"))
     finally:
         client.run(remove_path, str(tmp_path))
     assert isinstance(out[3], conveyor.errors.NotPicklable), out
     assert "conveyor_workers_only" in str(out[3])
-    assert [x for i, x in enumerate(out) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
+    assert [x for i, x in enumerate(out) if i != 3] == [i for i in range(40) if i != 3]
+    assert tally.count("ran") == 40   # its batch-mates were not run again
 
 
 def test_a_failing_initializer_gives_worker_init_error(client: Any) -> None:

@@ -58,7 +58,7 @@ from ._base import (
     init_failure,
     initializer_failed,
 )
-from .process import _fresh, _outcomes, _pickle_items, pickle_function
+from .process import _fresh, _pickle_items, _rebuild_all, pickle_function
 
 __all__ = ["INSTALL", "DaskBackend", "import_distributed", "run_batch"]
 
@@ -114,11 +114,11 @@ def run_batch(token: str, fn_key: str, fn_data: bytes, init: bytes | None,
             items = _worker.tolerant_loads(items_data)
             fn = _worker._skip_unbuildable(fn)
         except BaseException as exc:   # the client sends the items one by one instead
-            return UNLOADABLE, _dumps(([None], [_worker._record(0, exc)]), 5)
+            return UNLOADABLE, _dumps(([None], {}, [_worker._record(0, exc)]), 5)
     if init_record is not None:   # the initializer failed on this worker: every item fails
         n = len(items)
-        return INIT_FAILED, _dumps(([None] * n, [(i, *init_record[1:]) for i in range(n)]),
-                                   5)
+        return INIT_FAILED, _dumps(([None] * n, {}, [(i, *init_record[1:])
+                                                     for i in range(n)]), 5)
     reset = _worker._state_var.set(state)
     values: list[Any] = []
     records: list[tuple[Any, ...]] = []
@@ -134,7 +134,65 @@ def run_batch(token: str, fn_key: str, fn_data: bytes, init: bytes | None,
     finally:
         _worker._state_var.reset(reset)
     busy = time.monotonic() - t0
-    return busy, _worker._outcomes(values, records, 0)
+    return busy, _pack(values, records)
+
+
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
+
+
+def _pack(values: list[Any], records: list[tuple[Any, ...]]) -> bytes:
+    """``(values, packed, records)`` pickled: a value of a type other than the
+    plain ones is pickled on its own into ``packed`` (position -> bytes), so
+    that one the client cannot unpickle (a class from a module only the
+    workers have) fails its own item, not the batch."""
+    packed: dict[int, bytes] = {}
+    failed = {r[0] for r in records}
+    bad = False
+    for i, value in enumerate(values):
+        if type(value) in _PLAIN or i in failed:
+            continue
+        values[i] = None
+        try:
+            packed[i] = _dumps(value, 5)
+            continue
+        except Exception:
+            pass
+        try:   # e.g. a class defined in the task's own function
+            packed[i] = _worker.cloudpickle_dumps(value)
+        except Exception as exc:
+            records.append((i, _worker.KIND_RESULT, None, _worker._type_name(value),
+                            f"{type(exc).__name__}: {_worker._safe_str(exc)}", ""))
+            bad = True
+    if bad:
+        records.sort(key=lambda r: r[0])
+    return _dumps((values, packed, records), 5)
+
+
+def _unpack(data: bytes, n: int) -> tuple[list[Any], list[int]]:
+    """:func:`_pack`'s outcomes, in the client: values, and the failed positions."""
+    values, packed, records = _loads(data)   # plain values, bytes and records: it loads
+    unloadable = []
+    for i, blob in packed.items():
+        try:
+            values[i] = _loads(blob)
+            continue
+        except Exception as exc:   # e.g. a module only the workers have
+            error = exc
+        try:   # an exception returned as a value, which its pickle cannot rebuild?
+            value = _worker.tolerant_loads(blob)
+        except Exception:
+            value = None
+        if isinstance(value, _worker.Unbuildable):
+            records.append((i, _worker.KIND_RESULT, None, value.type_name,
+                            value.describe(), ""))
+            continue
+        unusable = NotPicklable(f"the result of this task could not be unpickled in this "
+                                f"process (the dask client): {type(error).__name__}: {error}")
+        unusable.__cause__ = error
+        values[i] = unusable
+        unloadable.append(i)
+    values, errors = _rebuild_all(values, records, 0)
+    return values, sorted(errors + unloadable) if packed else errors
 
 
 def _worker_state(token: str, init: bytes | None) -> tuple[dict[str, Any],
@@ -269,6 +327,7 @@ class DaskBackend(Backend):
         self._closed = False
         self._cancelling = False            # closed with cancel=True: nothing runs again
         self._idle = threading.Condition(self._lock)
+        self._sending = threading.local()   # see _send
 
     # -- protocol ------------------------------------------------------------
     def start(self) -> None:
@@ -442,26 +501,41 @@ class DaskBackend(Backend):
         return out
 
     def _send(self, jobs: list[_Job]) -> None:
-        for job in jobs:
-            batch = job.batch
-            if batch.cancelled:
+        # Reporting a job frees its slot, which sends what may go now: on this
+        # thread, a call from inside this loop only adds to its work list (a
+        # recursion per job would overflow the stack on a batch split in
+        # thousands of items).
+        work: deque[_Job] | None = getattr(self._sending, "work", None)
+        if work is not None:
+            work.extend(jobs)
+            return
+        self._sending.work = work = deque(jobs)
+        try:
+            while work:
+                self._send_one(work.popleft())
+        finally:
+            self._sending.work = None
+
+    def _send_one(self, job: _Job) -> None:
+        batch = job.batch
+        if batch.cancelled:
+            self._report_cancelled(job)
+            return
+        if not job.sent and job.parent is None:
+            on_start = batch.on_start   # Pool.submit: once, as the call is first sent
+            if on_start is not None and not on_start():
                 self._report_cancelled(job)
-                continue
-            if not job.sent and job.parent is None:
-                on_start = batch.on_start   # Pool.submit: once, as the call is first sent
-                if on_start is not None and not on_start():
-                    self._report_cancelled(job)
-                    continue
-                batch.started = job.since
-            job.sent = True
-            try:
-                key, fn_data = self._fn_key(batch.fn, "the function")
-                fut = self._client.submit(run_batch, self._token, key, fn_data, self._init,
-                                          job.items, pure=False)
-                job.future = fut
-                fut.add_done_callback(lambda f, job=job: self._on_done(job, f))
-            except Exception as exc:   # the client is closed, or the cluster is gone
-                self._report_failed(job, exc)
+                return
+            batch.started = job.since
+        job.sent = True
+        try:
+            key, fn_data = self._fn_key(batch.fn, "the function")
+            fut = self._client.submit(run_batch, self._token, key, fn_data, self._init,
+                                      job.items, pure=False)
+            job.future = fut
+            fut.add_done_callback(lambda f, job=job: self._on_done(job, f))
+        except Exception as exc:   # the client is closed, or the cluster is gone
+            self._report_failed(job, exc)
 
     def _on_done(self, job: _Job, fut: Any) -> None:
         """A dask future ended (dask's callback thread)."""
@@ -515,11 +589,7 @@ class DaskBackend(Backend):
         if busy == UNLOADABLE and job.n > 1:   # send the items one by one instead
             self._split(job, alone=False)
             return
-        try:
-            values, errors = _outcomes(data, 0, job.n, strict=job.n > 1)
-        except Exception:   # a result this process cannot unpickle (a module only the
-            self._split(job, alone=False)   # workers have): rerun one by one, so it fails alone
-            return
+        values, errors = _unpack(data, job.n)
         if busy == INIT_FAILED:   # as on the other backends: WorkerInitError per item
             first = values[0] if values and isinstance(values[0], BaseException) else \
                 RuntimeError("the initializer failed")
@@ -558,7 +628,7 @@ class DaskBackend(Backend):
     def _split(self, job: _Job, *, alone: bool = True) -> None:
         """Rerun a batch's items one task each: to find the one that kills its
         worker (``alone``: each with nothing beside it), or because they could
-        not be unpickled together on the worker, or their results here."""
+        not be unpickled together on the worker."""
         items = job.batch.items[:job.n]   # the originals: they pickled together before
         split = _Split(job.batch, job.n)
         subs = []
@@ -574,13 +644,15 @@ class DaskBackend(Backend):
                 return
             self._running.pop(job, None)
             job.done = True
-            if self._cancelling:
+            cancelled = job.batch.cancelled   # while it was on its way back: not found then
+            if self._cancelling or cancelled:
                 ready = None
             else:
                 self._pending.extendleft(reversed(subs))
                 ready = self._ready()
         if ready is None:
-            job.batch.sink(dropped(job.batch))
+            job.batch.sink(Completion(job.batch, [], None, 0.0) if cancelled
+                           else dropped(job.batch))
             return
         self._send(ready)
 
@@ -713,8 +785,11 @@ dask.config.set({
     "distributed.admin.system-monitor.interval": "2s",
     "distributed.worker.memory.monitor-interval": "500ms",
 })
+# (the scheduler's HTTP server, /health and /metrics, runs anyway: on a free
+# port, not on the 8787 a cluster of the user's may want)
 cluster = LocalCluster(n_workers=cfg["n"], threads_per_worker=1, processes=True,
-                       dashboard_address=None, silence_logs=logging.ERROR)
+                       dashboard_address=":0", scheduler_kwargs={"dashboard": False},
+                       silence_logs=logging.ERROR)
 sys.stdout.write(cluster.scheduler_address + "\n")
 sys.stdout.flush()
 try:

@@ -956,13 +956,8 @@ def _pickle_items(items: list[Any]) -> tuple[bytes | None, int, BaseException | 
     return _dumps(items), len(items), None   # pragma: no cover - it failed as a whole only
 
 
-def _outcomes(data: bytes, start: int, n: int, *,
-              strict: bool = False) -> tuple[list[Any], list[int]]:
-    """Outcomes of positions ``start...start + n``, exceptions rebuilt; failed positions.
-
-    Outcomes that cannot be unpickled here fail every position with
-    ``NotPicklable`` or, with ``strict``, raise.
-    """
+def _outcomes(data: bytes, start: int, n: int) -> tuple[list[Any], list[int]]:
+    """Outcomes of positions ``start...start + n``, exceptions rebuilt; failed positions."""
     import pickle
 
     try:
@@ -974,8 +969,6 @@ def _outcomes(data: bytes, start: int, n: int, *,
     try:   # an exception returned as a value that cannot be rebuilt fails its task only
         values, records = _worker.tolerant_loads(data)
     except Exception as exc:   # e.g. a result's class the parent cannot import
-        if strict:
-            raise
         errors = []
         for _ in range(n):
             e = NotPicklable("the outcome of this task could not be unpickled in the parent "
