@@ -41,6 +41,35 @@ def test_tiny_tasks_are_batched(backend: BackendName) -> None:
     assert results.stats.batches < 200_000 / 64
 
 
+def test_a_pools_next_map_of_a_function_starts_at_the_size_learned(backend: BackendName
+                                                                    ) -> None:
+    """The first map of a function ramps up from one item per batch; a later map of
+    the same function on the same Pool starts at the learned size (fewer batches);
+    another function starts from one item again."""
+    same = task(backend, lambda x: x)
+    other = task(backend, lambda x: x + 1)
+    n = 60_000
+    with conveyor.Pool(backend=backend, workers=2) as pool:
+        first = pool.map(same, range(n))
+        assert sum(first) == sum(range(n))
+        again = pool.map(same, range(n))
+        assert sum(again) == sum(range(n))
+        fresh = pool.map(other, range(n))
+        assert sum(fresh) == sum(range(1, n + 1))
+    # the ramp (1, 2, 4, ... items) is some ten batches: gone the second time
+    assert again.stats.batches + 5 <= first.stats.batches, (first.stats, again.stats)
+    assert again.stats.batches + 5 <= fresh.stats.batches, (fresh.stats, again.stats)
+
+
+def test_batcher_primed_with_a_learned_time_starts_at_its_size() -> None:
+    b = Batcher(target=0.002, max_size=4096)
+    b.prime(0.0001)                          # 100 us per item: 20 fit in 2 ms
+    assert b.size == 20
+    fixed = Batcher(target=0.002, max_size=4096, fixed=3)
+    fixed.prime(0.0001)
+    assert fixed.size == 3                   # a fixed size stays fixed
+
+
 def test_long_tasks_are_not_batched(backend: BackendName) -> None:
     # Every task takes 5 batch targets (2 ms threads/asyncio, 20 ms processes,
     # 100 ms dask: fewer items there, on the session cluster's 2 workers).

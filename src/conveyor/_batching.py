@@ -36,6 +36,19 @@ class Batcher:
         self.size = fixed if fixed is not None else 1
         self._per_item: float | None = None
 
+    @property
+    def per_item(self) -> float | None:
+        """The estimated seconds per item, once a batch has been observed."""
+        return self._per_item
+
+    def prime(self, per_item: float) -> None:
+        """Start from an estimate learned earlier (a pool's earlier map of the same
+        function) instead of from one item per batch."""
+        if self.fixed is not None or per_item <= 0:
+            return
+        self._per_item = per_item
+        self.size = max(1, min(int(self.target / per_item), self.max_size))
+
     def observe(self, n: int, busy: float) -> None:
         """Record that a batch of ``n`` items kept a worker busy ``busy`` seconds."""
         if self.fixed is not None or n <= 0:

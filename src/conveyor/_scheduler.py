@@ -116,6 +116,10 @@ class Run(Outcomes):
         if options.rate is not None or (options.timeout is not None
                                         and not backend.times_items):
             self._batcher = Batcher(backend.batch_target, 1, 1)
+        else:   # a Pool's earlier map of fn learned its batch size: start there
+            known = backend.recall(fn)
+            if known is not None:
+                self._batcher.prime(known)
         # dispatcher-thread state
         self._seq = itertools.count()
         self._next_emit = 0
@@ -521,7 +525,10 @@ class Run(Outcomes):
         if n <= done:
             return
         if not c.errors and not done:
-            self._batcher.observe(n, c.busy)
+            batcher = self._batcher
+            batcher.observe(n, c.busy)
+            if batcher.per_item is not None and batcher.fixed is None:
+                self.backend.remember(self.fn, batcher.per_item)
         values = c.values if not done else c.values[done:]
         errors = c.errors if not done or not c.errors else [p - done for p in c.errors
                                                           if p >= done]

@@ -32,11 +32,14 @@ a message per item.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
+
+REMEMBERED = 64   # functions whose per-item time a backend keeps (the oldest go first)
 
 __all__ = ["Backend", "Batch", "Completion", "Running", "begin", "dropped", "init_failure",
            "initializer_failed", "join", "running_items", "settle_unrunnable",
@@ -128,6 +131,26 @@ class Backend(ABC):
     batches_per_worker: ClassVar[int | None] = None
 
     workers: int
+
+    # The per-item time adaptive batching learned for a function, kept for the
+    # next map of it on this backend (a Pool's): that map starts at the learned
+    # batch size instead of at one item.
+    def recall(self, fn: object) -> float | None:
+        memo: dict[object, float] | None = self.__dict__.get("_per_item_of")
+        try:
+            return None if memo is None else memo.get(fn)
+        except TypeError:   # an unhashable callable
+            return None
+
+    def remember(self, fn: object, per_item: float) -> None:
+        memo: dict[object, float] = self.__dict__.setdefault("_per_item_of", {})
+        try:
+            memo[fn] = per_item
+        except TypeError:
+            return
+        if len(memo) > REMEMBERED:
+            with contextlib.suppress(RuntimeError, StopIteration, KeyError):
+                del memo[next(iter(memo))]
 
     @abstractmethod
     def start(self) -> None:
