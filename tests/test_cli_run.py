@@ -86,22 +86,16 @@ def test_bad_input_and_output(workdir: Path) -> None:
     assert "cannot be written as JSON" in proc.stderr
 
 
-def test_process_backend_imports_the_module_in_its_workers(workdir: Path) -> None:
-    """The workers import tasks.py from the command's directory (its sys.path)."""
-    proc = run(workdir, "tasks:double", "-i", "in.jsonl", "--backend", "process",
-               "--workers", "2", "--on-error", "return")
-    assert proc.returncode == 0, proc.stderr
-    lines = [json.loads(x) for x in proc.stdout.splitlines()]
-    assert lines[3] == {"error": "ValueError", "message": "three", "index": 3}
-    assert [x["double"] for i, x in enumerate(lines) if i != 3] == \
-        [2 * i for i in range(10) if i != 3]
-
-
-@pytest.mark.skipif(not HAS_DASK, reason="dask is not installed (the dev extra has it)")
-def test_dask_backend_runs_on_a_cluster_of_its_own(workdir: Path) -> None:
-    """Without --cluster, the command starts a LocalCluster whose workers import
-    tasks.py from the command's directory, and stops it."""
-    proc = run(workdir, "tasks:double", "-i", "in.jsonl", "--backend", "dask",
+@pytest.mark.parametrize("backend", [
+    "process",
+    pytest.param("dask", marks=pytest.mark.skipif(
+        not HAS_DASK, reason="dask is not installed (the dev extra has it)")),
+])
+def test_worker_backends_import_the_module_in_their_workers(workdir: Path,
+                                                            backend: str) -> None:
+    """The workers import tasks.py from the command's directory (its sys.path); on
+    dask, without --cluster, the command starts a LocalCluster of its own and stops it."""
+    proc = run(workdir, "tasks:double", "-i", "in.jsonl", "--backend", backend,
                "--workers", "2", "--on-error", "return")
     assert proc.returncode == 0, proc.stderr
     lines = [json.loads(x) for x in proc.stdout.splitlines()]
