@@ -546,15 +546,20 @@ def test_unpicklable_function_is_refused_before_any_work() -> None:
     assert child_processes() == []   # no worker was started
 
 
-def test_submit_with_unpicklable_argument_raises_at_submit() -> None:
-    """Pool.submit with a lock as an argument raises NotPicklable at once, naming the argument."""
+def test_submit_with_unpicklable_argument_fails_its_future() -> None:
+    """As with ProcessPoolExecutor, an argument that cannot be sent fails the call's
+    future (a pickle.PicklingError), not submit itself; the message names the argument."""
+    import pickle
+
     with conveyor.Pool(backend="process", workers=1) as pool:
-        with pytest.raises(NotPicklable) as info:
-            pool.submit(lambda a, b: a, 1, threading.Lock())
+        fut = pool.submit(lambda a, b: a, 1, threading.Lock())
+        with pytest.raises(pickle.PicklingError) as info:
+            fut.result(timeout=10)
+        assert isinstance(info.value, NotPicklable)
         assert "argument 1" in str(info.value), str(info.value)
-        with pytest.raises(NotPicklable) as info:
-            pool.submit(lambda a, b=None: a, 1, b=threading.Lock())
-        assert "'b'" in str(info.value), str(info.value)
+        error = pool.submit(lambda a, b=None: a, 1, b=threading.Lock()).exception(timeout=10)
+        assert isinstance(error, NotPicklable)
+        assert "'b'" in str(error), str(error)
         assert pool.submit(lambda a, b: a + b, 1, 2).result(timeout=10) == 3
 
 

@@ -23,7 +23,7 @@ from ._backends._base import Batch, Completion
 from ._results import Results
 from ._scheduler import Run
 from ._worker import Apply
-from .errors import PoolClosed
+from .errors import NotPicklable, PoolClosed
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -160,12 +160,21 @@ class Pool:
         check_fn(fn, where)
         resolve_backend(self.backend_name, fn, where)
         wrapper = self._applier(fn)
+        fut: Future[Any] = Future()
         if self.backend_name == "process":
-            self._backend.prepare(wrapper, where)
             from ._backends.process import check_arguments
 
-            check_arguments(args, kwargs, where)
-        fut: Future[Any] = Future()
+            # As the stdlib's executors do, a function or an argument that
+            # cannot be sent fails the call's future, not submit itself.
+            try:
+                self._backend.prepare(wrapper, where)
+                check_arguments(args, kwargs, where)
+            except NotPicklable as exc:
+                with self._lock:
+                    self._check_open("submit")
+                fut.set_running_or_notify_cancel()
+                fut.set_exception(exc)
+                return fut
 
         def report(done: Completion) -> None:
             with self._lock:

@@ -13,6 +13,10 @@ the user's mistakes, not failures of a run), before any work starts.
 
 from __future__ import annotations
 
+import pickle
+from concurrent.futures import BrokenExecutor
+from concurrent.futures.process import BrokenProcessPool
+
 __all__ = [
     "ConveyorError",
     "NotPicklable",
@@ -52,13 +56,18 @@ def _rebuild_timeout(message: str, index: int | None, seconds: float | None) -> 
     return TaskTimeout(message, index=index, seconds=seconds)
 
 
-class WorkerCrashed(ConveyorError):
+class WorkerCrashed(ConveyorError, BrokenProcessPool):
     """Raised in place of a task's result when the worker running it died.
 
     Raised by backends whose workers can die under a task (processes, cluster
     workers): the task that was running is failed with this error, the worker
     is replaced and the run goes on. ``pid`` and ``exitcode`` (negative: the
     signal number) say which worker and how it ended, where known.
+
+    It is also a ``concurrent.futures.process.BrokenProcessPool`` (and so a
+    ``BrokenExecutor``), so code written for ``ProcessPoolExecutor`` that
+    catches those still catches it. Unlike there, only the call that was
+    running fails: the pool itself is not broken.
     """
 
     def __init__(self, message: str, *, pid: int | None = None,
@@ -75,15 +84,17 @@ def _rebuild_crashed(message: str, pid: int | None, exitcode: int | None) -> Wor
     return WorkerCrashed(message, pid=pid, exitcode=exitcode)
 
 
-class WorkerInitError(ConveyorError):
+class WorkerInitError(ConveyorError, BrokenExecutor):
     """Raised in place of every task of a worker whose ``initializer`` failed.
 
     The initializer's own exception is the ``__cause__``. The run's error
-    policy applies to these failures like to any other.
+    policy applies to these failures like to any other. It is also a
+    ``concurrent.futures.BrokenExecutor``, which the stdlib executors raise
+    when an initializer fails.
     """
 
 
-class NotPicklable(ConveyorError, TypeError):
+class NotPicklable(ConveyorError, pickle.PicklingError, TypeError):
     """Something had to cross to or from a worker process and could not be pickled.
 
     Raised by ``map``/``Pool.submit`` before any work starts for a function
@@ -93,6 +104,9 @@ class NotPicklable(ConveyorError, TypeError):
     cannot be sent back, or an exception that cannot be (then the message
     gives its type and text, and the worker-side traceback is the
     ``__cause__``). ``type_name`` is the type of the object that failed.
+
+    It is also a ``pickle.PicklingError``, what the stdlib's
+    ``ProcessPoolExecutor`` delivers for such objects.
     """
 
     def __init__(self, message: str, *, type_name: str | None = None) -> None:
