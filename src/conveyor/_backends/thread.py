@@ -77,15 +77,19 @@ class ThreadBackend(Backend):
     max_batch = 4096
 
     def __init__(self, workers: int, *, initializer: Callable[..., object] | None = None,
-                 initargs: tuple[Any, ...] = ()) -> None:
+                 initargs: tuple[Any, ...] = (), thread_name_prefix: str = "") -> None:
         self.workers = workers
         self._initializer = initializer
         self._initargs = initargs
         self._queue: SimpleQueue[Batch | None] = SimpleQueue()
         self._lock = threading.Lock()
         self._live: list[_Worker] = []          # not abandoned, not exited
+        # One entry per thread waiting for a batch: list.append and list.pop
+        # are atomic, so this count costs two C calls per batch (no lock).
+        self._idle: list[None] = []
         self._closed = False
-        self._prefix = f"conveyor-thread-{next(_counter)}"
+        self._prefix = thread_name_prefix or f"conveyor-thread-{next(_counter)}"
+        self._sep = "_" if thread_name_prefix else "-"   # the stdlib names them prefix_N
         self._n = itertools.count(1)
 
     # -- protocol ------------------------------------------------------------
@@ -98,12 +102,12 @@ class ThreadBackend(Backend):
             return
         queue = self._queue
         queue.put(batch)
-        # Start another thread whenever a batch is left waiting, up to `workers`.
-        # This errs on the side of starting threads: counting idle ones exactly
-        # (ThreadPoolExecutor's semaphore) costs two Python-level lock round
-        # trips per task, and an approximate count can leave queued work
-        # waiting behind a busy thread while the pool is below `workers`.
-        if len(self._live) < self.workers and queue.qsize():
+        # Start another thread when more batches wait than threads are idle,
+        # up to `workers`. A thread counts as idle from just before it waits
+        # for a batch until it has one, so a count that is briefly too low
+        # only ever starts a thread early, never leaves a batch waiting
+        # behind busy threads while the pool is below `workers`.
+        if len(self._live) < self.workers and queue.qsize() > len(self._idle):
             with self._lock:
                 if len(self._live) < self.workers and not self._closed:
                     self._spawn()
@@ -165,7 +169,7 @@ class ThreadBackend(Backend):
     def _spawn(self) -> None:
         w = _Worker()
         t = threading.Thread(target=self._work, args=(w,), daemon=True,
-                             name=f"{self._prefix}-{next(self._n)}")
+                             name=f"{self._prefix}{self._sep}{next(self._n)}")
         w.thread = t
         self._live.append(w)
         t.start()
@@ -179,9 +183,12 @@ class ThreadBackend(Backend):
         except BaseException as exc:
             init_error = initializer_failed(self._initializer, exc)
         get = self._queue.get
+        idle = self._idle
         try:
             while True:
+                idle.append(None)
                 batch = get()
+                idle.pop()
                 if batch is None:
                     return
                 if not settle_unrunnable(batch, init_error):
