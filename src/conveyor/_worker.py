@@ -54,7 +54,8 @@ try:   # the C pickler directly: importing pickle.py costs a worker milliseconds
 except ImportError:  # pragma: no cover - other interpreters
     from pickle import dumps, loads
 
-__all__ = ["ALIAS", "Apply", "cloudpickle_dumps", "main", "set_thread_state", "worker_state"]
+__all__ = ["ALIAS", "Apply", "Star", "cloudpickle_dumps", "main", "set_thread_state",
+           "worker_state"]
 
 #: This module's top-level name too. A class defined here is pickled as
 #: ``_conveyor_worker.<name>``, which a worker resolves without importing the
@@ -120,7 +121,7 @@ class Apply:
     the conveyor package.
     """
 
-    __slots__ = ("fn",)
+    __slots__ = ("__weakref__", "fn")
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self.fn = fn
@@ -130,6 +131,31 @@ class Apply:
 
 
 Apply.__module__ = ALIAS
+
+
+class Star:
+    """Calls ``fn(*item)``: a map over several iterables, whose items are zipped tuples.
+
+    Equal for equal functions, so that what a backend learned about ``fn``
+    (its batch size) is found again by the next map of it.
+    """
+
+    __slots__ = ("__weakref__", "fn")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+
+    def __call__(self, args: tuple[Any, ...]) -> Any:
+        return self.fn(*args)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.fn == self.fn
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.fn))
+
+
+Star.__module__ = ALIAS
 
 
 # -- the process worker ---------------------------------------------------------

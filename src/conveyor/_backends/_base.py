@@ -35,15 +35,18 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
+
+from .._worker import Apply, Star
 
 REMEMBERED = 64   # functions whose per-item time a backend keeps (the oldest go first)
 
 __all__ = ["Backend", "Batch", "Completion", "Running", "begin", "dropped", "init_failure",
            "initializer_failed", "join", "running_items", "settle_unrunnable",
-           "take_unstarted", "wait_event"]
+           "take_unstarted", "underlying", "wait_event"]
 
 
 class Batch:
@@ -135,17 +138,20 @@ class Backend(ABC):
     # The per-item time adaptive batching learned for a function, kept for the
     # next map of it on this backend (a Pool's): that map starts at the learned
     # batch size instead of at one item.
+    # Keyed weakly on the user's function (a pool must not keep the functions it
+    # ran alive); a function that cannot be weakly referenced is not remembered.
     def recall(self, fn: object) -> float | None:
-        memo: dict[object, float] | None = self.__dict__.get("_per_item_of")
+        memo: weakref.WeakKeyDictionary[Any, float] | None = self.__dict__.get("_per_item_of")
         try:
-            return None if memo is None else memo.get(fn)
-        except TypeError:   # an unhashable callable
+            return None if memo is None else memo.get(underlying(fn))
+        except TypeError:   # an unhashable callable, or one without weak references
             return None
 
     def remember(self, fn: object, per_item: float) -> None:
-        memo: dict[object, float] = self.__dict__.setdefault("_per_item_of", {})
+        memo: weakref.WeakKeyDictionary[Any, float] = self.__dict__.setdefault(
+            "_per_item_of", weakref.WeakKeyDictionary())
         try:
-            memo[fn] = per_item
+            memo[underlying(fn)] = per_item
         except TypeError:
             return
         if len(memo) > REMEMBERED:
@@ -243,6 +249,11 @@ class Backend(ABC):
         once every worker has ended (a thread stuck in a call it cannot leave
         is the documented exception for ``wait=False``).
         """
+
+
+def underlying(fn: object) -> Any:
+    """The user's function inside conveyor's call wrappers (``Apply``, ``Star``)."""
+    return fn.fn if isinstance(fn, (Apply, Star)) else fn
 
 
 #: Seconds per slice of a wait that must stay interruptible (see ``join``).

@@ -74,6 +74,7 @@ from ._base import (
     dropped,
     init_failure,
     initializer_failed,
+    underlying,
     wait_event,
 )
 
@@ -341,7 +342,8 @@ class ProcessBackend(Backend):
         self._max_tasks = max_tasks_per_worker
         self._lock = threading.Lock()
         self._fn_lock = threading.Lock()
-        self._fns: dict[int, tuple[object, int, bytes]] = {}    # id(fn) -> (fn, key, pickle)
+        # (wrapper type, id(fn)) -> (a reference to fn, key, pickle): see _fn_key
+        self._fns: dict[tuple[type, int], tuple[Callable[[], object], int, bytes]] = {}
         self._keys = itertools.count(1)
         self._bids = itertools.count(1)
         self._pending: collections.deque[_Job] = collections.deque()
@@ -489,17 +491,29 @@ class ProcessBackend(Backend):
 
     # -- functions -----------------------------------------------------------
     def _fn_key(self, fn: Callable[[Any], Any], what: str) -> tuple[int, bytes]:
-        """``fn``'s key and pickle: made once per function, kept for the last 64."""
-        entry = self._fns.get(id(fn))
-        if entry is not None and entry[0] is fn:
+        """``fn``'s key and pickle: made once per function, kept for the last 64.
+
+        Keyed on the user's function inside conveyor's wrappers (each
+        ``Pool.submit`` makes a new one), held weakly: the pool does not keep
+        the functions it ran alive, and the entry goes with the function.
+        """
+        ident = (type(fn), id(underlying(fn)))
+        entry = self._fns.get(ident)
+        if entry is not None and entry[0]() is underlying(fn):
             return entry[1], entry[2]
         data = pickle_function(fn, what)
         with self._fn_lock:
-            entry = self._fns.get(id(fn))
-            if entry is not None and entry[0] is fn:
+            entry = self._fns.get(ident)
+            inner = underlying(fn)
+            if entry is not None and entry[0]() is inner:
                 return entry[1], entry[2]
             key = next(self._keys)
-            self._fns[id(fn)] = (fn, key, data)   # holding fn: its id stays its own
+            try:
+                ref: Callable[[], object] = weakref.ref(inner, functools.partial(
+                    _forget, weakref.ref(self), ident))
+            except TypeError:   # no weak references (a builtin): held, its id stays its own
+                ref = functools.partial(_same, inner)
+            self._fns[ident] = (ref, key, data)
             if len(self._fns) > _worker.FN_CACHE:
                 del self._fns[next(iter(self._fns))]
         return key, data
@@ -920,6 +934,18 @@ class ProcessBackend(Backend):
 
 
 # -- helpers ---------------------------------------------------------------------
+
+def _forget(backend: weakref.ref[ProcessBackend], ident: tuple[type, int],
+            _ref: object) -> None:
+    """A function the backend held a pickle of is gone: so is its entry."""
+    owner = backend()
+    if owner is not None:
+        owner._fns.pop(ident, None)
+
+
+def _same(obj: object) -> object:
+    return obj
+
 
 def _crashed_copy(error: WorkerCrashed) -> WorkerCrashed:
     return WorkerCrashed(str(error), pid=error.pid, exitcode=error.exitcode)
