@@ -646,19 +646,17 @@ def hang_conveyor_pool_map_return(ctx: Ctx) -> None:
     emit(event="leaving")
 
 
-def hang_conveyor_pool_submit(ctx: Ctx) -> None:
+def hang_conveyor_pool_schedule(ctx: Ctx) -> None:
     import conveyor
 
-    pool = conveyor.Pool(backend="process", workers=2)
-    ctx.begin()
-    fs: list[Future[int]] = ctx.watch([pool.submit(ctx.hang(), i) for i in range(N)])
-    good, errors, bad = ctx.collect(fs, timeout=ctx.timeout)
-    ok = usable(lambda: pool.submit(inc, 1).result(timeout=10))
-    pool.close(cancel=True)
-    ctx.summary(seen=errors, good=good, bad_ok=bad, usable=f"{ok}, 1 of 2 workers stuck "
-                "until close(cancel=True)",
-                note="Pool.submit has no timeout option: result(timeout=2), then "
-                     "close(cancel=True) kills the stuck worker")
+    with conveyor.Pool(backend="process", workers=2) as pool:
+        ctx.begin()
+        fs: list[Future[int]] = ctx.watch([pool.schedule(ctx.hang(), (i,), timeout=ctx.timeout)
+                                           for i in range(N)])
+        good, errors, bad = ctx.collect(fs, timeout=ctx.timeout + 20)
+        ctx.summary(seen=errors, good=good, bad_ok=bad,
+                    usable=usable(lambda: pool.submit(inc, 1).result(timeout=10)),
+                    note="schedule(timeout=2): the stuck worker is killed and replaced")
     emit(event="leaving")
 
 
@@ -745,8 +743,9 @@ CASES: list[FailCase] = [
     case(hang_conveyor_pool_map_return,
          "conveyor.Pool(backend='process', workers=2).map(f, xs, timeout=2, "
          "on_error='return')", expect="TaskTimeout"),
-    case(hang_conveyor_pool_submit,
-         "conveyor.Pool(backend='process', workers=2) submit + result(timeout=2)"),
+    case(hang_conveyor_pool_schedule,
+         "conveyor.Pool(backend='process', workers=2).schedule(f, (x,), timeout=2)",
+         expect="TaskTimeout"),
 ]
 BY_NAME = {c.name: c for c in CASES}
 
@@ -892,8 +891,6 @@ def run(args: argparse.Namespace) -> str:
             f"TaskTimeout and attributed to item {BAD}, surfaced within timeout + "
             f"{DEADLINE_SLACK_S:g} s = {limit:g} s, the pool (or a new conveyor.map) "
             "usable after, the process exits on its own, nothing left running",
-            "Pool.submit has no per-task timeout option, so its hang row has no target: "
-            "it shows what result(timeout=2) plus close(cancel=True) give",
         ] + ([f"**--quick smoke run**: sleeps and timeouts x {QUICK_SCALE:g}; most peers "
               "skipped"] if args.quick else []),
     )]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import operator
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import Any, Literal, TypeVar, overload
 
 from . import _backends
@@ -13,9 +13,10 @@ from ._backends._base import Backend
 from ._results import AsyncResults, Results
 from ._scheduler import Options, Run
 from ._source import AsyncSource, Source, ThreadSource, reads_directly
+from ._worker import Star
 
-__all__ = ["MAP_DEFAULTS", "WORKER_OPTIONS", "amap", "check_fn", "check_options", "is_async_fn",
-           "map", "resolve_backend"]
+__all__ = ["MAP_DEFAULTS", "WORKER_OPTIONS", "Zipped", "amap", "check_fn", "check_options",
+           "is_async_fn", "map", "resolve_backend", "zip_items"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -192,9 +193,10 @@ def check_worker_options(where: str, name: str, initializer: object, initargs: o
                          f"backend='dask' (got backend={name!r}).")
     if initializer is not None:
         check_fn(initializer, where + " initializer")
-    if not isinstance(initargs, tuple):
-        raise TypeError(f"{where}: initargs must be a tuple, got {initargs!r}")
-    options: dict[str, Any] = {"initializer": initializer, "initargs": initargs}
+    if isinstance(initargs, (str, bytes)) or not isinstance(initargs, Sequence):
+        raise TypeError(f"{where}: initargs must be a sequence of the initializer's "
+                        f"arguments, e.g. (x,) or [x, y]; got {initargs!r}")
+    options: dict[str, Any] = {"initializer": initializer, "initargs": tuple(initargs)}
     if max_tasks_per_worker is not None:
         if name != "process":
             raise ValueError(f"{where}: max_tasks_per_worker replaces worker processes "
@@ -205,6 +207,47 @@ def check_worker_options(where: str, name: str, initializer: object, initargs: o
     if cluster is not None:
         options["cluster"] = cluster
     return options
+
+
+class _AsyncStar(Star):
+    async def __call__(self, args: tuple[Any, ...]) -> Any:
+        return await self.fn(*args)
+
+
+class Zipped:
+    """The items of a map over several iterables: their tuples, up to the shortest.
+
+    Read by the dispatcher itself when every iterable is an in-memory
+    collection; its length is known when every iterable has one.
+    """
+
+    def __init__(self, iterables: tuple[Iterable[Any], ...]) -> None:
+        self._iterables = iterables
+        self.direct = all(reads_directly(i) for i in iterables)
+
+    def __iter__(self) -> Iterator[tuple[Any, ...]]:
+        return zip(*self._iterables)  # noqa: B905 - up to the shortest, as map()
+
+    def __len__(self) -> int:
+        return min(len(i) for i in self._iterables)  # type: ignore[arg-type]
+
+
+def zip_items(fn: Callable[..., Any], iterables: tuple[Any, ...], where: str,
+              *, allow_async: bool = False) -> tuple[Callable[[Any], Any], Any]:
+    """``(fn, items)`` for a map over ``iterables``: as they are for one iterable,
+    else ``fn(*args)`` over the zipped tuples, as the builtin ``map`` does."""
+    if not iterables:
+        raise TypeError(f"{where}: no items given; pass the function and at least one "
+                        f"iterable, e.g. {where}(fetch, urls)")
+    if len(iterables) == 1:
+        check_items(iterables[0], where, allow_async=allow_async)
+        return fn, iterables[0]
+    for i, items in enumerate(iterables):
+        if not isinstance(items, Iterable):
+            raise TypeError(f"{where}: iterable {i} must be an iterable (a list, a generator, "
+                            f"...), got {type(items).__name__}; with several iterables, "
+                            "fn(*args) gets one item of each")
+    return (_AsyncStar(fn) if is_async_fn(fn) else Star(fn)), Zipped(iterables)
 
 
 def start_run(fn: Callable[[Any], Any], items: Iterable[Any] | Source,
@@ -219,7 +262,7 @@ def start_run(fn: Callable[[Any], Any], items: Iterable[Any] | Source,
     source: Iterator[Any] | Source
     if isinstance(items, Source):
         source = items
-    elif reads_directly(items):
+    elif reads_directly(items) or (isinstance(items, Zipped) and items.direct):
         source = iter(items)
     else:
         source = ThreadSource(items)

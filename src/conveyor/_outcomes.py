@@ -33,12 +33,23 @@ if TYPE_CHECKING:
     from ._scheduler import Options
     from ._source import Source
 
-__all__ = ["MAX_BACKOFF", "Group", "Outcomes", "add_note", "annotate", "first_unset"]
+__all__ = ["MAX_BACKOFF", "Group", "Outcomes", "Raised", "add_note", "annotate", "backoff_delay",
+           "first_unset"]
 
 UNSET: Any = object()   # a group slot whose outcome is not final yet
 SKIP: Any = object()    # a failure dropped by on_error="skip"
 
 MAX_BACKOFF = 60.0
+
+
+class Raised:
+    """In place of a result, with ``on_error="defer"`` (the executors' ``map``):
+    the exception to raise when the consumer reaches it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
 
 
 class Group:
@@ -137,9 +148,9 @@ class Outcomes:
             # items before the raised one still count, exactly like map()).
             if b.attempt < opts.retries and isinstance(exc, opts.retry_on) \
                     and index < self._fatal_index:
-                delay = opts.backoff * (2 ** b.attempt) * random.uniform(0.5, 1.5)
                 heapq.heappush(self._retry_heap, (
-                    time.monotonic() + min(delay, MAX_BACKOFF), next(self._retry_tie),
+                    time.monotonic() + backoff_delay(opts.backoff, b.attempt),
+                    next(self._retry_tie),
                     g, b.start + offset + p, b.items[offset + p], b.attempt + 1))
                 values[p] = UNSET
                 counters.retried += 1
@@ -150,7 +161,9 @@ class Outcomes:
             failures += 1
             if isinstance(exc, TaskTimeout):
                 counters.timed_out += 1
-            if opts.on_error == "skip":
+            if opts.on_error == "defer":   # the executors' map: raised as it is consumed
+                values[p] = Raised(exc)
+            elif opts.on_error == "skip":
                 values[p] = SKIP
                 g.special = True
                 counters.skipped += 1
@@ -258,6 +271,12 @@ def first_unset(values: list[Any], start: int, stop: int | None = None) -> int:
         if values[i] is UNSET:
             return i
     return end
+
+
+def backoff_delay(backoff: float, attempt: int) -> float:
+    """Seconds before retry ``attempt + 1``: exponential, jittered by +/-50%, capped."""
+    delay: float = backoff * (2 ** attempt) * random.uniform(0.5, 1.5)
+    return min(delay, MAX_BACKOFF)
 
 
 def annotate(exc: BaseException, index: int, backend: str, attempt: int) -> None:

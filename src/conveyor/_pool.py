@@ -1,11 +1,25 @@
-"""``conveyor.Pool``: workers that stay up between maps, plus ``submit``."""
+"""``conveyor.Pool``: workers that stay up between maps, plus single calls.
+
+A ``concurrent.futures.Executor``: ``submit``, ``map``, ``shutdown`` and the
+``with`` block behave as the executor contract says, with conveyor's
+streaming ``map`` (see ``_executors`` for the drop-in classes with the
+stdlib's eager ``map``). Single calls live in ``_calls``; maps are runs of
+the engine (``_scheduler``) on the pool's backend.
+
+**Lifetimes.** A pool is released like a ``ThreadPoolExecutor``: dropped
+without ``shutdown``, its workers finish the calls given to it and exit. A
+map keeps its pool alive while it runs. At interpreter exit (before
+``atexit`` handlers, as the stdlib does), every pool still open finishes
+the calls given to it and shuts down; ``submit`` then raises.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Iterable
-from concurrent.futures import Future
+from concurrent.futures import Executor, Future
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
 
@@ -13,13 +27,14 @@ from . import _backends
 from ._api import (
     MAP_DEFAULTS,
     check_fn,
-    check_items,
     check_options,
     check_worker_options,
     resolve_backend,
     start_run,
+    zip_items,
 )
-from ._backends._base import Batch, Completion
+from ._backends._base import Backend
+from ._calls import PLAIN, CallOptions, Calls
 from ._results import Results
 from ._scheduler import Run
 from ._worker import Apply
@@ -55,7 +70,22 @@ class _AsyncApply(Apply):
         return await self.fn(*packed[0], **packed[1])
 
 
-class Pool:
+_live: weakref.WeakSet[Pool] = weakref.WeakSet()
+_exiting = False
+
+
+def _at_exit() -> None:
+    """The interpreter is exiting: open pools finish their calls, then shut down."""
+    global _exiting
+    _exiting = True
+    for pool in list(_live):
+        pool.shutdown(wait=True)
+
+
+threading._register_atexit(_at_exit)   # type: ignore[attr-defined]  # as concurrent.futures
+
+
+class Pool(Executor):
     """Reusable workers: ``map`` as often as you like, ``submit`` single calls.
 
     ``Pool(backend="thread", workers=None, initializer=None, initargs=(),
@@ -72,20 +102,29 @@ class Pool:
     Several maps and submits may use one pool at the same time, from any
     thread; they share its workers.
 
-    **Closing.** ``close()`` refuses new work (``PoolClosed``), waits for the
-    calls given to ``submit`` to finish, cancels maps that are still running
-    (consume a map's results before closing its pool), and stops the workers.
-    ``close(cancel=True)`` also cancels the submitted calls that have not
-    started. Leaving a ``with`` block calls ``close()``, or
-    ``close(cancel=True)`` when the block raised.
+    **Shutting down.** ``shutdown(wait=True, cancel_futures=False)`` refuses
+    new work (``PoolClosed``, a ``RuntimeError``), lets the calls given to
+    ``submit`` finish (``cancel_futures=True`` cancels those that have not
+    started; a call that runs is never killed), cancels maps that are still
+    running (consume a map's results before shutting its pool down), and
+    stops the workers; ``wait=False`` returns at once and the workers stop
+    once their calls are done. ``close(cancel=False)`` is
+    ``shutdown(wait=True, cancel_futures=cancel)``. Leaving a ``with`` block
+    calls ``close()``, or ``close(cancel=True)`` when the block raised; on
+    Ctrl-C (``KeyboardInterrupt``) nothing is waited for: process workers are
+    killed and thread calls are left to end in the background.
     """
+
+    _map_window: int | None = None   # executors: a map's window unless buffersize is given
 
     def __init__(self, backend: Literal["thread", "asyncio", "process", "dask"] = "thread",
                  workers: int | None = None, *,
                  initializer: Callable[..., object] | None = None,
-                 initargs: tuple[Any, ...] = (),
-                 max_tasks_per_worker: int | None = None, cluster: Any = None) -> None:
-        where = "conveyor.Pool"
+                 initargs: Iterable[Any] = (),
+                 max_tasks_per_worker: int | None = None, cluster: Any = None,
+                 **backend_options: Any) -> None:
+        where = f"conveyor.{type(self).__name__}"
+        self._closed = True   # until the backend is up: __del__ and shutdown see a closed pool
         if backend not in _backends.BACKENDS:
             choices = ", ".join(repr(b) for b in _backends.BACKENDS)
             raise ValueError(f"{where}: unknown backend {backend!r}; choose one of {choices}.")
@@ -99,52 +138,80 @@ class Pool:
         elif workers < 1:
             raise ValueError(f"{where}: workers must be >= 1, got {workers}")
         self.backend_name = backend
-        self._backend = _backends.create(backend, workers, **worker_options)
+        self._backend: Backend = _backends.create(backend, workers, **worker_options,
+                                                  **backend_options)
         self.workers = self._backend.workers
         self._backend.start()
         self._backend.warm_up()
-        self._appliers: dict[int, Apply] = {}   # id(fn) -> its submit wrapper
-        self._lock = threading.Lock()
+        self._calls = Calls(self._backend)
+        self._lock = threading.Lock()   # guards _closed and _runs; never held across a call out
         self._closed = False
-        self._runs: weakref.WeakSet[Run] = weakref.WeakSet()
-        self._futures: set[Future[Any]] = set()
+        self._runs: weakref.WeakKeyDictionary[Run, bool] = weakref.WeakKeyDictionary()
+        # Dropped without shutdown: the workers finish what they were given, then exit.
+        self._finalizer = weakref.finalize(self, _release_later, self._calls, self._backend)
+        self._finalizer.atexit = False   # at exit, _at_exit has shut it down already
+        _live.add(self)
 
     def __enter__(self) -> Pool:
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
                  tb: TracebackType | None) -> None:
-        self.close(cancel=et is not None)
+        if et is not None and issubclass(et, (KeyboardInterrupt, SystemExit)):
+            self._abort()
+        else:
+            self.close(cancel=et is not None)
 
     def _check_open(self, what: str) -> None:
+        if _exiting:
+            raise PoolClosed(f"conveyor.{type(self).__name__}.{what}: cannot schedule new "
+                             "futures after interpreter shutdown")
         if self._closed:
-            raise PoolClosed(f"conveyor.Pool.{what}: the pool is closed; create a new Pool")
+            raise PoolClosed(f"conveyor.{type(self).__name__}.{what}: cannot schedule new "
+                             "futures after shutdown; create a new pool")
 
-    @overload
-    def map(self, fn: Callable[[T], Awaitable[R]],
-            items: Iterable[T], **options: Unpack[MapOptions]) -> Results[R]: ...
-    @overload
-    def map(self, fn: Callable[[T], R], items: Iterable[T],
+    # -- maps ----------------------------------------------------------------
+    # Not Executor.map's signature: conveyor's options, and a streaming Results
+    # (the executor classes in _executors have the stdlib's map).
+    @overload  # type: ignore[override]
+    def map(self, fn: Callable[..., Awaitable[R]], /, *iterables: Iterable[Any],
             **options: Unpack[MapOptions]) -> Results[R]: ...
-    def map(self, fn: Callable[[Any], Any], items: Iterable[Any],
+    @overload
+    def map(self, fn: Callable[..., R], /, *iterables: Iterable[Any],
+            **options: Unpack[MapOptions]) -> Results[R]: ...
+    def map(self, fn: Callable[..., Any], /, *iterables: Iterable[Any],
             **options: Unpack[MapOptions]) -> Results[Any]:
-        """Like :func:`conveyor.map`, on this pool's workers (same options)."""
-        where = "conveyor.Pool.map"
+        """Like :func:`conveyor.map`, on this pool's workers (same options).
+
+        With several iterables, ``fn(*args)`` gets one item of each, up to the
+        shortest, as the builtin ``map`` does. Unlike ``Executor.map``, the
+        input is read lazily (at most ``window`` items ahead of what you
+        consumed) and ``timeout=`` is per task: see the executor classes for
+        the stdlib's eager ``map`` with an overall deadline.
+        """
+        return self._map(fn, iterables, options, f"conveyor.{type(self).__name__}.map")
+
+    def _map(self, fn: Callable[..., Any], iterables: tuple[Any, ...], options: Any,
+             where: str, *, eager: bool = False, defer_errors: bool = False) -> Results[Any]:
         check_fn(fn, where)
-        check_items(items, where)
         resolve_backend(self.backend_name, fn, where)
+        call, items = zip_items(fn, iterables, where)
         unknown = set(options) - set(MAP_DEFAULTS)
         if unknown:
             raise TypeError(f"{where}: unexpected option(s) {sorted(unknown)}; "
                             "backend and workers belong to the Pool itself")
         opts = check_options(where, **{**MAP_DEFAULTS, **options})
+        if defer_errors:   # each error in its result's place, raised as it is consumed
+            opts = dataclasses.replace(opts, on_error="defer")
         with self._lock:
             self._check_open("map")
-            run = start_run(fn, items, self._backend, owns_backend=False, options=opts,
+            run = start_run(call, items, self._backend, owns_backend=False, options=opts,
                             where=where)
-            self._runs.add(run)
+            run.keep = self    # a map keeps its pool alive (``for r in Pool().map(...)``)
+            self._runs[run] = eager
         return Results(run)
 
+    # -- single calls ----------------------------------------------------------
     @overload
     def submit(self, fn: Callable[..., Awaitable[R]], /,
                *args: Any, **kwargs: Any) -> Future[R]: ...
@@ -154,13 +221,49 @@ class Pool:
         """Run ``fn(*args, **kwargs)`` on a worker; returns a ``concurrent.futures.Future``.
 
         ``future.cancel()`` succeeds while the call has not started. The
-        future's exception, if any, is the call's own, with its traceback.
+        future's exception, if any, is the call's own, with its traceback; a
+        function or argument that cannot be sent to a worker process fails
+        the future with :class:`~conveyor.errors.NotPicklable` (a
+        ``pickle.PicklingError``). For a per-call ``timeout`` or ``retries``,
+        use :meth:`schedule`.
         """
-        where = "conveyor.Pool.submit"
+        return self._submit(fn, args, kwargs, PLAIN, "submit")
+
+    def schedule(self, fn: Callable[..., Any], /, args: Iterable[Any] = (),
+                 kwargs: dict[str, Any] | None = None, *, timeout: float | None = None,
+                 retries: int = 0,
+                 retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
+                 backoff: float = 0.1) -> Future[Any]:
+        """``submit`` with options of its own, as pebble's ``schedule``.
+
+        ``timeout``: seconds the call may run (from when it starts, not from
+        when it was scheduled); an overdue call fails with
+        :class:`~conveyor.TaskTimeout` and is stopped as its backend allows
+        (a process worker is killed and replaced, a coroutine is cancelled, a
+        thread call is abandoned). ``retries``: extra attempts for failures
+        matching ``retry_on`` (a timeout included), after ``backoff`` *
+        2**attempt seconds (jittered); the future stays running meanwhile.
+        """
+        where = f"conveyor.{type(self).__name__}.schedule"
+        if isinstance(args, (str, bytes)) or not isinstance(args, Iterable):
+            raise TypeError(f"{where}: args must be a sequence of arguments, e.g. (x,); "
+                            f"got {args!r}")
+        if kwargs is not None and not isinstance(kwargs, dict):
+            raise TypeError(f"{where}: kwargs must be a dict, got {kwargs!r}")
+        checked = check_options(where, **{**MAP_DEFAULTS, "timeout": timeout,
+                                          "retries": retries, "retry_on": retry_on,
+                                          "backoff": backoff})
+        options = CallOptions(checked.timeout, checked.retries, checked.retry_on,
+                              checked.backoff)
+        return self._submit(fn, tuple(args), dict(kwargs or {}), options, "schedule")
+
+    def _submit(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any],
+                options: CallOptions, what: str) -> Future[Any]:
+        where = f"conveyor.{type(self).__name__}.{what}"
         check_fn(fn, where)
         resolve_backend(self.backend_name, fn, where)
-        wrapper = self._applier(fn)
-        fut: Future[Any] = Future()
+        self._check_open(what)
+        wrapper = _AsyncApply(fn) if self.backend_name == "asyncio" else Apply(fn)
         if self.backend_name == "process":
             from ._backends.process import check_arguments
 
@@ -170,74 +273,71 @@ class Pool:
                 self._backend.prepare(wrapper, where)
                 check_arguments(args, kwargs, where)
             except NotPicklable as exc:
-                with self._lock:
-                    self._check_open("submit")
-                fut.set_running_or_notify_cancel()
-                fut.set_exception(exc)
-                return fut
+                return self._calls.fail(exc)
+        return self._calls.submit(wrapper, (args, kwargs), options)
 
-        def report(done: Completion) -> None:
-            with self._lock:
-                self._futures.discard(fut)
-            if fut.done():
-                return  # cancelled before it started
-            if not done.values:
-                if fut.running():   # cancelled while it ran (asyncio: a real cancel)
-                    fut.set_exception(PoolClosed("the pool was closed with cancel=True "
-                                                 "while this call ran"))
-                else:               # dropped from the queue before it started
-                    fut.cancel()
-                    fut.set_running_or_notify_cancel()
-                return
-            value = done.values[0]
-            if done.errors:
-                fut.set_exception(value)
-            else:
-                fut.set_result(value)
+    # -- shutting down ---------------------------------------------------------
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Refuse new work, finish (or cancel) what was given, stop the workers.
 
-        batch = Batch(wrapper, [(args, kwargs)], report, owner=self)
-        batch.on_start = fut.set_running_or_notify_cancel
-
-        def on_cancel(f: Future[Any]) -> None:
-            if f.cancelled():
-                self._backend.cancel(batch)
-
+        See the class docstring. May be called more than once; each call with
+        ``wait=True`` returns once the workers have stopped.
+        """
         with self._lock:
-            self._check_open("submit")
-            self._futures.add(fut)
-            fut.add_done_callback(on_cancel)
-            self._backend.submit(batch)
-        return fut
-
-    def _applier(self, fn: Callable[..., Any]) -> Apply:
-        """One wrapper per function: a process worker receives each function once."""
-        wrapper = self._appliers.get(id(fn))
-        if wrapper is None or wrapper.fn is not fn:
-            wrapper = _AsyncApply(fn) if self.backend_name == "asyncio" else Apply(fn)
-            with self._lock:
-                self._appliers[id(fn)] = wrapper
-                if len(self._appliers) > 64:
-                    del self._appliers[next(iter(self._appliers))]
-        return wrapper
+            self._closed = True
+            runs = list(self._runs.items())
+        _live.discard(self)
+        if cancel_futures:
+            self._calls.cancel_pending()
+        stop = PoolClosed("the pool was shut down while this map was running; consume a "
+                          "map's results before shutting its pool down")
+        for run, eager in runs:
+            if not eager:
+                run.close(wait=wait, error=stop)
+        self._finalizer.detach()
+        if wait:
+            _release(self._calls, self._backend, [run for run, eager in runs if eager])
+        else:
+            _release_later(self._calls, self._backend, [run for run, eager in runs if eager])
 
     def close(self, *, cancel: bool = False) -> None:
-        """Stop the pool (see the class docstring for what is waited for)."""
+        """``shutdown(wait=True, cancel_futures=cancel)``: conveyor's name, kept for
+        symmetry with ``Results.close`` and for code written before ``shutdown``."""
+        self.shutdown(wait=True, cancel_futures=cancel)
+
+    def _abort(self) -> None:
+        """Ctrl-C: stop at once; wait for nothing that may hang."""
         with self._lock:
-            if self._closed:
-                return
             self._closed = True
             runs = list(self._runs)
-            futures = list(self._futures)
+        _live.discard(self)
+        self._finalizer.detach()
+        self._calls.cancel_pending()
         for run in runs:
-            if not run.finished:
-                run.close(wait=True, error=PoolClosed(
-                    "the pool was closed while this map was running; consume a map's "
-                    "results before closing its pool"))
-        if cancel:
-            for f in futures:
-                f.cancel()   # only succeeds for calls that have not started
-        self._backend.close(cancel=cancel, wait=True)
+            run.close(wait=False)
+        self._calls.close()
+        self._backend.close(cancel=True, wait=False)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
-        return f"<conveyor.Pool backend={self.backend_name!r} workers={self.workers} {state}>"
+        return (f"<conveyor.{type(self).__name__} backend={self.backend_name!r} "
+                f"workers={self.workers} {state}>")
+
+
+def _release(calls: Calls, backend: Backend, runs: Iterable[Run] = ()) -> None:
+    """Let the calls and eager maps given to a pool finish, then stop its workers."""
+    for run in runs:
+        run.wait_finished()
+    calls.wait_idle()
+    calls.close()
+    backend.close(cancel=False, wait=True)
+
+
+def _release_later(calls: Calls, backend: Backend, runs: list[Run] | None = None) -> None:
+    """``_release`` without waiting here: in a thread of its own if anything is left to do."""
+    if not len(calls) and not any(not run.finished for run in runs or ()):
+        calls.close()
+        backend.close(cancel=False, wait=False)
+        return
+    threading.Thread(target=_release, args=(calls, backend, runs or ()),
+                     name="conveyor-pool-shutdown", daemon=True).start()

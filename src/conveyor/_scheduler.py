@@ -148,6 +148,7 @@ class Run(Outcomes):
         self._bar: ProgressBar | None = None
         if options.progress:
             self._bar = ProgressBar(total, options.desc, dict(options.progress_options))
+        self.keep: object = None        # what must live as long as the run (its Pool)
         self._exit_callbacks: list[Callable[[], None]] = []
         self._exit_lock = threading.Lock()
         self._exited = False
@@ -196,6 +197,11 @@ class Run(Outcomes):
                 return False
             self._exit_callbacks.append(callback)
             return True
+
+    def wait_finished(self) -> None:
+        """Wait (interruptibly) until the dispatcher thread has ended."""
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            join(self._thread)
 
     @property
     def finished(self) -> bool:
