@@ -19,6 +19,8 @@ See the README for the backends, the options and the guarantees.
 from . import errors as errors
 from ._api import amap as amap
 from ._api import map as map
+from ._executors import ProcessPoolExecutor as ProcessPoolExecutor
+from ._executors import ThreadPoolExecutor as ThreadPoolExecutor
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import Stream as Stream
 from ._pipeline import stream as stream
@@ -36,10 +38,12 @@ __all__ = (
     "ConveyorError",
     "Pipeline",
     "Pool",
+    "ProcessPoolExecutor",
     "Results",
     "Stats",
     "Stream",
     "TaskTimeout",
+    "ThreadPoolExecutor",
     "WorkerCrashed",
     "__version__",
     "amap",

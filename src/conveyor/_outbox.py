@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from queue import Empty, SimpleQueue
 from typing import Any
 
@@ -48,17 +50,28 @@ class Outbox:
                 with contextlib.suppress(RuntimeError):
                     loop.call_soon_threadsafe(_wake, fut)
 
-    def get(self) -> list[Any] | tuple[list[Any], ...] | End:
+    def get(self, deadline: float | None = None) -> list[Any] | tuple[list[Any], ...] | End:
         """Block until the next entry; Ctrl-C interrupts the wait promptly.
 
         The wait is cut into short slices: a real SIGINT interrupts a lock wait
         on POSIX, but ``_thread.interrupt_main`` (used by some hosts) and
         Windows consoles only take effect when Python code runs again.
+        ``deadline`` (``time.monotonic()``): raise ``concurrent.futures.TimeoutError``
+        once it has passed.
         """
         q = self._q
         while True:
+            wait = 0.1
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    try:
+                        entry: list[Any] | tuple[list[Any], ...] | End = q.get(False)
+                        return entry
+                    except Empty:
+                        raise FutureTimeout() from None
             try:
-                entry: list[Any] | tuple[list[Any], ...] | End = q.get(True, 0.1)
+                entry = q.get(True, wait)
                 return entry
             except Empty:
                 continue

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import weakref
 from collections.abc import AsyncGenerator, Generator
+from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -43,7 +44,7 @@ class Results(Generic[R]):
         # keeps only the generator alive, and dropping it (an early `break`)
         # closes the run at once.
         self._gen: Generator[R, None, None] = _iterate(run)
-        weakref.finalize(self._gen, run.close, wait=False)
+        self._dropped = weakref.finalize(self._gen, run.close, wait=False)
 
     def __iter__(self) -> Generator[R, None, None]:
         return self._gen
@@ -65,13 +66,23 @@ class Results(Generic[R]):
     def stats(self) -> Stats:
         return self._run.stats()
 
-    def close(self) -> None:
+    def until(self, deadline: float | None) -> Generator[R, None, None]:
+        """The results (instead of iterating this object), raising
+        ``concurrent.futures.TimeoutError`` once ``time.monotonic()`` passes
+        ``deadline`` (the executors' ``map(timeout=)``)."""
+        self._dropped.detach()
+        self._gen = _iterate(self._run, deadline)
+        self._dropped = weakref.finalize(self._gen, self._run.close, wait=False)
+        return self._gen
+
+    def close(self, *, wait: bool = True) -> None:
         """Cancel the run (if it is still going) and wait until it has stopped.
 
         May be called from another thread while a loop is iterating: that loop
-        then ends after the results it already holds.
+        then ends after the results it already holds. ``wait=False``: stop it
+        without waiting for calls already running.
         """
-        self._run.close(wait=True)
+        self._run.close(wait=wait)
         # ValueError: another thread is inside the generator right now; it
         # sees the end of the run and finishes on its own.
         with contextlib.suppress(ValueError):
@@ -83,13 +94,13 @@ class Results(Generic[R]):
                 f"in_flight={s.in_flight}>")
 
 
-def _iterate(run: Run) -> Generator[Any, None, None]:
+def _iterate(run: Run, deadline: float | None = None) -> Generator[Any, None, None]:
     get = run.outbox.get
     took = run.took
     wait = True
     try:
         while True:
-            entry = get()
+            entry = get(deadline)
             # An item counts against the window until it has been handed to
             # the caller, so `took` comes after the items, not before.
             if type(entry) is list:
@@ -105,8 +116,8 @@ def _iterate(run: Run) -> Generator[Any, None, None]:
                 if entry.error is not None:
                     raise entry.error
                 return
-    except (KeyboardInterrupt, SystemExit):
-        wait = False   # Ctrl-C: don't wait for thread calls already running
+    except (KeyboardInterrupt, SystemExit, FutureTimeout):
+        wait = False   # Ctrl-C, a deadline: don't wait for thread calls already running
         raise
     finally:
         run.close(wait=wait)
