@@ -279,3 +279,42 @@ def test_ctrl_c_in_a_with_block_does_not_wait_for_a_process_call(tmp_path: Path)
     assert out.returncode != 0
     assert "KeyboardInterrupt" in out.stderr
     assert not child_processes()
+
+
+class Payload:
+    """An object whose lifetime a test follows with a weak reference."""
+
+
+def make_payload(_i: int) -> Payload:
+    return Payload()
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_pool_does_not_keep_the_functions_it_ran_alive(backend: BackendName) -> None:
+    import weakref
+
+    def double(x: int, y: int = 0) -> int:
+        return 2 * (x + y)
+
+    ref = weakref.ref(double)
+    with conveyor.Pool(backend=backend, workers=2) as pool:
+        assert list(pool.map(double, range(50))) == [2 * x for x in range(50)]
+        assert list(pool.map(double, range(3), range(3))) == [0, 4, 8]
+        assert pool.submit(double, 4).result(10) == 8
+        assert pool.schedule(double, (5,), timeout=10).result(10) == 10
+        del double
+        gc.collect()
+        assert ref() is None
+
+
+def test_a_map_does_not_keep_the_results_it_handed_out() -> None:
+    import weakref
+
+    with conveyor.Pool(workers=2) as pool:
+        results = pool.map(make_payload, range(2000), window=64)
+        refs = []
+        for _ in range(1000):
+            refs.append(weakref.ref(next(results)))
+        gc.collect()
+        assert sum(r() is not None for r in refs) == 0
+        assert sum(1 for _ in results) == 1000

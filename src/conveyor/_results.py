@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import weakref
-from collections.abc import AsyncGenerator, Generator
+from collections.abc import AsyncGenerator, Generator, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -104,12 +105,14 @@ def _iterate(run: Run, deadline: float | None = None) -> Generator[Any, None, No
             # An item counts against the window until it has been handed to
             # the caller, so `took` comes after the items, not before.
             if type(entry) is list:
-                yield from entry
-                took(len(entry))
+                n = len(entry)
+                yield from _handing_out(entry)
+                took(n)
             elif type(entry) is tuple:
                 for chunk in entry:
-                    yield from chunk
-                    took(len(chunk))
+                    n = len(chunk)
+                    yield from _handing_out(chunk)
+                    took(n)
             else:
                 assert isinstance(entry, End)
                 run.close(wait=True)
@@ -121,6 +124,17 @@ def _iterate(run: Run, deadline: float | None = None) -> Generator[Any, None, No
         raise
     finally:
         run.close(wait=wait)
+
+
+def _handing_out(chunk: list[Any]) -> Iterator[Any]:
+    """The results of ``chunk`` in order, each let go of as it is handed out.
+
+    Iterating the list itself would keep every result handed out alive until
+    the whole chunk is; popping them from its end (after one reverse) keeps
+    nothing, and both the reverse and the pops are C calls.
+    """
+    chunk.reverse()
+    return map(chunk.pop, itertools.repeat(-1, len(chunk)))
 
 
 class AsyncResults(Generic[R]):
@@ -194,14 +208,16 @@ async def _aiterate(run: Run) -> AsyncGenerator[Any, None]:
         while True:
             entry = await aget()
             if type(entry) is list:
-                for value in entry:
+                n = len(entry)
+                for value in _handing_out(entry):
                     yield value
-                took(len(entry))
+                took(n)
             elif type(entry) is tuple:
                 for chunk in entry:
-                    for value in chunk:
+                    n = len(chunk)
+                    for value in _handing_out(chunk):
                         yield value
-                    took(len(chunk))
+                    took(n)
             else:
                 assert isinstance(entry, End)
                 await _wait_stopped(run)
