@@ -66,6 +66,7 @@ from typing import Any
 
 from .. import _worker
 from ..errors import NotPicklable, RemoteTraceback, WorkerCrashed
+from . import _mpshare
 from ._base import (
     Backend,
     Batch,
@@ -121,13 +122,20 @@ def _dumps(obj: object) -> bytes:
     reference, and a worker's ``__main__`` is not the user's: those go to
     cloudpickle, which sends the class by value. Exact ints, strs, lists,
     dicts... never reach ``reducer_override``, so plain data pays nothing.
+    Objects of multiprocessing's (``shared``) go to ``_mpshare.reduce``.
     """
     global _main_aware
     if _main_aware is None:
         import pickle
 
         class MainAware(pickle.Pickler):
+            shared: tuple[type, ...] = ()
+
             def reducer_override(self, obj: Any) -> Any:
+                if isinstance(obj, self.shared):
+                    rv = _mpshare.reduce(obj, None)
+                    if rv is not NotImplemented:
+                        return rv
                 try:
                     module = getattr(obj, "__module__", None)
                 except Exception:
@@ -139,18 +147,22 @@ def _dumps(obj: object) -> bytes:
         _main_aware = MainAware
     import io
 
+    shared = _mpshare.shared_types()
     try:
         with io.BytesIO() as f:
-            _main_aware(f, 5).dump(obj)
+            pickler = _main_aware(f, 5)
+            pickler.shared = shared
+            pickler.dump(obj)
             return f.getvalue()
     except Exception:
-        return _worker.cloudpickle_dumps(obj)
+        return _mpshare.cloudpickle_dumps(obj) if shared else _worker.cloudpickle_dumps(obj)
 
 
-def pickle_function(fn: object, what: str) -> bytes:
-    """cloudpickle ``fn``; a ``NotPicklable`` that names the culprit if it can't be."""
+def pickle_function(fn: object, what: str,
+                    dumps: Callable[[object], bytes] = _worker.cloudpickle_dumps) -> bytes:
+    """Pickle ``fn`` with ``dumps``; a ``NotPicklable`` that names the culprit if it can't be."""
     try:
-        return _worker.cloudpickle_dumps(fn)
+        return dumps(fn)
     except Exception as exc:
         name = getattr(fn, "__qualname__", None) or repr(fn)
         raise NotPicklable(
@@ -171,7 +183,7 @@ def check_arguments(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -
     parts += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
     for label, value in parts:
         try:
-            _worker.cloudpickle_dumps(value)
+            _dumps(value)
         except Exception as exc:
             raise NotPicklable(
                 f"{where}: {label} ({value!r:.80}), a {type(value).__name__}, cannot be sent "
@@ -335,9 +347,9 @@ class ProcessBackend(Backend):
         self.workers = workers
         self._initializer = initializer
         self._init_bytes: bytes | None = None
+        self._shared: _mpshare.Shared | None = None   # what initargs hold of multiprocessing's
         if initializer is not None:
-            self._init_bytes = pickle_function((initializer, initargs),
-                                               "the initializer (with its initargs)")
+            self._init_bytes, self._shared = _mpshare.pickle_initargs(initializer, initargs)
         self._max_tasks = max_tasks_per_worker
         self._lock = threading.Lock()
         self._fn_lock = threading.Lock()
@@ -482,6 +494,7 @@ class ProcessBackend(Backend):
         for job in lost:
             job.batch.sink(dropped(job.batch))
         if supervisor is None:
+            self._release_shared()
             self._stopped.set()
             return
         if wait and supervisor is not threading.current_thread():
@@ -493,7 +506,7 @@ class ProcessBackend(Backend):
         entry = self._fns.get(id(fn))
         if entry is not None and entry[0] is fn:
             return entry[1], entry[2]
-        data = pickle_function(fn, what)
+        data = pickle_function(fn, what, _mpshare.cloudpickle_dumps)
         with self._fn_lock:
             entry = self._fns.get(id(fn))
             if entry is not None and entry[0] is fn:
@@ -641,11 +654,13 @@ class ProcessBackend(Backend):
         p.q = memoryview(p.slot).cast("q")
         p.d = memoryview(p.slot).cast("d")
         p.q[0] = -1
+        shared_fds = self._shared.fds if self._shared is not None else ()
         try:
             p.popen = subprocess.Popen(
                 [sys.executable, "-u", "-c", BOOTSTRAP, self._worker_path,
                  str(task_r), str(result_w), str(life_r), str(slot_fd), str(ctl_r)],
-                pass_fds=(task_r, result_w, life_r, slot_fd, ctl_r), stdin=subprocess.DEVNULL,
+                pass_fds=(task_r, result_w, life_r, slot_fd, ctl_r, *shared_fds),
+                stdin=subprocess.DEVNULL,
                 start_new_session=True)   # its own process group: killed as one
         finally:
             for fd in (task_r, result_w, life_r, slot_fd, ctl_r):
@@ -689,7 +704,12 @@ class ProcessBackend(Backend):
             assert self._selector is not None
             self._selector.close()
             _live_backends.discard(self)
+            self._release_shared()   # no worker starts any more
             self._stopped.set()
+
+    def _release_shared(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
 
     def _watch(self) -> None:
         selector = self._selector
@@ -944,7 +964,7 @@ def _pickle_items(items: list[Any]) -> tuple[bytes | None, int, BaseException | 
         pass
     for i, x in enumerate(items):
         try:
-            _worker.cloudpickle_dumps(x)
+            _dumps(x)
         except Exception as exc:
             if i:
                 return _dumps(items[:i]), i, None
