@@ -89,9 +89,21 @@ def _close_all(fds: tuple[int, ...]) -> None:
             os.close(fd)
 
 
+_cache: tuple[tuple[int, int], tuple[type, ...]] = ((-1, -1), ())
+
+
 def shared_types() -> tuple[type, ...]:
-    """The classes that need care here, among multiprocessing's modules loaded."""
+    """The classes that need care here, among multiprocessing's modules loaded.
+
+    Kept while no module is loaded and no reducer registered (a ``RawValue``
+    registers its ctypes type): this runs at every pickle of a batch.
+    """
+    global _cache
     modules = sys.modules
+    reduction = modules.get("multiprocessing.reduction")
+    key = (len(modules), len(reduction.ForkingPickler._extra_reducers) if reduction else 0)
+    if _cache[0] == key:
+        return _cache[1]
     found: list[type] = []
     managers = modules.get("multiprocessing.managers")
     if managers is not None:
@@ -107,7 +119,8 @@ def shared_types() -> tuple[type, ...]:
     if sharedctypes is not None:
         found.append(sharedctypes.SynchronizedBase)
     found += _fd_reducers()
-    return tuple(found)
+    _cache = (key, tuple(found))
+    return _cache[1]
 
 
 def _fd_reducers() -> dict[type, Callable[[Any], Any]]:
