@@ -41,8 +41,8 @@ from typing import Any
 from .. import _worker
 from ..errors import NotPicklable
 
-__all__ = ["NotShareable", "Shared", "cloudpickle_dumps", "pickle_initargs", "reduce",
-           "shared_types"]
+__all__ = ["NotShareable", "Shared", "classes", "cloudpickle_dumps", "pickle_initargs",
+           "reduce", "shared_types"]
 
 WHAT = "the initializer (with its initargs)"
 ALTERNATIVES = ("pass it in the Pool's initargs (the initializer can keep it in "
@@ -89,21 +89,28 @@ def _close_all(fds: tuple[int, ...]) -> None:
             os.close(fd)
 
 
-_cache: tuple[tuple[int, int], tuple[type, ...]] = ((-1, -1), ())
+_cache: tuple[tuple[int, int], tuple[type, ...], dict[type, bool]] = ((-1, -1), (), {})
 
 
 def shared_types() -> tuple[type, ...]:
-    """The classes that need care here, among multiprocessing's modules loaded.
+    """The classes that need care here, among multiprocessing's modules loaded."""
+    return classes()[0]
+
+
+def classes() -> tuple[tuple[type, ...], dict[type, bool]]:
+    """``shared_types()``, and a memo of which classes are (sub)classes of those.
 
     Kept while no module is loaded and no reducer registered (a ``RawValue``
-    registers its ctypes type): this runs at every pickle of a batch.
+    registers its ctypes type): this runs at every pickle of a batch, and the
+    memo at every object that is not plain data (a dict look-up costs less
+    than ``isinstance`` with a tuple of classes).
     """
     global _cache
     modules = sys.modules
     reduction = modules.get("multiprocessing.reduction")
     key = (len(modules), len(reduction.ForkingPickler._extra_reducers) if reduction else 0)
     if _cache[0] == key:
-        return _cache[1]
+        return _cache[1], _cache[2]
     found: list[type] = []
     managers = modules.get("multiprocessing.managers")
     if managers is not None:
@@ -119,8 +126,8 @@ def shared_types() -> tuple[type, ...]:
     if sharedctypes is not None:
         found.append(sharedctypes.SynchronizedBase)
     found += _fd_reducers()
-    _cache = (key, tuple(found))
-    return _cache[1]
+    _cache = (key, tuple(found), {})
+    return _cache[1], _cache[2]
 
 
 def _fd_reducers() -> dict[type, Callable[[Any], Any]]:

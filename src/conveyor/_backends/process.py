@@ -130,9 +130,14 @@ def _dumps(obj: object) -> bytes:
 
         class MainAware(pickle.Pickler):
             shared: tuple[type, ...] = ()
+            seen: dict[type, bool] = {}  # noqa: RUF012 - replaced at each use
 
             def reducer_override(self, obj: Any) -> Any:
-                if isinstance(obj, self.shared):
+                cls = type(obj)
+                shared = self.seen.get(cls)
+                if shared is None:
+                    shared = self.seen[cls] = issubclass(cls, self.shared)
+                if shared:
                     rv = _mpshare.reduce(obj, None)
                     if rv is not NotImplemented:
                         return rv
@@ -147,11 +152,11 @@ def _dumps(obj: object) -> bytes:
         _main_aware = MainAware
     import io
 
-    shared = _mpshare.shared_types()
+    shared, seen = _mpshare.classes()
     try:
         with io.BytesIO() as f:
             pickler = _main_aware(f, 5)
-            pickler.shared = shared
+            pickler.shared, pickler.seen = shared, seen
             pickler.dump(obj)
             return f.getvalue()
     except Exception:
