@@ -21,7 +21,10 @@ state and deadlock the child. Unlike multiprocessing's ``spawn`` and
 ``forkserver``, the worker never re-imports the parent's ``__main__``, so a
 script without the ``if __name__ == "__main__"`` guard, and a notebook, work:
 functions and arguments travel by cloudpickle (lambdas, closures, functions
-defined in ``__main__`` are sent by value). A worker loads only
+defined in ``__main__`` are sent by value); multiprocessing's queues, locks,
+shared memory and Manager proxies get there as with ``ProcessPoolExecutor``
+(see ``_mpshare``: initargs are pickled as for a process being started,
+their descriptors passed to every worker). A worker loads only
 ``conveyor/_worker.py`` (not the conveyor package), so it starts in about the
 time of a bare interpreter. Workers start lazily, when a batch is waiting.
 
