@@ -54,8 +54,8 @@ try:   # the C pickler directly: importing pickle.py costs a worker milliseconds
 except ImportError:  # pragma: no cover - other interpreters
     from pickle import dumps, loads
 
-__all__ = ["ALIAS", "Apply", "Star", "cloudpickle_dumps", "main", "set_thread_state",
-           "worker_state"]
+__all__ = ["ALIAS", "Apply", "PassedFd", "Star", "cloudpickle_dumps", "cloudpickler", "main",
+           "rebuild_proxy", "set_thread_state", "worker_state"]
 
 #: This module's top-level name too. A class defined here is pickled as
 #: ``_conveyor_worker.<name>``, which a worker resolves without importing the
@@ -158,6 +158,51 @@ class Star:
 Star.__module__ = ALIAS
 
 
+class PassedFd:
+    """A file descriptor the parent passed to this worker at its start (``pass_fds``).
+
+    What multiprocessing's ``reduction.DupFd`` gives while conveyor pickles
+    the initializer's arguments (see ``_backends._mpshare``): the pipe of a
+    ``Queue``, the memory of a ``Value``, rebuilt here with ``detach()``.
+    """
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (PassedFd, (self.fd,))
+
+    def detach(self) -> int:
+        return self.fd
+
+
+PassedFd.__module__ = ALIAS
+_authkey_given = False
+
+
+def rebuild_proxy(authkey: bytes, rebuild: Callable[..., Any], args: tuple[Any, ...]) -> Any:
+    """Rebuild a ``multiprocessing.Manager()`` proxy the parent sent (see ``_backends._mpshare``).
+
+    The proxy carries its manager's authkey. The first one also gives this
+    worker the parent's ``current_process().authkey``, as every child of
+    multiprocessing inherits it: a proxy that the manager itself returns (one
+    held in a managed dict, say) authenticates with that. Not done at start:
+    importing multiprocessing costs a worker ~15 ms.
+    """
+    global _authkey_given
+    if not _authkey_given:
+        from multiprocessing import process
+
+        process.current_process().authkey = authkey
+        _authkey_given = True
+    return rebuild(*args)
+
+
+rebuild_proxy.__module__ = ALIAS
+
+
 # -- the process worker ---------------------------------------------------------
 
 def _read_exact(fd: int, n: int) -> bytes | None:
@@ -200,6 +245,15 @@ def cloudpickle_dumps(obj: object) -> bytes:
     (for reproducible payloads); conveyor keeps the real one, so that a
     traceback from a worker names the file and shows the lines that failed.
     """
+    import io
+
+    with io.BytesIO() as f:
+        cloudpickler()(f, protocol=5).dump(obj)
+        return f.getvalue()
+
+
+def cloudpickler() -> Any:
+    """The pickler class of ``cloudpickle_dumps`` (made at the first call)."""
     global _pickler
     if _pickler is None:
         import collections
@@ -219,11 +273,7 @@ def cloudpickle_dumps(obj: object) -> bytes:
                 {types.CodeType: keep_file_name}, cloudpickle.Pickler.dispatch_table)
 
         _pickler = Pickler
-    import io
-
-    with io.BytesIO() as f:
-        _pickler(f, protocol=5).dump(obj)
-        return f.getvalue()
+    return _pickler
 
 
 def _safe_str(exc: BaseException) -> str:

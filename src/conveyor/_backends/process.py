@@ -21,7 +21,10 @@ state and deadlock the child. Unlike multiprocessing's ``spawn`` and
 ``forkserver``, the worker never re-imports the parent's ``__main__``, so a
 script without the ``if __name__ == "__main__"`` guard, and a notebook, work:
 functions and arguments travel by cloudpickle (lambdas, closures, functions
-defined in ``__main__`` are sent by value). A worker loads only
+defined in ``__main__`` are sent by value); multiprocessing's queues, locks,
+shared memory and Manager proxies get there as with ``ProcessPoolExecutor``
+(see ``_mpshare``: initargs are pickled as for a process being started,
+their descriptors passed to every worker). A worker loads only
 ``conveyor/_worker.py`` (not the conveyor package), so it starts in about the
 time of a bare interpreter. Workers start lazily, when a batch is waiting.
 
@@ -66,6 +69,7 @@ from typing import Any
 
 from .. import _worker
 from ..errors import NotPicklable, RemoteTraceback, WorkerCrashed
+from . import _mpshare
 from ._base import (
     Backend,
     Batch,
@@ -122,13 +126,25 @@ def _dumps(obj: object) -> bytes:
     reference, and a worker's ``__main__`` is not the user's: those go to
     cloudpickle, which sends the class by value. Exact ints, strs, lists,
     dicts... never reach ``reducer_override``, so plain data pays nothing.
+    Objects of multiprocessing's (``shared``) go to ``_mpshare.reduce``.
     """
     global _main_aware
     if _main_aware is None:
         import pickle
 
         class MainAware(pickle.Pickler):
+            shared: tuple[type, ...] = ()
+            seen: dict[type, bool] = {}  # noqa: RUF012 - replaced at each use
+
             def reducer_override(self, obj: Any) -> Any:
+                cls = type(obj)
+                shared = self.seen.get(cls)
+                if shared is None:
+                    shared = self.seen[cls] = issubclass(cls, self.shared)
+                if shared:
+                    rv = _mpshare.reduce(obj, None)
+                    if rv is not NotImplemented:
+                        return rv
                 try:
                     module = getattr(obj, "__module__", None)
                 except Exception:
@@ -140,18 +156,22 @@ def _dumps(obj: object) -> bytes:
         _main_aware = MainAware
     import io
 
+    shared, seen = _mpshare.classes()
     try:
         with io.BytesIO() as f:
-            _main_aware(f, 5).dump(obj)
+            pickler = _main_aware(f, 5)
+            pickler.shared, pickler.seen = shared, seen
+            pickler.dump(obj)
             return f.getvalue()
     except Exception:
-        return _worker.cloudpickle_dumps(obj)
+        return _mpshare.cloudpickle_dumps(obj) if shared else _worker.cloudpickle_dumps(obj)
 
 
-def pickle_function(fn: object, what: str) -> bytes:
-    """cloudpickle ``fn``; a ``NotPicklable`` that names the culprit if it can't be."""
+def pickle_function(fn: object, what: str,
+                    dumps: Callable[[object], bytes] = _worker.cloudpickle_dumps) -> bytes:
+    """Pickle ``fn`` with ``dumps``; a ``NotPicklable`` that names the culprit if it can't be."""
     try:
-        return _worker.cloudpickle_dumps(fn)
+        return dumps(fn)
     except Exception as exc:
         name = getattr(fn, "__qualname__", None) or repr(fn)
         raise NotPicklable(
@@ -172,7 +192,7 @@ def check_arguments(args: tuple[Any, ...], kwargs: dict[str, Any], where: str) -
     parts += [(f"keyword argument {k!r}", v) for k, v in kwargs.items()]
     for label, value in parts:
         try:
-            _worker.cloudpickle_dumps(value)
+            _dumps(value)
         except Exception as exc:
             raise NotPicklable(
                 f"{where}: {label} ({value!r:.80}), a {type(value).__name__}, cannot be sent "
@@ -336,9 +356,9 @@ class ProcessBackend(Backend):
         self.workers = workers
         self._initializer = initializer
         self._init_bytes: bytes | None = None
+        self._shared: _mpshare.Shared | None = None   # what initargs hold of multiprocessing's
         if initializer is not None:
-            self._init_bytes = pickle_function((initializer, initargs),
-                                               "the initializer (with its initargs)")
+            self._init_bytes, self._shared = _mpshare.pickle_initargs(initializer, initargs)
         self._max_tasks = max_tasks_per_worker
         self._lock = threading.Lock()
         self._fn_lock = threading.Lock()
@@ -484,6 +504,7 @@ class ProcessBackend(Backend):
         for job in lost:
             job.batch.sink(dropped(job.batch))
         if supervisor is None:
+            self._release_shared()
             self._stopped.set()
             return
         if wait and supervisor is not threading.current_thread():
@@ -501,7 +522,7 @@ class ProcessBackend(Backend):
         entry = self._fns.get(ident)
         if entry is not None and entry[0]() is underlying(fn):
             return entry[1], entry[2]
-        data = pickle_function(fn, what)
+        data = pickle_function(fn, what, _mpshare.cloudpickle_dumps)
         with self._fn_lock:
             entry = self._fns.get(ident)
             inner = underlying(fn)
@@ -655,11 +676,13 @@ class ProcessBackend(Backend):
         p.q = memoryview(p.slot).cast("q")
         p.d = memoryview(p.slot).cast("d")
         p.q[0] = -1
+        shared_fds = self._shared.fds if self._shared is not None else ()
         try:
             p.popen = subprocess.Popen(
                 [sys.executable, "-u", "-c", BOOTSTRAP, self._worker_path,
                  str(task_r), str(result_w), str(life_r), str(slot_fd), str(ctl_r)],
-                pass_fds=(task_r, result_w, life_r, slot_fd, ctl_r), stdin=subprocess.DEVNULL,
+                pass_fds=(task_r, result_w, life_r, slot_fd, ctl_r, *shared_fds),
+                stdin=subprocess.DEVNULL,
                 start_new_session=True)   # its own process group: killed as one
         finally:
             for fd in (task_r, result_w, life_r, slot_fd, ctl_r):
@@ -703,7 +726,12 @@ class ProcessBackend(Backend):
             assert self._selector is not None
             self._selector.close()
             _live_backends.discard(self)
+            self._release_shared()   # no worker starts any more
             self._stopped.set()
+
+    def _release_shared(self) -> None:
+        if self._shared is not None:
+            self._shared.close()
 
     def _watch(self) -> None:
         selector = self._selector
@@ -970,7 +998,7 @@ def _pickle_items(items: list[Any]) -> tuple[bytes | None, int, BaseException | 
         pass
     for i, x in enumerate(items):
         try:
-            _worker.cloudpickle_dumps(x)
+            _dumps(x)
         except Exception as exc:
             if i:
                 return _dumps(items[:i]), i, None
