@@ -859,3 +859,56 @@ def test_idle_workers_dying_do_not_kill_a_parent_with_default_sigpipe(tmp_path: 
                           timeout=30)
     assert proc.returncode == 0, (proc.returncode, proc.stderr)
     assert proc.stdout.splitlines() == ["[0, 1, 1, 2, 2, 3]"] * 2
+
+
+# -- 7. the supervisor survives what its callers' callbacks do ------------------------
+
+def _double(x: int) -> int:
+    return 2 * x
+
+
+def test_a_call_whose_worker_dies_before_starting_it_runs_elsewhere() -> None:
+    """A submitted call sent to a worker that dies before starting it runs on the next
+    worker: its future (RUNNING once sent) is not started twice, and gets the result."""
+    with conveyor.Pool(backend="process", workers=1) as pool:
+        (pid,) = worker_pids()
+        os.kill(pid, signal.SIGSTOP)   # alive, so the call is sent to it; it never reads it
+        try:
+            fut = pool.submit(_double, 21)
+            assert fut.running()
+        finally:
+            os.kill(pid, signal.SIGKILL)
+        assert fut.result(timeout=10) == 42
+        assert pool.submit(_double, 4).result(timeout=10) == 8
+    assert not wait_gone([pid])
+
+
+def test_a_raising_completion_callback_does_not_stop_the_supervisor(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A batch whose sink raises is reported as an uncaught thread exception; the backend's
+    supervisor goes on and serves the next batch."""
+    from conveyor._backends._base import Batch, Completion
+    from conveyor._backends.process import ProcessBackend
+
+    seen: list[BaseException | None] = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: seen.append(args.exc_value))
+    got: list[Completion] = []
+    done = threading.Event()
+
+    def broken_sink(c: Completion) -> None:
+        raise ValueError("a buggy sink")
+
+    def sink(c: Completion) -> None:
+        got.append(c)
+        done.set()
+
+    backend = ProcessBackend(1)
+    backend.start()
+    try:
+        backend.submit(Batch(_double, [1, 2], broken_sink))
+        backend.submit(Batch(_double, [3, 4], sink))
+        assert done.wait(10)
+        assert got[0].values == [6, 8]
+        assert len(seen) == 1 and isinstance(seen[0], ValueError)
+    finally:
+        backend.close(cancel=True)

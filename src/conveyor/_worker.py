@@ -16,20 +16,25 @@ Protocol (each message: an 8-byte little-endian length, then a pickle):
 * parent -> worker, first: ``(sys_path, initializer_and_args | None,
   max_tasks | None)``; then one message per batch: ``(bid, fn_key, fn_bytes |
   None, timed, items)``. End of file on TASK_R: exit.
-* worker -> parent: ``(bid, status, start, n, extra, pickle of (values,
-  records))``: the ``n`` outcomes of positions ``start...`` of the batch,
-  ``records`` describing the failed ones (see ``_record``). A batch ends with
-  one ``STATUS_DONE`` reply (``extra``: seconds busy), after
-  ``STATUS_PARTIAL`` ones if it ran long.
+  ``items`` is one pickle of the list of items when they are plain data
+  (builtin scalars and containers, which cannot fail to unpickle), else a
+  list of one pickle per item, unpickled as each item starts: one that fails
+  (or kills the worker) fails only its own item.
+* worker -> parent: ``(bid, status, start, n, extra, outcomes)``: the ``n``
+  outcomes of positions ``start...`` of the batch, packed by
+  :func:`pack_outcomes` (``records`` describe the failed ones, see
+  ``_record``). A batch ends with one ``STATUS_DONE`` reply (``extra``:
+  seconds busy), after ``STATUS_PARTIAL`` ones if it ran long.
 * parent -> worker on CTL_R (read by a control thread while the main thread
   runs tasks): ``b"S"`` + 8-byte batch id: give back the items not started
   yet; the reply (``STATUS_STOLEN``) says how many it keeps (``extra``).
 
 The slot (a small shared-memory page, SLOT_FD) says what the worker is doing
 without a message per item: ``q[0]`` the batch id it runs, ``q[1]`` the position
-of the item it runs, and ``d[2]`` since when (``time.monotonic``, for timed
-batches only). The parent reads it to time items and to know which item a dead worker
-was running.
+of the item it runs (or a phase: ``POS_SENDING``, ``POS_FUNCTION``,
+``POS_INITIALIZER``), and ``d[2]`` since when (``time.monotonic``, for timed
+batches only). The parent reads it to time items and to know which item (or
+phase) a dead worker was in.
 
 LIFELINE_R is the read end of a pipe nobody writes to: when the parent dies,
 even by SIGKILL, the read returns and the worker kills its process group
@@ -76,6 +81,12 @@ FLUSH_EVERY = 0.05    # seconds between those hand-overs
 KIND_RAISED = 0       # the task raised; exc_bytes may be None (not picklable)
 KIND_RESULT = 1       # the task returned something that cannot be pickled
 KIND_ITEM = 2         # the item could not be rebuilt in the worker
+KIND_FUNCTION = 3     # the function could not be rebuilt in the worker
+
+# q[1] of the slot outside an item (see the module docstring):
+POS_SENDING = -1      # the batch's items have run: its outcomes are being sent
+POS_FUNCTION = -2     # unpickling the batch's function (q[0]: that batch)
+POS_INITIALIZER = -3  # unpickling and running the pool's initializer
 
 _process_state: dict[str, Any] | None = None
 _state_var: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
@@ -279,7 +290,7 @@ def cloudpickler() -> Any:
 def _safe_str(exc: BaseException) -> str:
     try:
         return str(exc)
-    except Exception:  # a broken __str__
+    except BaseException:  # a broken __str__
         return f"<{type(exc).__name__}: str() failed>"
 
 
@@ -313,30 +324,63 @@ class _ItemError(TypeError):
     pass
 
 
+class _FunctionError(TypeError):
+    pass
+
+
+_tolerant: Any = None
+
+
 def tolerant_loads(data: bytes) -> Any:
     """``pickle.loads`` that rebuilds an exception it cannot rebuild as ``Unbuildable``.
 
-    The classic case: ``class E(Exception): def __init__(self, a, b)`` pickles
-    its ``args`` only, and ``E(a)`` fails. Used after ``loads`` failed, so
-    that one such object fails its own task only, not its whole batch.
+    The classic cases: ``class E(Exception): def __init__(self, a, b)``
+    pickles its ``args`` only, and ``E(a)`` fails; a frozen dataclass
+    exception refuses the state its pickle sets. Used after ``loads`` failed,
+    so that such an object is described by its type and message. Only the
+    *call* of an exception class (the REDUCE opcode) and the setting of its
+    state (BUILD) are guarded: the class itself stays what it is, so a class
+    that cloudpickle rebuilds by value keeps ``Exception`` as its base.
     """
-    import io
-    import pickle
+    global _tolerant
+    if _tolerant is None:
+        import pickle
 
-    class Unpickler(pickle.Unpickler):
-        def find_class(self, module: str, name: str) -> Any:
-            cls = super().find_class(module, name)
-            if not (isinstance(cls, type) and issubclass(cls, BaseException)):
-                return cls
+        base: Any = pickle._Unpickler   # the Python one: its opcodes can be overridden
 
-            def build(*args: Any) -> Any:
+        class Unpickler(base):  # type: ignore[misc]
+            dispatch = dict(base.dispatch)  # noqa: RUF012 - as pickle's own
+
+            def load_reduce(self) -> None:
+                args = self.stack.pop()
+                func = self.stack[-1]
+                value: Any
+                if isinstance(func, type) and issubclass(func, BaseException):
+                    try:
+                        value = func(*args)
+                    except Exception as exc:
+                        value = Unbuildable(func, args, exc)
+                else:
+                    value = func(*args)
+                self.stack[-1] = value
+
+            def load_build(self) -> None:
+                inst = self.stack[-2]
+                if not isinstance(inst, BaseException):
+                    base.load_build(self)
+                    return
                 try:
-                    return cls(*args)
+                    base.load_build(self)
                 except Exception as exc:
-                    return Unbuildable(cls, args, exc)
-            return build
+                    self.stack[-1] = Unbuildable(type(inst), inst.args, exc)
 
-    return Unpickler(io.BytesIO(data)).load()
+            dispatch[pickle.REDUCE[0]] = load_reduce
+            dispatch[pickle.BUILD[0]] = load_build
+
+        _tolerant = Unpickler
+    import io
+
+    return _tolerant(io.BytesIO(data)).load()
 
 
 def _skip_unbuildable(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -348,63 +392,204 @@ def _skip_unbuildable(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
 
 
 def _record(pos: int, exc: BaseException) -> tuple[int, int, bytes | None, str, str, str]:
-    """``(pos, kind, pickled exception or None, type name, message, traceback)``."""
+    """``(pos, kind, pickled exception or None, type name, message, traceback)``.
+
+    Never raises, whatever ``exc`` does when it is formatted or pickled. The
+    worker makes the record as the item fails, its position still in the
+    slot: an exception whose unpickling (tried here, so that the parent is
+    not the one to run it) kills the worker fails its own item only.
+    """
     if isinstance(exc, _ItemError):
         return (pos, KIND_ITEM, None, "", _safe_str(exc), "")
+    if isinstance(exc, _FunctionError):
+        return (pos, KIND_FUNCTION, None, "", _safe_str(exc), "")
     import traceback
 
     frames = exc.__traceback__
     while frames is not None and frames.tb_frame.f_code.co_filename == __file__:
         frames = frames.tb_next   # conveyor's own frames: the user's come next
-    tb = "".join(traceback.format_exception(type(exc), exc, frames))
-    exc.__traceback__ = None   # frames hold the task's locals: let them go
+    try:
+        tb = "".join(traceback.format_exception(type(exc), exc, frames))
+    except BaseException as error:   # a hostile __str__, __notes__...
+        tb = f"(the traceback could not be formatted: {type(error).__name__})"
+    # Frames hold the task's locals: let them go. Not `exc.__traceback__ = None`,
+    # which a class with a strict __setattr__ (a frozen dataclass) refuses.
+    BaseException.with_traceback(exc, None)
     exc_bytes: bytes | None
     try:
         exc_bytes = dumps(exc, 5)
         loads(exc_bytes)   # also rebuildable? (a custom __init__ may refuse its args)
-    except Exception:
+    except BaseException:   # SystemExit from a __reduce__ is the object's fault too
         try:
             exc_bytes = cloudpickle_dumps(exc)
             loads(exc_bytes)
-        except Exception:
+        except BaseException:
             exc_bytes = None
     return (pos, KIND_RAISED, exc_bytes, _type_name(exc), _safe_str(exc), tb)
 
 
 def _encode(bid: int, status: int, start: int, values: list[Any],
             records: list[tuple[Any, ...]], extra: float) -> bytes:
-    """A reply; an outcome that cannot be pickled becomes its task's error record.
-
-    ``values`` are the outcomes of positions ``start...`` of the batch;
-    ``records`` (by batch position) describe the failed ones.
-    """
+    """A reply: ``values`` are the outcomes of positions ``start...`` of the
+    batch; ``records`` (by batch position) describe the failed ones."""
     n = len(values)
-    return dumps((bid, status, start, n, extra, _outcomes(values, records, start)), 5)
+    return dumps((bid, status, start, n, extra, pack_outcomes(values, records, start)), 5)
 
 
-def _outcomes(values: list[Any], records: list[tuple[Any, ...]], start: int) -> bytes:
-    """Pickle ``(values, records)``, in a pickle of its own: the header around
-    it always unpickles, even where these cannot be rebuilt."""
-    try:
-        return dumps((values, records), 5)
-    except Exception:
-        pass
-    try:
-        return cloudpickle_dumps((values, records))
-    except Exception:
-        pass
-    failed = {r[0] - start for r in records}
-    for i, value in enumerate(values):
-        if i in failed:
-            continue
+_ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex})
+_plain_pickler: Any = None
+
+
+def plain_dumps(obj: object) -> bytes | None:
+    """``obj`` pickled if it is plain data (builtin scalars and containers), else None.
+
+    Plain data is what the C pickler writes without calling
+    ``reducer_override``: it cannot fail to unpickle, so it travels as one
+    pickle. Checking costs nothing per object of those types.
+    """
+    global _plain_pickler
+    if _plain_pickler is None:
         try:
-            cloudpickle_dumps(value)
-        except Exception as exc:
-            values[i] = None
-            records.append((start + i, KIND_RESULT, None, _type_name(value),
+            from _pickle import Pickler
+        except ImportError:  # pragma: no cover - other interpreters
+            from pickle import Pickler
+
+        class PlainOnly(Pickler):
+            def reducer_override(self, obj: Any) -> Any:
+                raise _NotPlain
+
+        _plain_pickler = PlainOnly
+    import io
+
+    with io.BytesIO() as f:
+        try:
+            _plain_pickler(f, 5).dump(obj)
+        except _NotPlain:
+            return None
+        return f.getvalue()
+
+
+class _NotPlain(Exception):
+    pass
+
+
+def pack_outcomes(values: list[Any], records: list[tuple[Any, ...]], start: int) -> bytes:
+    """``(values, packed, records)`` pickled, for :func:`unpack_outcomes`.
+
+    Plain values stay in ``values``; any other one (not at a failed position)
+    is pickled on its own into ``packed`` (position - ``start`` -> bytes), so
+    that one the receiver cannot unpickle fails its own item, not the batch.
+    A value that cannot be pickled becomes its task's error record. The
+    result always unpickles. ``values`` and ``records`` are changed in place.
+    """
+    data = plain_dumps((values, None, records))
+    if data is not None:
+        return data
+    failed = {r[0] - start for r in records}
+    odd = [i for i, value in enumerate(values) if type(value) not in _ATOMS and i not in failed]
+    packed: dict[int, bytes] = {}
+    bad = False
+    for i, (blob, exc) in zip(odd, dumps_each([values[i] for i in odd]), strict=True):
+        if exc is None:
+            packed[i] = blob
+        else:
+            records.append((start + i, KIND_RESULT, None, _type_name(values[i]),
                             f"{type(exc).__name__}: {_safe_str(exc)}", ""))
-    records.sort()
-    return cloudpickle_dumps((values, records))
+            bad = True
+        values[i] = None
+    if bad:
+        records.sort(key=_position)
+    return dumps((values, packed, records), 5)
+
+
+def dumps_each(objs: list[Any], pickler: Any = None,
+               ) -> list[tuple[bytes, None] | tuple[bytes, BaseException]]:
+    """Each object in a pickle of its own: ``(pickle, None)``, or ``(b"", error)``
+    for one that neither ``pickler`` (default: the C pickler) nor cloudpickle
+    can pickle. One pickler serves them all (its memo cleared between them)."""
+    import io
+
+    if pickler is None:
+        try:
+            from _pickle import Pickler as pickler
+        except ImportError:  # pragma: no cover - other interpreters
+            from pickle import Pickler as pickler
+    out: list[tuple[bytes, None] | tuple[bytes, BaseException]] = []
+    with io.BytesIO() as f:
+        p = pickler(f, 5)
+        for obj in objs:
+            try:
+                p.dump(obj)
+                out.append((f.getvalue(), None))
+            except BaseException:   # what a __reduce__ raises is the object's fault
+                try:   # e.g. a class defined in a function, or in __main__
+                    out.append((cloudpickle_dumps(obj), None))
+                except BaseException as exc:
+                    out.append((b"", exc))
+            f.seek(0)
+            f.truncate()
+            p.clear_memo()
+    return out
+
+
+def _position(record: tuple[Any, ...]) -> int:
+    position: int = record[0]
+    return position
+
+
+def unpack_outcomes(data: bytes, start: int) -> tuple[list[Any], list[tuple[Any, ...]],
+                                                       dict[int, BaseException]]:
+    """:func:`pack_outcomes`'s outcomes: ``(values, records, broken)``.
+
+    A value that cannot be unpickled here is None in ``values``: an
+    exception that cannot be rebuilt gets a record (``KIND_RESULT``); any
+    other is in ``broken`` (position - ``start`` -> what unpickling raised,
+    whatever it raised: ``SystemExit`` from a ``__reduce__`` is data, not a
+    request to exit). Never raises for what one value does.
+    """
+    values, packed, records = loads(data)   # plain values, bytes and records: it loads
+    if not packed:
+        return values, records, {}
+    broken: dict[int, BaseException] = {}
+    for i, blob in packed.items():
+        try:
+            values[i] = loads(blob)
+            continue
+        except BaseException as exc:
+            error = exc
+        try:   # an exception returned as a value, which its pickle cannot rebuild?
+            value = tolerant_loads(blob)
+        except BaseException:
+            value = None
+        if isinstance(value, Unbuildable):
+            records.append((start + i, KIND_RESULT, None, value.type_name,
+                            value.describe(), ""))
+        else:
+            broken[i] = error
+    records.sort(key=_position)
+    return values, records, broken
+
+
+def load_item(blob: bytes) -> Any:
+    """One item pickled on its own; ``_ItemError`` (its item fails) if it cannot be."""
+    try:
+        return loads(blob)
+    except BaseException as exc:   # SystemExit too: the item's fault, not a request to exit
+        error = exc
+    try:
+        value = tolerant_loads(blob)
+    except BaseException:
+        value = None
+    if isinstance(value, Unbuildable):
+        raise _ItemError(value.describe()) from None
+    raise _ItemError(f"{type(error).__name__}: {_safe_str(error)}") from None
+
+
+def _loading(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``fn`` over items pickled one by one (unpickled as each one starts)."""
+    def run(blob: bytes) -> Any:
+        return fn(load_item(blob))
+    return run
 
 
 class _Current:
@@ -416,7 +601,7 @@ class _Current:
         self.bid = bid
         self.it = it                 # shared with the main loop: stealing drains it
         self.size = size
-        self.out: list[Any] = []     # outcomes so far (exceptions in place)
+        self.out: list[Any] = []     # outcomes so far (failure records in place)
         self.errors: list[int] = []  # their failed positions (added before the outcome)
         self.sent = 0                # outcomes already sent to the parent
         self.t0 = t0
@@ -445,7 +630,7 @@ class _Worker:
         records = []
         for pos in cur.errors:
             if start <= pos < n:
-                records.append(_record(pos, out[pos]))
+                records.append(out[pos])   # made as the item failed (see _record)
                 values[pos - start] = None
         cur.sent = n
         write_message(self.result_w, _encode(cur.bid, status, start, values, records, extra))
@@ -485,12 +670,13 @@ class _Worker:
 def _unloadable(exc: BaseException, where: str = "in the worker process",
                 hint: str = "is its module importable there, with the same sys.path and "
                             "working directory?") -> Callable[[Any], Any]:
-    """A stand-in for a function that could not be unpickled: each call says why."""
-    message = (f"conveyor: the function could not be unpickled {where}: "
+    """A stand-in for a function that could not be unpickled: each call says why
+    (a ``KIND_FUNCTION`` record: ``NotPicklable`` where the parent rebuilds it)."""
+    message = (f"the function could not be unpickled {where}: "
                f"{type(exc).__name__}: {_safe_str(exc)} ({hint})")
 
     def fail(_item: Any) -> Any:
-        raise RuntimeError(message)
+        raise _FunctionError(message)
     return fail
 
 
@@ -524,11 +710,13 @@ def main() -> None:
     _process_state = {}
     init_record = None
     if init is not None:
+        q[1] = POS_INITIALIZER   # a death from here on is the initializer's doing
         try:
             initializer, initargs = loads(init)
             initializer(*initargs)
         except BaseException as exc:
             init_record = _record(0, exc)
+        q[1] = POS_SENDING
     _thread.start_new_thread(worker.control, (ctl_r,))
     fns: dict[int, Callable[[Any], Any]] = {}
     monotonic = time.monotonic
@@ -539,6 +727,8 @@ def main() -> None:
             return
         bid, key, fn_bytes, timed, items_bytes = loads(message)
         if fn_bytes is not None:   # first, always: the parent mirrors this cache
+            q[1] = POS_FUNCTION   # a death from here on is the function's doing
+            q[0] = bid
             try:
                 fns[key] = loads(fn_bytes)
             except BaseException as exc:
@@ -549,15 +739,15 @@ def main() -> None:
             worker.send(_encode(bid, STATUS_INIT_FAILED, 0, [], [init_record], 0.0))
             continue
         fn = fns[key]
-        try:
-            items = loads(items_bytes)
-        except BaseException:
-            try:   # one item's exception that cannot be rebuilt fails that item only
-                items = tolerant_loads(items_bytes)
-                fn = _skip_unbuildable(fn)
-            except BaseException as exc:
+        if type(items_bytes) is bytes:   # plain data, in one pickle
+            try:
+                items = loads(items_bytes)
+            except BaseException as exc:   # (out of memory)
                 worker.send(_encode(bid, STATUS_ITEMS_FAILED, 0, [], [_record(0, exc)], 0.0))
                 continue
+        else:   # one pickle per item, unpickled as the item starts (its slot position set)
+            items = items_bytes
+            fn = _loading(fn)
         items_bytes = None
         if max_tasks is not None and done + len(items) > max_tasks:
             items = items[:max_tasks - done]   # the parent runs the rest elsewhere
@@ -579,7 +769,7 @@ def main() -> None:
                     append(fn(x))
                 except BaseException as exc:  # the task's own failure, whatever its type
                     errors.append(i)
-                    append(exc)
+                    append(_record(i, exc))
         else:
             for i, x in enumerate(it):
                 q[1] = i
@@ -587,10 +777,10 @@ def main() -> None:
                     append(fn(x))
                 except BaseException as exc:  # the task's own failure, whatever its type
                     errors.append(i)
-                    append(exc)
+                    append(_record(i, exc))
         busy = monotonic() - t0
         done += len(out)
-        q[1] = -1   # no item runs while the outcomes are sent: not subject to timeout
+        q[1] = POS_SENDING   # no item runs while the outcomes are sent: not timed
         with worker.lock:
             worker.current = None
             worker.flush(cur, STATUS_DONE, busy)

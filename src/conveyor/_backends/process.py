@@ -68,7 +68,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import _worker
-from ..errors import NotPicklable, RemoteTraceback, WorkerCrashed
+from ..errors import NotPicklable, RemoteTraceback, WorkerCrashed, WorkerInitError
 from . import _mpshare
 from ._base import (
     Backend,
@@ -128,6 +128,25 @@ def _dumps(obj: object) -> bytes:
     dicts... never reach ``reducer_override``, so plain data pays nothing.
     Objects of multiprocessing's (``shared``) go to ``_mpshare.reduce``.
     """
+    import io
+
+    shared, seen = _mpshare.classes()
+    try:
+        with io.BytesIO() as f:
+            _pickler(f, shared, seen).dump(obj)
+            return f.getvalue()
+    except Exception:
+        return _mpshare.cloudpickle_dumps(obj) if shared else _worker.cloudpickle_dumps(obj)
+
+
+def _pickler(f: Any, shared: tuple[type, ...], seen: dict[type, bool]) -> Any:
+    """A ``_main_aware_pickler`` on ``f`` that knows multiprocessing's classes."""
+    pickler = _main_aware_pickler()(f, 5)
+    pickler.shared, pickler.seen = shared, seen
+    return pickler
+
+
+def _main_aware_pickler() -> Any:
     global _main_aware
     if _main_aware is None:
         import pickle
@@ -154,17 +173,27 @@ def _dumps(obj: object) -> bytes:
                 return NotImplemented
 
         _main_aware = MainAware
-    import io
+    return _main_aware
 
+
+
+def _dumps_items(items: list[Any]) -> bytes | list[bytes]:
+    """The items of a job: one pickle if they are plain data, else one per item.
+
+    A worker unpickles items pickled one by one as each starts (see
+    ``_worker``), so one whose unpickling fails, exits or crashes the worker
+    fails only itself. Plain data cannot fail to unpickle: it stays one pickle.
+    """
+    data = _worker.plain_dumps(items)
+    if data is not None:
+        return data
     shared, seen = _mpshare.classes()
-    try:
-        with io.BytesIO() as f:
-            pickler = _main_aware(f, 5)
-            pickler.shared, pickler.seen = shared, seen
-            pickler.dump(obj)
-            return f.getvalue()
-    except Exception:
-        return _mpshare.cloudpickle_dumps(obj) if shared else _worker.cloudpickle_dumps(obj)
+    out = []
+    for blob, exc in _worker.dumps_each(items, lambda f, _protocol: _pickler(f, shared, seen)):
+        if exc is not None:
+            raise exc   # _pickle_items finds which item, and sends the ones before it
+        out.append(blob)
+    return out
 
 
 def pickle_function(fn: object, what: str,
@@ -260,7 +289,8 @@ def _describe_exit(returncode: int | None) -> str:
 
 
 class _Job:
-    __slots__ = ("batch", "bid", "fn_data", "items", "key", "size", "steal_reply", "stolen")
+    __slots__ = ("batch", "bid", "fn_data", "items", "key", "sent", "size", "steal_reply",
+                 "stolen")
 
     def __init__(self, bid: int, batch: Batch, key: int, fn_data: bytes, items: bytes,
                  size: int) -> None:
@@ -272,6 +302,7 @@ class _Job:
         self.stolen: int | None = None
         self.items = items      # the pickled items
         self.size = size        # how many
+        self.sent = False       # sent once: batch.on_start was called (then never again)
 
 
 class _Proc:
@@ -339,8 +370,8 @@ class _Unstarted:
 
     def __length_hint__(self) -> int:
         q = self.proc.q
-        if q is None or q[0] != self.job.bid or self.job.steal_reply.is_set():
-            return 0
+        if q is None or q[0] != self.job.bid or self.job.steal_reply.is_set() or q[1] < 0:
+            return 0   # not started, or in a phase outside its items (see _worker.POS_*)
         return max(0, self.job.size - q[1] - 1)
 
 
@@ -399,7 +430,7 @@ class ProcessBackend(Backend):
             batch.sink(Completion(batch, [_fresh(exc) for _ in range(n)], list(range(n)), 0.0))
             return
         items = batch.items[:batch.limit]
-        payload, n, error = _pickle_items(items)
+        payload, n, error = _pickle_items(items, _dumps_items)
         if payload is None:   # the first item cannot be sent: fail it, the rest follow
             assert error is not None
             batch.sink(Completion(batch, [error], [0], 0.0))
@@ -579,11 +610,16 @@ class ProcessBackend(Backend):
             if target is None:
                 return
             job = pending.popleft()
-            on_start = job.batch.on_start
-            if on_start is not None and not on_start():   # a cancelled Pool.submit
-                self._deferred.append(Completion(job.batch, [], None, 0.0))
-                self._wake()   # the supervisor reports it
-                continue
+            if not job.sent:
+                # Once per job: one requeued because its worker died before
+                # starting it has started already for Pool.submit's future
+                # (whose set_running_or_notify_cancel raises the second time).
+                job.sent = True
+                refused = _refused(job.batch)
+                if refused is not None:
+                    self._deferred.append(refused)
+                    self._wake()   # the supervisor reports it
+                    continue
             self._send(target, job)
 
     def _send(self, p: _Proc, job: _Job) -> None:
@@ -722,7 +758,7 @@ class ProcessBackend(Backend):
                 orphans = [job for p in procs for job in p.jobs] + list(self._pending)
                 self._pending.clear()
             for job in orphans:
-                job.batch.sink(dropped(job.batch))
+                _deliver(dropped(job.batch))
             assert self._selector is not None
             self._selector.close()
             _live_backends.discard(self)
@@ -763,7 +799,7 @@ class ProcessBackend(Backend):
             with self._lock:
                 deferred, self._deferred = self._deferred, []
             for done in deferred:
-                done.batch.sink(done)
+                _deliver(done)
             for key, _ in selector.select(0 if self._deferred else timeout):
                 if key.data is None:
                     with contextlib.suppress(BlockingIOError):
@@ -816,7 +852,7 @@ class ProcessBackend(Backend):
     def _on_message(self, p: _Proc, message: bytes) -> None:
         import pickle
 
-        bid, status, start, n, extra, outcomes = pickle.loads(message)
+        bid, status, start, _n, extra, outcomes = pickle.loads(message)
         if status == _worker.STATUS_STOLEN:
             # A reply may come after its batch ended (it then took nothing).
             if p.jobs and p.jobs[0].bid == bid:
@@ -828,7 +864,7 @@ class ProcessBackend(Backend):
         assert job.bid == bid, (job.bid, bid)
         batch = job.batch
         if status in (_worker.STATUS_PARTIAL, _worker.STATUS_DONE):
-            values, errors = _outcomes(outcomes, start, n)
+            values, errors = _outcomes(outcomes, start)
         if status == _worker.STATUS_PARTIAL:
             out, errs = batch.out, batch.errs
             assert out is not None
@@ -855,7 +891,7 @@ class ProcessBackend(Backend):
                 errors = batch.errs + errors
             done = Completion(batch, values, errors or None, extra)
         else:
-            cause = _rebuild(pickle.loads(outcomes)[1][0])
+            cause = _rebuild(_worker.unpack_outcomes(outcomes, 0)[1][0])
             failures: list[BaseException] = []
             for _ in range(job.size):
                 if status == _worker.STATUS_INIT_FAILED:
@@ -866,7 +902,7 @@ class ProcessBackend(Backend):
                     e.__cause__ = cause
                 failures.append(e)
             done = Completion(batch, failures, list(range(job.size)), 0.0)
-        batch.sink(done)
+        _deliver(done)
 
     def _on_death(self, p: _Proc) -> None:
         # Outcomes it sent before dying come first.
@@ -889,7 +925,11 @@ class ProcessBackend(Backend):
             pos = q[1] if q is not None else 0
             jobs = list(p.jobs)
             p.jobs.clear()
-            if jobs and not running and not p.ran and p.reason is None \
+            early = self._died_loading(p, jobs[0], running, returncode) if jobs else None
+            if early is not None:
+                reports.append(early)
+                jobs = jobs[1:]
+            elif jobs and not running and not p.ran and p.reason is None \
                     and not p.cancel_at and returncode != 0:
                 self._start_failures += 1
                 if self._start_failures >= START_FAILURES:
@@ -936,7 +976,39 @@ class ProcessBackend(Backend):
                     self._pending.appendleft(job)   # never started: it runs elsewhere
             self._dispatch()   # also while closing: close(cancel=False) runs what is queued
         for done in reports:
-            done.batch.sink(done)
+            _deliver(done)
+
+    def _died_loading(self, p: _Proc, job: _Job, running: bool,
+                      returncode: int | None) -> Completion | None:
+        """``job``'s completion if ``p`` died in the pool's initializer or unpickling
+        ``job``'s function (the slot says which): every item fails, as each would
+        on any worker. The initializer's: ``WorkerInitError`` (the initializer
+        failed, as when it raises; the ``WorkerCrashed`` saying how the worker
+        died is its cause); the function's: ``WorkerCrashed``."""
+        q = p.q
+        if q is None or job.batch.cancelled or p.reason is not None:
+            return None
+        how = _describe_exit(returncode)
+        if running and q[1] == _worker.POS_FUNCTION:
+            def error() -> BaseException:
+                return WorkerCrashed(f"the worker process (pid {p.pid}) died while unpickling "
+                                     f"this task's function: {how}",
+                                     pid=p.pid, exitcode=returncode)
+        elif not running and not p.ran and q[1] == _worker.POS_INITIALIZER:
+            crashed = WorkerCrashed(f"the worker process (pid {p.pid}) died in the pool's "
+                                    f"initializer: {how}", pid=p.pid, exitcode=returncode)
+            init_error = WorkerInitError(f"the pool's initializer {self._initializer!r} killed "
+                                         f"its worker process (pid {p.pid}): {how}")
+            init_error.__cause__ = crashed
+
+            def error() -> BaseException:
+                return init_failure(init_error)
+        else:
+            return None
+        job.batch.it = None   # break the cycle (see _on_message)
+        n = job.size
+        return Completion(job.batch, [error() for _ in range(n)], list(range(n)),
+                          time.monotonic() - job.batch.started)
 
     def _reap(self, p: _Proc) -> int | None:
         assert self._selector is not None
@@ -975,6 +1047,40 @@ def _same(obj: object) -> object:
     return obj
 
 
+def _deliver(done: Completion) -> None:
+    """Report ``done`` from the supervisor thread, which nothing may stop.
+
+    A sink is conveyor's own (the scheduler's, a Pool's): one that raises is
+    a bug, reported as an uncaught thread exception is, while the supervisor
+    goes on serving every other batch.
+    """
+    try:
+        done.batch.sink(done)
+    except Exception as exc:
+        _report_bug(exc)
+
+
+def _report_bug(exc: BaseException) -> None:
+    threading.excepthook(threading.ExceptHookArgs(
+        (type(exc), exc, exc.__traceback__, threading.current_thread())))
+
+
+def _refused(batch: Batch) -> Completion | None:
+    """Call ``batch.on_start`` (first send only): the completion to report if it must
+    not run (a cancelled ``Pool.submit``), or None to run it. If the callback
+    raises, the batch's items fail with that error instead of being lost."""
+    on_start = batch.on_start
+    if on_start is None:
+        return None
+    try:
+        if on_start():
+            return None
+    except Exception as exc:
+        n = batch.limit
+        return Completion(batch, [exc] * n, list(range(n)), 0.0)
+    return Completion(batch, [], None, 0.0)
+
+
 def _crashed_copy(error: WorkerCrashed) -> WorkerCrashed:
     return WorkerCrashed(str(error), pid=error.pid, exitcode=error.exitcode)
 
@@ -985,15 +1091,17 @@ def _fresh(exc: NotPicklable) -> NotPicklable:
     return e
 
 
-def _pickle_items(items: list[Any]) -> tuple[bytes | None, int, BaseException | None]:
+def _pickle_items(items: list[Any], dump: Callable[[list[Any]], Any] = _dumps,
+                  ) -> tuple[Any, int, BaseException | None]:
     """Pickle a batch's items: (payload, how many, error for the first one that fails).
 
     When an item cannot be pickled, the payload holds the items before it (or
     is None if it is the first); the scheduler sends the rest again, and that
-    item then fails on its own.
+    item then fails on its own. ``dump`` makes the payload (by default one
+    pickle of the list).
     """
     try:
-        return _dumps(items), len(items), None
+        return dump(items), len(items), None
     except Exception:
         pass
     for i, x in enumerate(items):
@@ -1001,42 +1109,32 @@ def _pickle_items(items: list[Any]) -> tuple[bytes | None, int, BaseException | 
             _dumps(x)
         except Exception as exc:
             if i:
-                return _dumps(items[:i]), i, None
+                return dump(items[:i]), i, None
             error = NotPicklable(
                 f"this item, a {type(x).__name__}, cannot be sent to a worker process: "
                 f"{type(exc).__name__}: {exc}", type_name=type(x).__name__)
             error.__cause__ = exc
             return None, 0, error
-    return _dumps(items), len(items), None   # pragma: no cover - it failed as a whole only
+    return dump(items), len(items), None   # pragma: no cover - it failed as a whole only
 
 
-def _outcomes(data: bytes, start: int, n: int) -> tuple[list[Any], list[int]]:
-    """Outcomes of positions ``start...start + n``, exceptions rebuilt; failed positions."""
-    import pickle
+def _outcomes(data: bytes, start: int) -> tuple[list[Any], list[int]]:
+    """Outcomes of positions ``start...``, exceptions rebuilt; failed positions.
 
-    try:
-        values, records = pickle.loads(data)
-    except Exception:
-        pass
-    else:
-        return _rebuild_all(values, records, start)
-    try:   # an exception returned as a value that cannot be rebuilt fails its task only
-        values, records = _worker.tolerant_loads(data)
-    except Exception as exc:   # e.g. a result's class the parent cannot import
-        errors = []
-        for _ in range(n):
-            e = NotPicklable("the outcome of this task could not be unpickled in the parent "
-                             f"process: {type(exc).__name__}: {exc}")
-            e.__cause__ = exc
-            errors.append(e)
-        return errors, list(range(start, start + n))
-    for i, value in enumerate(values):
-        if isinstance(value, _worker.Unbuildable):
-            values[i] = None
-            records.append((start + i, _worker.KIND_RESULT, None, value.type_name,
-                            value.describe(), ""))
-    records.sort(key=lambda r: r[0])
-    return _rebuild_all(values, records, start)
+    A result that cannot be unpickled here (its class's module is missing,
+    its ``__reduce__`` raises, even ``SystemExit``) fails its own task only.
+    """
+    values, records, broken = _worker.unpack_outcomes(data, start)
+    values, positions = _rebuild_all(values, records, start)
+    if broken:
+        for i, exc in broken.items():
+            error = NotPicklable("the result of this task could not be unpickled in the "
+                                 f"parent process: {type(exc).__name__}: {_worker._safe_str(exc)}")
+            error.__cause__ = exc
+            values[i] = error
+            positions.append(start + i)
+        positions.sort()
+    return values, positions
 
 
 def _rebuild_all(values: list[Any], records: list[tuple[Any, ...]],
@@ -1056,6 +1154,8 @@ def _rebuild(rec: tuple[Any, ...]) -> BaseException:
     if kind == _worker.KIND_ITEM:
         return NotPicklable(f"this item could not be unpickled in the worker process: "
                             f"{message}", type_name=type_name or None)
+    if kind == _worker.KIND_FUNCTION:
+        return NotPicklable(message)
     if kind == _worker.KIND_RESULT:
         return NotPicklable(
             f"the task returned a {type_name}, which cannot be pickled to send it back "
@@ -1065,15 +1165,20 @@ def _rebuild(rec: tuple[Any, ...]) -> BaseException:
     if exc_bytes is not None:
         try:
             exc = pickle.loads(exc_bytes)
-        except Exception:
+        except BaseException:   # it loaded in the worker; whatever it does here, it is data
             exc = None
     if not isinstance(exc, BaseException):
         exc = NotPicklable(
             f"the task raised {type_name}: {message} -- that exception cannot be pickled "
             "to send it back from the worker process, so this error stands in for it "
             "(its worker-side traceback is attached)", type_name=type_name)
-    exc.__cause__ = RemoteTraceback(tb)
+    # Through the descriptor: `exc.__cause__ = ...` runs the class's __setattr__,
+    # which a frozen dataclass exception makes raise.
+    _CAUSE.__set__(exc, RemoteTraceback(tb))
     return exc
+
+
+_CAUSE: Any = BaseException.__dict__["__cause__"]
 
 
 def _shared_page() -> int:
