@@ -117,14 +117,10 @@ EXPECTED: dict[tuple[str, str], Expect] = {
 #: Dask cells that fail today (fixed in dask.py, not here): strict, so they flip.
 _RAW = "the item fails with the error its unpickling raised, not NotPicklable"
 DASK_XFAIL: dict[tuple[str, str, str], str] = {
-    ("function", "raise_at_pickle", "submit"): "Pool.submit raises NotPicklable instead "
-                                               "of failing the call's future",
     ("function", "unrebuildable", "submit"): "the call succeeds (no NotPicklable)",
     ("function", "unrebuildable", "map"): "the items succeed (no NotPicklable)",
     ("function", "main", "submit"): "the call succeeds (no NotPicklable)",
     ("function", "main", "map"): "the items succeed (no NotPicklable)",
-    ("item", "raise_at_pickle", "submit"): "Pool.submit deadlocks (the backend reports "
-                                           "the failure while the Pool holds its lock)",
     ("item", "raise_at_unpickle", "submit"): _RAW,
     ("item", "raise_at_unpickle", "map"): _RAW,
     ("item", "exit_at_unpickle", "submit"): f"{_RAW} (SystemExit)",
