@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Generator, Iterable, Iterator
+from concurrent import futures
 from typing import Any, TypeVar
 
 from ._api import check_fn, resolve_backend
@@ -66,6 +67,8 @@ class _StdlibMap(Pool):
         running or waiting to be consumed.
         """
         where = f"conveyor.{type(self).__name__}.map"
+        if self.backend_name == "thread":
+            chunksize = 1   # as the stdlib's: "with ThreadPoolExecutor, chunksize has no effect"
         if isinstance(chunksize, bool) or not isinstance(chunksize, int):
             raise TypeError(f"{where}: chunksize must be an int, got {chunksize!r}")
         if chunksize < 1:
@@ -85,9 +88,12 @@ class _StdlibMap(Pool):
             check_fn(fn, where)
             resolve_backend(self.backend_name, fn, where)
             args = list(zip(*iterables))  # noqa: B905 - up to the shortest, as map()
-            window = max(1, len(args))
+            # Room for every item and one more: the run reads past the last
+            # item to see the input end, and so ends without being consumed.
+            window = len(args) + 1
             results = self._map(Star(fn), (args,), _options(window, min(chunksize, window)),
                                 where, eager=True, defer_errors=True)
+            results.keep_running()   # dropped unread, it still runs every item
         else:
             results = self._map(fn, iterables, _options(max(buffersize, chunksize), chunksize),
                                 where, defer_errors=True)
@@ -106,17 +112,28 @@ def _options(window: int, chunksize: int) -> dict[str, Any]:
 
 
 def _deliver(results: Results[Any], deadline: float | None) -> Generator[Any, None, None]:
-    """The results, raising a call's exception in its place; closing this stops the map."""
+    """The results, raising a call's exception in its place; closing this once it
+    has started (``break``, an error, a timeout) cancels what has not run.
+
+    ``map`` keeps no local for a result: the stdlib's ``map`` does not keep the
+    last result handed out alive either.
+    """
     try:
-        for value in results.until(deadline):
-            if type(value) is Raised:
-                raise value.error
-            yield value
+        yield from map(_unwrap, results.until(deadline))
     finally:
-        results.close(wait=False)
+        results.close(wait=False, now=True)
 
 
-class ThreadPoolExecutor(_StdlibMap):
+def _unwrap(value: Any) -> Any:
+    if type(value) is Raised:
+        raise value.error
+    return value
+
+
+# Also the stdlib's classes, for code that checks (asyncio's set_default_executor
+# wants a ThreadPoolExecutor). Their __init__ is not run: conveyor's methods come
+# first in the MRO and none of the stdlib's own is reached.
+class ThreadPoolExecutor(_StdlibMap, futures.ThreadPoolExecutor):
     """``concurrent.futures.ThreadPoolExecutor`` on conveyor's thread backend.
 
     The stdlib's constructor. Threads start as calls wait for them, up to
@@ -136,7 +153,7 @@ class ThreadPoolExecutor(_StdlibMap):
         self._max_workers = workers
 
 
-class ProcessPoolExecutor(_StdlibMap):
+class ProcessPoolExecutor(_StdlibMap, futures.ProcessPoolExecutor):
     """``concurrent.futures.ProcessPoolExecutor`` on conveyor's process backend.
 
     The stdlib's constructor. ``max_workers`` defaults to the CPUs this

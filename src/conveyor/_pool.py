@@ -41,7 +41,7 @@ from ._worker import Apply
 from .errors import NotPicklable, PoolClosed
 
 if TYPE_CHECKING:
-    from typing_extensions import Unpack
+    from typing_extensions import Self, Unpack
 
 __all__ = ["MapOptions", "Pool"]
 
@@ -152,7 +152,7 @@ class Pool(Executor):
         self._finalizer.atexit = False   # at exit, _at_exit has shut it down already
         _live.add(self)
 
-    def __enter__(self) -> Pool:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
@@ -339,5 +339,7 @@ def _release_later(calls: Calls, backend: Backend, runs: list[Run] | None = None
         calls.close()
         backend.close(cancel=False, wait=False)
         return
+    # Not a daemon: as with the stdlib, the program does not exit before the
+    # calls given to a pool are done, also after shutdown(wait=False).
     threading.Thread(target=_release, args=(calls, backend, runs or ()),
-                     name="conveyor-pool-shutdown", daemon=True).start()
+                     name="conveyor-pool-shutdown").start()

@@ -71,18 +71,28 @@ class Results(Generic[R]):
         """The results (instead of iterating this object), raising
         ``concurrent.futures.TimeoutError`` once ``time.monotonic()`` passes
         ``deadline`` (the executors' ``map(timeout=)``)."""
-        self._dropped.detach()
+        alive = self._dropped.detach() is not None
         self._gen = _iterate(self._run, deadline)
         self._dropped = weakref.finalize(self._gen, self._run.close, wait=False)
+        if not alive:
+            self._dropped.detach()   # keep_running() was called
         return self._gen
 
-    def close(self, *, wait: bool = True) -> None:
+    def keep_running(self) -> None:
+        """Dropped without being read, the run goes on to its end (the executors'
+        eager ``map``); by default dropping it stops the run."""
+        self._dropped.detach()
+
+    def close(self, *, wait: bool = True, now: bool = False) -> None:
         """Cancel the run (if it is still going) and wait until it has stopped.
 
         May be called from another thread while a loop is iterating: that loop
         then ends after the results it already holds. ``wait=False``: stop it
-        without waiting for calls already running.
+        without waiting for calls already running. ``now``: also mark its
+        batches cancelled from this thread, so that none starts meanwhile.
         """
+        if now:
+            self._run.cancel_batches()
         self._run.close(wait=wait)
         # ValueError: another thread is inside the generator right now; it
         # sees the end of the run and finishes on its own.

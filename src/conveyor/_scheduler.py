@@ -185,6 +185,12 @@ class Run(Outcomes):
         """
         self.events.put(_STOP if error is None else _Stop(error))
 
+    def cancel_batches(self) -> None:
+        """From any thread: mark the batches in flight cancelled, so that a worker
+        taking one now drops it (``stop`` then cancels them properly)."""
+        for b in list(self._in_flight):   # one C-level copy: safe while the dispatcher runs
+            b.cancelled = True
+
     def close(self, *, wait: bool = True, error: BaseException | None = None) -> None:
         self.stop(error)
         if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:

@@ -610,6 +610,10 @@ class ProcessBackend(Backend):
             if target is None:
                 return
             job = pending.popleft()
+            if job.batch.cancelled:   # its run stopped meanwhile: not sent at all
+                self._deferred.append(Completion(job.batch, [], None, 0.0))
+                self._wake()
+                continue
             if not job.sent:
                 # Once per job: one requeued because its worker died before
                 # starting it has started already for Pool.submit's future
