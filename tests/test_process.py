@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import decimal
 import os
 import select
 import signal
@@ -18,6 +19,7 @@ import sys
 import textwrap
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -36,6 +38,7 @@ from conveyor.errors import (
     item_index,
 )
 
+from . import _faults
 from ._crossproc import Gate, Tally, publish
 from .conftest import child_processes
 
@@ -580,6 +583,112 @@ def test_unpicklable_item_fails_only_that_item(bad: str, batch: int) -> None:
     assert isinstance(out[3], NotPicklable), out[3]
     assert item_index(out[3]) == 3
     assert [r for i, r in enumerate(out) if i != 3] == [2 * i for i in range(10) if i != 3]
+
+
+class SleepAtUnpickle:
+    """An item whose unpickling sleeps for ``seconds`` (in ``time.sleep``: nothing of this
+    module is needed to unpickle it)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (time.sleep, (self.seconds,))
+
+
+class Tracked:
+    """A task's result that says, in the file ``path``, when its worker lets go of it
+    (the copy unpickled in the parent has no finalizer: ``__init__`` does not run there)."""
+
+    def __init__(self, x: int, path: str) -> None:
+        self.x = x
+        weakref.finalize(self, publish, path, "freed")
+
+
+BAD = 13   # the faulty one of the 40 items below
+
+
+@pytest.mark.parametrize("max_tasks", [None, 7])
+@pytest.mark.parametrize("what", ["raise_at_unpickle", "exit_at_unpickle"])
+def test_a_result_the_parent_cannot_unpickle_fails_alone_and_nothing_reruns(
+        what: str, max_tasks: int | None) -> None:
+    """Results that are not plain data (Decimals) travel in one pickle; when one of them
+    cannot be unpickled in the parent (it raises, or raises SystemExit), only its item fails,
+    and no task runs twice for it (also on a worker that retires after 7 tasks)."""
+    runs = Tally()
+
+    def work(d: decimal.Decimal) -> Any:
+        runs.add(int(d))
+        return _faults.Fault(what) if d == BAD else d * 2
+
+    items = [decimal.Decimal(i) for i in range(40)]
+    out = drain(conveyor.map(work, items, backend="process", workers=2, batch=40,
+                             max_tasks_per_worker=max_tasks, on_error="return"), 30)
+    assert isinstance(out[BAD], NotPicklable), out[BAD]
+    assert item_index(out[BAD]) == BAD
+    assert [r for i, r in enumerate(out) if i != BAD] == [2 * d for d in items if d != BAD]
+    assert [runs.count(i) for i in range(40)] == [1] * 40
+
+
+@pytest.mark.parametrize("max_tasks", [None, 7])
+@pytest.mark.parametrize("what", ["raise_at_unpickle", "exit_at_unpickle", "os_exit_at_unpickle"])
+def test_an_item_a_worker_cannot_unpickle_fails_alone(what: str, max_tasks: int | None) -> None:
+    """Items that are not plain data travel in one pickle; when one of them cannot be
+    unpickled in the worker, only it fails, the others of its batch come back right. If
+    unpickling it raises, no task has run yet: none runs twice. If it kills the worker (each
+    time), it fails with WorkerCrashed, and only the items before it run again."""
+    runs = Tally()
+
+    def work(d: decimal.Decimal) -> decimal.Decimal:
+        runs.add(int(d))
+        return d * 2
+
+    items: list[Any] = [decimal.Decimal(i) for i in range(40)]
+    items[BAD] = _faults.Fault(what)
+    out: list[Any] = drain(conveyor.map(work, items, backend="process", workers=2, batch=40,
+                                        max_tasks_per_worker=max_tasks, on_error="return"), 30)
+    error = WorkerCrashed if what == "os_exit_at_unpickle" else NotPicklable
+    assert isinstance(out[BAD], error), out[BAD]
+    assert item_index(out[BAD]) == BAD
+    assert [r for i, r in enumerate(out) if i != BAD] == [2 * i for i in range(40) if i != BAD]
+    counts = [runs.count(i) for i in range(40)]
+    assert counts[BAD] == 0
+    if what == "os_exit_at_unpickle":
+        assert set(counts[:BAD]) <= {1, 2}, counts   # they ran, then their worker died
+        assert counts[BAD + 1:] == [1] * (40 - BAD - 1), counts
+    else:
+        assert counts[:BAD] + counts[BAD + 1:] == [1] * 39, counts
+
+
+def test_a_timed_item_whose_unpickling_hangs_times_out_alone() -> None:
+    """With timeout=, unpickling an item counts as part of its task: one whose unpickling
+    hangs fails with TaskTimeout, and the others of its batch come back right."""
+    items: list[Any] = [decimal.Decimal(i) for i in range(8)]
+    items[3] = SleepAtUnpickle(30)
+
+    def work(d: Any) -> Any:
+        return d * 2
+
+    t0 = time.monotonic()
+    out = drain(conveyor.map(work, items, backend="process", workers=2, batch=8, timeout=1,
+                             on_error="return"), 20)
+    assert isinstance(out[3], TaskTimeout), out[3]
+    assert [r for i, r in enumerate(out) if i != 3] == [2 * i for i in range(8) if i != 3]
+    assert time.monotonic() - t0 < 15
+
+
+def test_an_idle_worker_lets_go_of_the_results_it_sent(tmp_path: Path) -> None:
+    """A worker does not keep the results of its last batch while it waits for work."""
+    paths = [str(tmp_path / f"freed-{i}") for i in range(4)]
+
+    def make(i: int) -> Tracked:
+        return Tracked(i, paths[i])
+
+    with conveyor.Pool(backend="process", workers=1) as pool:
+        out = drain(pool.map(make, range(4), batch=4))
+        assert [r.x for r in out] == [0, 1, 2, 3]
+        for path in paths:   # the pool is open: the worker is alive, idle
+            assert read_published(Path(path)) == "freed"
 
 
 # -- 6. cancellation -----------------------------------------------------------------

@@ -16,15 +16,25 @@ Protocol (each message: an 8-byte little-endian length, then a pickle):
 * parent -> worker, first: ``(sys_path, initializer_and_args | None,
   max_tasks | None)``; then one message per batch: ``(bid, fn_key, fn_bytes |
   None, timed, items)``. End of file on TASK_R: exit.
-  ``items`` is one pickle of the list of items when they are plain data
-  (builtin scalars and containers, which cannot fail to unpickle), else a
-  list of one pickle per item, unpickled as each item starts: one that fails
-  (or kills the worker) fails only its own item.
-* worker -> parent: ``(bid, status, start, n, extra, outcomes)``: the ``n``
-  outcomes of positions ``start...`` of the batch, packed by
+  ``items`` is one pickle of the list of items (one memo: a class is named
+  once), unpickled before the first item starts (``POS_ITEMS``). If that
+  fails, the worker answers ``STATUS_ITEMS_FAILED`` before running anything;
+  if it dies there, nothing can say which item did it. Either way the parent
+  sends the batch again as a list of one pickle per item, unpickled as each
+  item starts: one that fails (or kills the worker) fails only its own item.
+  Timed batches always go one per item: unpickling an item is part of its task.
+* worker -> parent: ``(bid, status, start, n, extra, outcomes, whole)``: the
+  ``n`` outcomes of positions ``start...`` of the batch, packed by
   :func:`pack_outcomes` (``records`` describe the failed ones, see
   ``_record``). A batch ends with one ``STATUS_DONE`` reply (``extra``:
-  seconds busy), after ``STATUS_PARTIAL`` ones if it ran long.
+  seconds busy), after ``STATUS_PARTIAL`` ones if it ran long. ``whole``: the
+  ``STATUS_DONE`` outcomes that are not plain data are in one pickle, which
+  the parent may fail to unpickle; the worker keeps them until the next
+  message: ``(bid, RESEND, None, None, None)`` asks for them again one pickle
+  per outcome (the tasks do not run again), ``(bid, RELEASE, ...)`` or the
+  next batch lets them go. ``STATUS_PARTIAL`` outcomes (sent by the control
+  thread while the batch runs, for slow items) always go one per outcome: a
+  resend would race with the outcomes sent after them.
 * parent -> worker on CTL_R (read by a control thread while the main thread
   runs tasks): ``b"S"`` + 8-byte batch id: give back the items not started
   yet; the reply (``STATUS_STOLEN``) says how many it keeps (``extra``).
@@ -32,7 +42,7 @@ Protocol (each message: an 8-byte little-endian length, then a pickle):
 The slot (a small shared-memory page, SLOT_FD) says what the worker is doing
 without a message per item: ``q[0]`` the batch id it runs, ``q[1]`` the position
 of the item it runs (or a phase: ``POS_SENDING``, ``POS_FUNCTION``,
-``POS_INITIALIZER``), and ``d[2]`` since when (``time.monotonic``, for timed
+``POS_INITIALIZER``, ``POS_ITEMS``), and ``d[2]`` since when (``time.monotonic``, for timed
 batches only). The parent reads it to time items and to know which item (or
 phase) a dead worker was in.
 
@@ -72,8 +82,10 @@ HEADER = 8
 STATUS_DONE = 0       # the batch ended: the rest of its outcomes
 STATUS_PARTIAL = 1    # outcomes of a batch that is still running
 STATUS_INIT_FAILED = 2  # the initializer failed: records[0] describes it
-STATUS_ITEMS_FAILED = 3  # the items could not be unpickled: records[0] says why
+STATUS_ITEMS_FAILED = 3  # the items could not be unpickled as one: send them one by one
 STATUS_STOLEN = 4     # reply to a steal request: how many items it keeps, or -1
+RESEND = -1           # ``fn_key`` of a message asking for the last outcomes again
+RELEASE = -2          # ``fn_key`` of a message saying that the parent has them
 FN_CACHE = 64         # functions a worker keeps (FIFO); the parent mirrors it
 FLUSH_AFTER = 0.08    # seconds a batch runs before its outcomes are sent as they come
 FLUSH_EVERY = 0.05    # seconds between those hand-overs
@@ -87,6 +99,7 @@ KIND_FUNCTION = 3     # the function could not be rebuilt in the worker
 POS_SENDING = -1      # the batch's items have run: its outcomes are being sent
 POS_FUNCTION = -2     # unpickling the batch's function (q[0]: that batch)
 POS_INITIALIZER = -3  # unpickling and running the pool's initializer
+POS_ITEMS = -4        # unpickling the batch's items, sent in one pickle (q[0]: that batch)
 
 _process_state: dict[str, Any] | None = None
 _state_var: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar(
@@ -429,11 +442,14 @@ def _record(pos: int, exc: BaseException) -> tuple[int, int, bytes | None, str, 
 
 
 def _encode(bid: int, status: int, start: int, values: list[Any],
-            records: list[tuple[Any, ...]], extra: float) -> bytes:
-    """A reply: ``values`` are the outcomes of positions ``start...`` of the
-    batch; ``records`` (by batch position) describe the failed ones."""
+            records: list[tuple[Any, ...]], extra: float, whole: bool = False,
+            ) -> tuple[bytes, bool]:
+    """A reply, and whether its outcomes are in one pickle (see :func:`pack_outcomes`):
+    ``values`` are the outcomes of positions ``start...`` of the batch;
+    ``records`` (by batch position) describe the failed ones."""
     n = len(values)
-    return dumps((bid, status, start, n, extra, pack_outcomes(values, records, start)), 5)
+    data, whole = pack_outcomes(values, records, start, whole)
+    return dumps((bid, status, start, n, extra, data, whole), 5), whole
 
 
 _ATOMS = frozenset({int, float, str, bytes, bool, type(None), complex})
@@ -473,18 +489,28 @@ class _NotPlain(Exception):
     pass
 
 
-def pack_outcomes(values: list[Any], records: list[tuple[Any, ...]], start: int) -> bytes:
-    """``(values, packed, records)`` pickled, for :func:`unpack_outcomes`.
+def pack_outcomes(values: list[Any], records: list[tuple[Any, ...]], start: int,
+                  whole: bool = False) -> tuple[bytes, bool]:
+    """``(values, packed, records)`` pickled, for :func:`unpack_outcomes`; and ``whole``.
 
-    Plain values stay in ``values``; any other one (not at a failed position)
-    is pickled on its own into ``packed`` (position - ``start`` -> bytes), so
-    that one the receiver cannot unpickle fails its own item, not the batch.
-    A value that cannot be pickled becomes its task's error record. The
-    result always unpickles. ``values`` and ``records`` are changed in place.
+    Plain data is one pickle. Otherwise, with ``whole``, one pickle of all
+    (``packed`` None, ``whole`` True, nothing changed): the fast way, which the
+    receiver may fail to unpickle as a whole. Else, or if that cannot be
+    pickled, plain values stay in ``values`` and any other one (not at a failed
+    position) is pickled on its own into ``packed`` (position - ``start`` ->
+    bytes), so that one the receiver cannot unpickle fails its own item, not
+    the batch; a value that cannot be pickled becomes its task's error record;
+    that result always unpickles, and ``values`` and ``records`` are changed
+    in place.
     """
     data = plain_dumps((values, None, records))
     if data is not None:
-        return data
+        return data, False
+    if whole:
+        try:
+            return dumps((values, None, records), 5), True
+        except BaseException:   # e.g. a lock, a class of __main__: one by one says which
+            pass
     failed = {r[0] - start for r in records}
     odd = [i for i, value in enumerate(values) if type(value) not in _ATOMS and i not in failed]
     packed: dict[int, bytes] = {}
@@ -499,7 +525,7 @@ def pack_outcomes(values: list[Any], records: list[tuple[Any, ...]], start: int)
         values[i] = None
     if bad:
         records.sort(key=_position)
-    return dumps((values, packed, records), 5)
+    return dumps((values, packed, records), 5), False
 
 
 def dumps_each(objs: list[Any], pickler: Any = None,
@@ -537,17 +563,24 @@ def _position(record: tuple[Any, ...]) -> int:
     return position
 
 
-def unpack_outcomes(data: bytes, start: int) -> tuple[list[Any], list[tuple[Any, ...]],
-                                                       dict[int, BaseException]]:
+def unpack_outcomes(data: bytes, start: int, whole: bool = False,
+                    ) -> tuple[list[Any], list[tuple[Any, ...]], dict[int, BaseException]] | None:
     """:func:`pack_outcomes`'s outcomes: ``(values, records, broken)``.
 
     A value that cannot be unpickled here is None in ``values``: an
     exception that cannot be rebuilt gets a record (``KIND_RESULT``); any
     other is in ``broken`` (position - ``start`` -> what unpickling raised,
     whatever it raised: ``SystemExit`` from a ``__reduce__`` is data, not a
-    request to exit). Never raises for what one value does.
+    request to exit). Never raises for what one value does: outcomes packed
+    ``whole`` that do not unpickle as one give None (ask for them one by one).
     """
-    values, packed, records = loads(data)   # plain values, bytes and records: it loads
+    if whole:
+        try:
+            values, packed, records = loads(data)
+        except BaseException:   # SystemExit too: the data's doing, not a request to exit
+            return None
+    else:
+        values, packed, records = loads(data)   # plain values, bytes and records: it loads
     if not packed:
         return values, records, {}
     broken: dict[int, BaseException] = {}
@@ -621,8 +654,10 @@ class _Worker:
         with self.lock:
             write_message(self.result_w, payload)
 
-    def flush(self, cur: _Current, status: int, extra: float) -> None:
-        """Send ``cur``'s outcomes not sent yet (lock held)."""
+    def flush(self, cur: _Current, status: int, extra: float, whole: bool = False,
+              ) -> tuple[int, int, list[Any], list[Any], float] | None:
+        """Send ``cur``'s outcomes not sent yet (lock held). With ``whole`` (see
+        :func:`pack_outcomes`), what a ``RESEND`` needs if they went in one pickle."""
         out = cur.out
         start = cur.sent
         n = len(out)
@@ -633,7 +668,9 @@ class _Worker:
                 records.append(out[pos])   # made as the item failed (see _record)
                 values[pos - start] = None
         cur.sent = n
-        write_message(self.result_w, _encode(cur.bid, status, start, values, records, extra))
+        data, whole = _encode(cur.bid, status, start, values, records, extra, whole)
+        write_message(self.result_w, data)
+        return (cur.bid, start, values, records, extra) if whole else None
 
     def control(self, ctl_r: int) -> None:
         """The control thread: steal requests, and early hand-over of outcomes.
@@ -658,7 +695,7 @@ class _Worker:
                         continue   # that batch has ended: its STATUS_DONE is the answer
                     rest = list(cur.it)   # one C-level call: atomic for the main loop
                     k = cur.size - len(rest) if rest else -1
-                    write_message(self.result_w, _encode(bid, STATUS_STOLEN, 0, [], [], k))
+                    write_message(self.result_w, _encode(bid, STATUS_STOLEN, 0, [], [], k)[0])
                 continue
             with self.lock:
                 cur = self.current
@@ -721,11 +758,23 @@ def main() -> None:
     fns: dict[int, Callable[[Any], Any]] = {}
     monotonic = time.monotonic
     done = 0
+    retired = False
+    kept = None   # the last batch's outcomes, if they went in one pickle: see RESEND
     while True:
+        if retired and kept is None:
+            return   # the parent starts a fresh worker when it needs one
         message = read_message(task_r)
         if message is None:
             return
         bid, key, fn_bytes, timed, items_bytes = loads(message)
+        if key < 0:   # RESEND or RELEASE
+            if key == RESEND and kept is not None and kept[0] == bid:
+                _bid, start, values, records, busy = kept
+                worker.send(_encode(bid, STATUS_DONE, start, values, records, busy)[0])
+                del values, records
+            kept = None
+            continue
+        kept = None   # a new batch: the parent has the last one's outcomes
         if fn_bytes is not None:   # first, always: the parent mirrors this cache
             q[1] = POS_FUNCTION   # a death from here on is the function's doing
             q[0] = bid
@@ -736,14 +785,16 @@ def main() -> None:
             if len(fns) > FN_CACHE:
                 del fns[next(iter(fns))]
         if init_record is not None:
-            worker.send(_encode(bid, STATUS_INIT_FAILED, 0, [], [init_record], 0.0))
+            worker.send(_encode(bid, STATUS_INIT_FAILED, 0, [], [init_record], 0.0)[0])
             continue
         fn = fns[key]
-        if type(items_bytes) is bytes:   # plain data, in one pickle
+        if type(items_bytes) is bytes:   # in one pickle
+            q[1] = POS_ITEMS   # a death from here on: the parent sends them one by one
+            q[0] = bid
             try:
                 items = loads(items_bytes)
-            except BaseException as exc:   # (out of memory)
-                worker.send(_encode(bid, STATUS_ITEMS_FAILED, 0, [], [_record(0, exc)], 0.0))
+            except BaseException:   # SystemExit too: the items' doing
+                worker.send(_encode(bid, STATUS_ITEMS_FAILED, 0, [], [], 0.0)[0])
                 continue
         else:   # one pickle per item, unpickled as the item starts (its slot position set)
             items = items_bytes
@@ -783,7 +834,6 @@ def main() -> None:
         q[1] = POS_SENDING   # no item runs while the outcomes are sent: not timed
         with worker.lock:
             worker.current = None
-            worker.flush(cur, STATUS_DONE, busy)
-        del cur, out, errors, append, items, it   # hold nothing while idle
-        if max_tasks is not None and done >= max_tasks:
-            return   # retire: the parent starts a fresh worker when it needs one
+            kept = worker.flush(cur, STATUS_DONE, busy, whole=True)
+        del cur, out, errors, append, items, it   # hold nothing while idle (but `kept`)
+        retired = max_tasks is not None and done >= max_tasks

@@ -34,6 +34,12 @@ the items after it had not run and run elsewhere, and the items *before* it
 had run but their outcomes died with the worker: they run again. So a task
 runs at least once, and twice only when its worker dies in the same batch
 after it (adaptive batching keeps batches near ``batch_target`` long).
+Faults in pickles re-run nothing: a batch's items travel in one pickle (one
+memo: fast), and if a worker cannot unpickle it, or dies doing so, none has
+run and the batch goes again one pickle per item, so the bad one fails alone
+(timed batches always go so: unpickling an item is part of its task).
+Results travel in one pickle too; if the parent cannot unpickle it, the
+worker, which kept them, sends them again one by one (see ``_worker``).
 
 **Timeouts and crash attribution** without a message per item: a shared
 memory page per worker holds (batch id, item position, start time), written by
@@ -177,16 +183,14 @@ def _main_aware_pickler() -> Any:
 
 
 
-def _dumps_items(items: list[Any]) -> bytes | list[bytes]:
-    """The items of a job: one pickle if they are plain data, else one per item.
+def _dumps_each(items: list[Any]) -> list[bytes]:
+    """The items of a job, one pickle per item.
 
     A worker unpickles items pickled one by one as each starts (see
-    ``_worker``), so one whose unpickling fails, exits or crashes the worker
-    fails only itself. Plain data cannot fail to unpickle: it stays one pickle.
+    ``_worker``), so one whose unpickling fails, exits, crashes the worker or
+    hangs (timed, it is part of its task) fails only itself. Dearer than one
+    pickle of all: for timed jobs, and jobs whose one pickle did not unpickle.
     """
-    data = _worker.plain_dumps(items)
-    if data is not None:
-        return data
     shared, seen = _mpshare.classes()
     out = []
     for blob, exc in _worker.dumps_each(items, lambda f, _protocol: _pickler(f, shared, seen)):
@@ -292,15 +296,15 @@ class _Job:
     __slots__ = ("batch", "bid", "fn_data", "items", "key", "sent", "size", "steal_reply",
                  "stolen")
 
-    def __init__(self, bid: int, batch: Batch, key: int, fn_data: bytes, items: bytes,
-                 size: int) -> None:
+    def __init__(self, bid: int, batch: Batch, key: int, fn_data: bytes,
+                 items: bytes | list[bytes], size: int) -> None:
         self.bid = bid
         self.batch = batch
         self.key = key          # which function (see ProcessBackend._fn_key)
         self.fn_data = fn_data  # its pickle, sent to workers that do not hold it yet
         self.steal_reply = threading.Event()
         self.stolen: int | None = None
-        self.items = items      # the pickled items
+        self.items = items      # the pickled items: one pickle, or one per item
         self.size = size        # how many
         self.sent = False       # sent once: batch.on_start was called (then never again)
 
@@ -430,7 +434,7 @@ class ProcessBackend(Backend):
             batch.sink(Completion(batch, [_fresh(exc) for _ in range(n)], list(range(n)), 0.0))
             return
         items = batch.items[:batch.limit]
-        payload, n, error = _pickle_items(items, _dumps_items)
+        payload, n, error = _pickle_items(items, _dumps_each if batch.timed else _dumps)
         if payload is None:   # the first item cannot be sent: fail it, the rest follow
             assert error is not None
             batch.sink(Completion(batch, [error], [0], 0.0))
@@ -856,7 +860,7 @@ class ProcessBackend(Backend):
     def _on_message(self, p: _Proc, message: bytes) -> None:
         import pickle
 
-        bid, status, start, _n, extra, outcomes = pickle.loads(message)
+        bid, status, start, _n, extra, outcomes, whole = pickle.loads(message)
         if status == _worker.STATUS_STOLEN:
             # A reply may come after its batch ended (it then took nothing).
             if p.jobs and p.jobs[0].bid == bid:
@@ -867,8 +871,16 @@ class ProcessBackend(Backend):
         job = p.jobs[0]
         assert job.bid == bid, (job.bid, bid)
         batch = job.batch
+        if status == _worker.STATUS_ITEMS_FAILED:
+            self._items_failed(p, job)
+            return
         if status in (_worker.STATUS_PARTIAL, _worker.STATUS_DONE):
-            values, errors = _outcomes(outcomes, start)
+            got = _outcomes(outcomes, start, whole)
+            if got is None:   # not as one: the worker sends them again one by one
+                with self._lock:
+                    self._write(p, _request(bid, _worker.RESEND))
+                return
+            values, errors = got
         if status == _worker.STATUS_PARTIAL:
             out, errs = batch.out, batch.errs
             assert out is not None
@@ -885,6 +897,8 @@ class ProcessBackend(Backend):
             if p.retiring:
                 self._close_task(p)   # it exits now; a fresh one starts on demand
             self._dispatch()
+            if whole and not p.jobs:   # (a next job says it too)
+                self._write(p, _request(bid, _worker.RELEASE))
         job.steal_reply.set()   # a steal that raced with the end: nothing to take
         batch.it = None         # _Unstarted -> job -> batch: a cycle holding its items
         if status == _worker.STATUS_DONE:
@@ -894,19 +908,48 @@ class ProcessBackend(Backend):
                 values = batch.out + values
                 errors = batch.errs + errors
             done = Completion(batch, values, errors or None, extra)
-        else:
-            cause = _rebuild(_worker.unpack_outcomes(outcomes, 0)[1][0])
-            failures: list[BaseException] = []
-            for _ in range(job.size):
-                if status == _worker.STATUS_INIT_FAILED:
-                    e = init_failure(initializer_failed(self._initializer, cause))
-                else:
-                    e = NotPicklable("the items could not be unpickled in the worker "
-                                     f"process: {type(cause).__name__}: {cause}")
-                    e.__cause__ = cause
-                failures.append(e)
+        else:   # STATUS_INIT_FAILED
+            _values, _packed, records = pickle.loads(outcomes)   # plain: see pack_outcomes
+            cause = _rebuild(records[0])
+            failures = [init_failure(initializer_failed(self._initializer, cause))
+                        for _ in range(job.size)]
             done = Completion(batch, failures, list(range(job.size)), 0.0)
         _deliver(done)
+
+    def _items_failed(self, p: _Proc, job: _Job) -> None:
+        """``p`` could not unpickle ``job``'s items as one, and ran none: they go
+        again one by one, so that the one at fault fails alone."""
+        size = job.size
+        done = self._one_by_one(job)   # outside the lock: a __reduce__ is the user's code
+        with self._lock:
+            p.jobs.popleft()
+            p.ran = True
+            p.tasks -= size
+            p.retiring = self._max_tasks is not None and p.tasks >= self._max_tasks
+            p.cancel_at = 0.0
+            if job.batch.cancelled:   # read under the lock: see cancel()
+                done = Completion(job.batch, [], None, 0.0)
+            elif done is None:
+                self._pending.appendleft(job)
+            self._dispatch()
+        if done is not None:
+            job.batch.it = None   # break the cycle (see _on_message)
+            _deliver(done)
+
+    def _one_by_one(self, job: _Job) -> Completion | None:
+        """Pickle ``job``'s items again, one per item, under a new batch id (what
+        the slot or a late message says of the old one is not about this).
+
+        None, or the completion to report if its first item cannot be pickled on
+        its own any more (the items after it are then sent again by the scheduler).
+        """
+        batch = job.batch
+        payload, n, error = _pickle_items(batch.items[:job.size], _dumps_each)
+        if payload is None:
+            assert error is not None
+            return Completion(batch, [error], [0], 0.0)
+        job.bid, job.items, job.size = next(self._bids), payload, n
+        return None
 
     def _on_death(self, p: _Proc) -> None:
         # Outcomes it sent before dying come first.
@@ -918,20 +961,34 @@ class ProcessBackend(Backend):
             if message is None:
                 break
             self._on_message(p, message)
+        # Dead while it unpickled the items sent in one pickle: nothing says which
+        # of them did it, and none has run. They go again one by one (pickled
+        # outside the lock: a __reduce__ is the user's code): that one fails alone.
+        q = p.q
+        again = p.jobs[0] if p.jobs and q is not None and q[0] == p.jobs[0].bid \
+            and q[1] == _worker.POS_ITEMS and not p.jobs[0].batch.cancelled else None
+        early = self._one_by_one(again) if again is not None else None
         reports: list[Completion] = []
         with self._lock:
             if p not in self._procs:
                 return
             self._procs.remove(p)
             returncode = self._reap(p)
-            q = p.q
             running = q is not None and bool(p.jobs) and q[0] == p.jobs[0].bid
             pos = q[1] if q is not None else 0
             jobs = list(p.jobs)
             p.jobs.clear()
-            early = self._died_loading(p, jobs[0], running, returncode) if jobs else None
-            if early is not None:
-                reports.append(early)
+            if again is not None:   # still jobs[0]: only this thread takes jobs away
+                if again.batch.cancelled:   # read under the lock: see cancel()
+                    early = Completion(again.batch, [], None, 0.0)
+                elif early is None:
+                    self._pending.appendleft(again)
+            elif jobs:
+                early = self._died_loading(p, jobs[0], running, returncode)
+            if early is not None or again is not None:
+                if early is not None:
+                    jobs[0].batch.it = None   # break the cycle (see _on_message)
+                    reports.append(early)
                 jobs = jobs[1:]
             elif jobs and not running and not p.ran and p.reason is None \
                     and not p.cancel_at and returncode != 0:
@@ -1009,7 +1066,6 @@ class ProcessBackend(Backend):
                 return init_failure(init_error)
         else:
             return None
-        job.batch.it = None   # break the cycle (see _on_message)
         n = job.size
         return Completion(job.batch, [error() for _ in range(n)], list(range(n)),
                           time.monotonic() - job.batch.started)
@@ -1122,13 +1178,18 @@ def _pickle_items(items: list[Any], dump: Callable[[list[Any]], Any] = _dumps,
     return dump(items), len(items), None   # pragma: no cover - it failed as a whole only
 
 
-def _outcomes(data: bytes, start: int) -> tuple[list[Any], list[int]]:
+def _outcomes(data: bytes, start: int, whole: bool) -> tuple[list[Any], list[int]] | None:
     """Outcomes of positions ``start...``, exceptions rebuilt; failed positions.
 
     A result that cannot be unpickled here (its class's module is missing,
-    its ``__reduce__`` raises, even ``SystemExit``) fails its own task only.
+    its ``__reduce__`` raises, even ``SystemExit``) fails its own task only:
+    None if the outcomes are ``whole`` (see ``_worker.pack_outcomes``) and do
+    not unpickle as one, so that the worker sends them again one by one.
     """
-    values, records, broken = _worker.unpack_outcomes(data, start)
+    got = _worker.unpack_outcomes(data, start, whole)
+    if got is None:
+        return None
+    values, records, broken = got
     values, positions = _rebuild_all(values, records, start)
     if broken:
         for i, exc in broken.items():
@@ -1139,6 +1200,13 @@ def _outcomes(data: bytes, start: int) -> tuple[list[Any], list[int]]:
             positions.append(start + i)
         positions.sort()
     return values, positions
+
+
+def _request(bid: int, key: int) -> bytes:
+    """A message to a worker about batch ``bid``'s outcomes (``_worker.RESEND``, ``RELEASE``)."""
+    import pickle
+
+    return pickle.dumps((bid, key, None, None, None), 5)
 
 
 def _rebuild_all(values: list[Any], records: list[tuple[Any, ...]],
