@@ -134,7 +134,7 @@ def test_a_rejected_submit_does_not_deadlock_and_submit_at_exit_raises(tmp_path:
     out = run_script(tmp_path, """
         import atexit, time, conveyor
 
-        pool = conveyor.Pool(backend="process", workers=1)
+        pool = None
 
         def late():
             try:
@@ -146,7 +146,10 @@ def test_a_rejected_submit_does_not_deadlock_and_submit_at_exit_raises(tmp_path:
             time.sleep(0.3)
             print("pending call ran", flush=True)
 
+        # Registered before the process backend's own exit handler: it runs
+        # after that one has closed the backend (the order that deadlocked).
         atexit.register(late)
+        pool = conveyor.Pool(backend="process", workers=1)
         print(pool.submit(abs, -3).result(10), flush=True)
         pool.submit(pending)
     """)
