@@ -414,8 +414,10 @@ def test_an_item_that_cannot_be_rebuilt_on_the_worker_fails_alone(client: Any) -
     items[5] = OnlyHere(5)
     out = list(conveyor.map(identity, items, backend="dask", cluster=client, batch=10,
                             on_error="return"))
-    assert isinstance(out[5], ValueError), out
-    assert "item 5 cannot be rebuilt" in str(out[5])
+    # NotPicklable, as on the process backend, caused by the unpickling's own error
+    assert isinstance(out[5], conveyor.errors.NotPicklable), out
+    assert isinstance(out[5].__cause__, ValueError), out[5].__cause__
+    assert "OnlyHere" in str(out[5]) and "item 5 cannot be rebuilt" in str(out[5])
     assert [x for i, x in enumerate(out) if i != 5] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
 
 
@@ -485,3 +487,108 @@ def test_pool_submit_survives_a_call_that_kills_its_worker(own_cluster: Any) -> 
         late = [pool.submit(square, i) for i in range(6)]
     # leaving the block is close(): the queued calls ran before it returned
     assert [f.result(timeout=0) for f in late] == [i * i for i in range(6)]
+
+
+# A user's script: exception classes of its own __main__ (defined after dask is
+# imported, so that tblib's pickling support, which distributed installs for the
+# exception classes that exist at its import, does not rebuild them), on a
+# cluster the script starts itself.
+MAIN_EXCEPTIONS = """
+import json, sys
+from dataclasses import dataclass
+import distributed
+import conveyor
+
+
+class Unrebuildable(Exception):
+    # pickles its args only, (code,): Unrebuildable(code) lacks `where`
+    def __init__(self, code, where):
+        super().__init__(code)
+        self.where = where
+
+
+@dataclass(frozen=True)
+class Frozen(Exception):
+    code: int
+
+
+def returns(x):
+    return Unrebuildable(x, "here") if x == 5 else x
+
+
+def identity(x):
+    return x
+
+
+def raises(x):
+    if x == 5:
+        raise Unrebuildable(x, "here")
+    return x
+
+
+def raises_frozen(x):
+    if x == 5:
+        raise Frozen(x)
+    return x
+
+
+def outcome(v):
+    if isinstance(v, BaseException):
+        return [type(v).__name__, isinstance(v, conveyor.errors.NotPicklable), str(v)]
+    return v
+
+
+def run(pool):
+    report = {}
+    for name, fn, items in [
+            ("returned", returns, list(range(10))),
+            ("item", identity, [Unrebuildable(5, "here") if i == 5 else i for i in range(10)]),
+            ("raised", raises, list(range(10))),
+            ("raised_frozen", raises_frozen, list(range(10)))]:
+        out = list(pool.map(fn, items, batch=10, on_error="return"))
+        try:
+            alone = outcome(pool.submit(fn, items[5]).result(timeout=60))
+        except BaseException as exc:
+            alone = outcome(exc)
+        report[name] = {"map": [outcome(v) for v in out], "submit": alone}
+    print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "own":   # conveyor starts a LocalCluster in a helper
+        with conveyor.Pool("dask", workers=2) as pool:
+            run(pool)
+    else:                      # the script's own LocalCluster (workers re-import it)
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1,
+                                      dashboard_address=":0", silence_logs=50) as cluster, \\
+                distributed.Client(cluster) as client, \\
+                conveyor.Pool("dask", cluster=client) as pool:
+            run(pool)
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", ["own", "script"])
+def test_unrebuildable_exceptions_of_main_fail_their_item_with_not_picklable(
+        tmp_path: Path, cluster: str) -> None:
+    """An exception class of the user's __main__ that its pickle cannot rebuild
+    (returned, passed as an item, raised), and a frozen dataclass exception
+    raised by the task: NotPicklable for that item or call, the rest right."""
+    import json
+
+    script = tmp_path / "main_exceptions.py"
+    script.write_text(MAIN_EXCEPTIONS)
+    proc = subprocess.run([sys.executable, str(script), cluster], capture_output=True,
+                          text=True, timeout=170, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, got in report.items():
+        out = got["map"]
+        assert [v for i, v in enumerate(out) if i != 5] == [0, 1, 2, 3, 4, 6, 7, 8, 9], \
+            (name, out)
+        assert out[5][1] is True, (name, out[5])        # a NotPicklable
+        assert got["submit"][1] is True, (name, got["submit"])
+        expected = "Frozen" if name == "raised_frozen" else "Unrebuildable"
+        assert expected in out[5][2], (name, out[5])    # it names the class
+    assert not wait_no_child_processes(15), child_processes()
+

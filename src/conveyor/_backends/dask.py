@@ -109,12 +109,13 @@ def run_batch(token: str, fn_key: str, fn_data: bytes, init: bytes | None,
     state, init_record = _worker_state(token, init)
     try:
         items = _loads(items_data)
-    except BaseException:
+    except BaseException as exc:
         try:   # one item's exception that cannot be rebuilt fails that item only
             items = _worker.tolerant_loads(items_data)
             fn = _worker._skip_unbuildable(fn)
-        except BaseException as exc:   # the client sends the items one by one instead
-            return UNLOADABLE, _dumps(([None], {}, [_worker._record(0, exc)]), 5)
+        except BaseException:   # the client sends the items one by one instead
+            # (loads's error: it names what failed, the tolerant retry's may not)
+            return UNLOADABLE, _dumps(([None], {}, [_record(0, exc)]), 5)
     if init_record is not None:   # the initializer failed on this worker: every item fails
         n = len(items)
         return INIT_FAILED, _dumps(([None] * n, {}, [(i, *init_record[1:])
@@ -130,11 +131,28 @@ def run_batch(token: str, fn_key: str, fn_data: bytes, init: bytes | None,
                 append(fn(x))
             except BaseException as exc:  # the task's own failure, whatever its type
                 append(None)
-                records.append(_worker._record(i, exc))
+                records.append(_record(i, exc))
     finally:
         _worker._state_var.reset(reset)
     busy = time.monotonic() - t0
     return busy, _pack(values, records)
+
+
+def _record(pos: int, exc: BaseException) -> tuple[Any, ...]:
+    """``_worker._record``, also for an exception that refuses to have its
+    ``__traceback__`` cleared (a frozen dataclass's ``__setattr__`` raises):
+    a ``NotPicklable`` naming it, with the task's traceback, stands in for it
+    (its pickle could not rebuild it either: ``__setstate__`` sets attributes)."""
+    try:
+        return _worker._record(pos, exc)
+    except Exception as refusal:
+        name = _worker._type_name(exc)
+        stand_in = NotPicklable(
+            f"the task raised {name}: {_worker._safe_str(exc)} -- that exception refuses "
+            f"attribute writes ({type(refusal).__name__}: {_worker._safe_str(refusal)}), so "
+            "it cannot be sent back from the dask worker and this error stands in for it "
+            "(its worker-side traceback is attached)", type_name=name)
+        return _worker._record(pos, stand_in.with_traceback(exc.__traceback__))
 
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
@@ -209,7 +227,7 @@ def _worker_state(token: str, init: bytes | None) -> tuple[dict[str, Any],
                     initializer, initargs = _loads(init)
                     initializer(*initargs)
                 except BaseException as exc:
-                    record = _worker._record(0, exc)
+                    record = _record(0, exc)
                 finally:
                     _worker._state_var.reset(reset)
             entry = _states[token] = (state, record)
@@ -590,6 +608,12 @@ class DaskBackend(Backend):
             self._split(job, alone=False)
             return
         values, errors = _unpack(data, job.n)
+        if busy == UNLOADABLE:   # this one item: NotPicklable, as on the process backend
+            cause = values[0]
+            name = type(job.batch.items[job.pos]).__name__
+            values = [NotPicklable(f"this item, a {name}, could not be unpickled on the dask "
+                                   f"worker: {type(cause).__name__}: {cause}", type_name=name)]
+            values[0].__cause__ = cause
         if busy == INIT_FAILED:   # as on the other backends: WorkerInitError per item
             first = values[0] if values and isinstance(values[0], BaseException) else \
                 RuntimeError("the initializer failed")
