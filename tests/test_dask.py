@@ -347,47 +347,6 @@ def test_without_dask_installed_the_error_says_how_to_install_it(tmp_path: Path)
     assert 'pip install "conveyor[dask]"' in proc.stdout
 
 
-SCRIPT = """
-import time
-import conveyor
-
-def slow(x):
-    time.sleep(0.5)
-    return x
-
-for i, x in enumerate(conveyor.map(slow, range(1000), backend="dask", workers=2)):
-    if i == 0:
-        print("running", flush=True)
-"""
-
-
-def test_ctrl_c_stops_the_run_and_its_cluster(tmp_path: Path) -> None:
-    """A script without the __main__ guard, a real SIGINT: it exits promptly and
-    leaves no process behind (the LocalCluster conveyor started is closed)."""
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "running"
-        tree = psutil.Process(proc.pid).children(recursive=True)
-        assert tree   # the helper and its cluster's processes
-        proc.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
-        proc.wait(30)
-        assert time.monotonic() - t0 < 20
-        assert proc.returncode != 0
-        _, err = proc.communicate(timeout=5)
-        assert "KeyboardInterrupt" in err
-        _, alive = psutil.wait_procs(tree, timeout=15)
-        assert not alive, [(p.pid, p.cmdline()[:3]) for p in alive]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-
-
 def _explode_off_parent(parent: int, x: int) -> int:
     """Rebuilds ``x`` in the test process, raises anywhere else (a dask worker)."""
     if os.getpid() != parent:
@@ -591,4 +550,70 @@ def test_unrebuildable_exceptions_of_main_fail_their_item_with_not_picklable(
         expected = "Frozen" if name == "raised_frozen" else "Unrebuildable"
         assert expected in out[5][2], (name, out[5])    # it names the class
     assert not wait_no_child_processes(15), child_processes()
+
+
+# Tasks that wait; each start is a line in the file named by argv[1]. Without
+# cluster=, conveyor starts a LocalCluster in a helper; with "own", the script
+# starts one itself (one worker process of 8 threads: 16 tasks on the cluster),
+# whose errors it logs (silence_logs would hide tornado's too).
+WAITING_MAP = """
+import sys, time
+import conveyor
+
+STARTED = sys.argv[1]   # (sys.argv on a dask worker is the worker's)
+
+
+def wait(x):
+    with open(STARTED, "a") as f:
+        f.write("started\\n")
+    time.sleep(60)
+    return x
+
+
+if sys.argv[2] == "helper":   # no __main__ guard: conveyor's cluster lives in a helper
+    for x in conveyor.map(wait, range(1000), backend="dask", workers=2, batch=1):
+        pass
+elif __name__ == "__main__":   # (the cluster's workers import this file: spawn)
+    import distributed
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=8,
+                                       dashboard_address=":0", silence_logs=40)
+    for x in conveyor.map(wait, range(1000), backend="dask", cluster=cluster, batch=1):
+        pass
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", ["helper", "own"])
+def test_ctrl_c_during_a_map_prints_one_traceback_and_leaves_no_process(
+        tmp_path: Path, cluster: str) -> None:
+    """A real SIGINT while tasks run: the script exits promptly with the
+    KeyboardInterrupt traceback only, and its cluster is gone with it. (Dask's own
+    done-callbacks, through a thread pool the interpreter shuts down as it exits,
+    printed a second one: "cannot schedule new futures after interpreter shutdown".)"""
+    script = tmp_path / "waiting_map.py"
+    script.write_text(WAITING_MAP)
+    started = tmp_path / "started"
+    started.touch()
+    proc = subprocess.Popen([sys.executable, str(script), str(started), cluster],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+    try:
+        assert wait_until(lambda: started.read_text().count("started") >= 2, 90), \
+            proc.stderr.read() if proc.poll() is not None and proc.stderr else "not started"
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert tree   # the cluster's processes
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 20
+        assert proc.returncode != 0
+        assert err.count("Traceback (most recent call last)") == 1, err
+        assert "\nKeyboardInterrupt\n" in err, err
+        assert "cannot schedule new futures" not in err, err
+        _, alive = psutil.wait_procs(tree, timeout=15)
+        assert not alive, [(p.pid, p.cmdline()[:3]) for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
 

@@ -37,7 +37,9 @@ error policy, timeouts' deadlines, rate, progress); this module only turns a
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import queue
 import threading
 import time
 import uuid
@@ -65,6 +67,7 @@ __all__ = ["INSTALL", "DaskBackend", "import_distributed", "run_batch"]
 INSTALL = 'pip install "conveyor[dask]"'
 FN_CACHE = 64          # functions a dask worker keeps unpickled (FIFO)
 RECOUNT = 1.0          # seconds between counts of the cluster's threads
+RECEIVER_EXIT = 10.0  # seconds the receiver thread may take to hand on what it holds
 LOST_TRIES = 3         # times a task whose result died with its worker is run again
 UNLOADABLE = -1.0      # run_batch's "busy" when its items could not be unpickled together
 INIT_FAILED = -2.0     # ... when the initializer failed on that worker
@@ -289,6 +292,11 @@ class DaskBackend(Backend):
         if initializer is not None:   # before anything starts: nothing to clean up if it fails
             self._init = pickle_function((initializer, initargs), "the initializer")
         self._cluster: _HelperCluster | None = None   # a LocalCluster we started
+        # A finished task's future goes from the client's event loop to this
+        # backend's own thread (see _watch); None stops it.
+        self._arrivals: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._receiver: threading.Thread | None = None
+        self._done_callback = distributed.client.done_callback
         self._owns_client = False
         client: Any
         if cluster is None:
@@ -361,12 +369,12 @@ class DaskBackend(Backend):
             self._fn_key(batch.fn, "the function")
         except NotPicklable as exc:   # not prepared (checked) before: fail the batch
             n = batch.limit
-            batch.sink(Completion(batch, [_fresh(exc) for _ in range(n)], list(range(n)), 0.0))
+            self._deliver(Completion(batch, [_fresh(exc) for _ in range(n)], list(range(n)), 0.0))
             return
         payload, n, error = _pickle_items(batch.items[:batch.limit])
         if payload is None:   # the first item cannot be sent: fail it, the rest follow
             assert error is not None
-            batch.sink(Completion(batch, [error], [0], 0.0))
+            self._deliver(Completion(batch, [error], [0], 0.0))
             return
         with self._lock:
             if self._closed:
@@ -376,7 +384,7 @@ class DaskBackend(Backend):
                 self._pending.append(_Job(batch, payload, n))
                 ready = self._ready()
         if reject:
-            batch.sink(dropped(batch))
+            self._deliver(dropped(batch))
             return
         self._send(ready)
 
@@ -395,7 +403,7 @@ class DaskBackend(Backend):
             job.worker_stuck = True   # its thread stays busy: keep the slot until it ends
         busy = time.monotonic() - job.since
         self._forget(job)
-        entry.batch.sink(Completion(entry.batch, [error], [0], busy))
+        self._deliver(Completion(entry.batch, [error], [0], busy))
         return True
 
     def cancel(self, batch: Batch) -> None:
@@ -468,6 +476,11 @@ class DaskBackend(Backend):
         if cluster is not None:
             self._cluster = None
             cluster.close()
+        receiver = self._receiver
+        if receiver is not None:   # after the client: what it cancelled was received
+            self._arrivals.put(None)
+            if receiver is not threading.current_thread():
+                receiver.join(RECEIVER_EXIT)
 
     def _fn_key(self, fn: Callable[[Any], Any], what: str) -> tuple[str, bytes]:
         entry = self._fns.get(id(fn))
@@ -551,9 +564,55 @@ class DaskBackend(Backend):
             fut = self._client.submit(run_batch, self._token, key, fn_data, self._init,
                                       job.items, pure=False)
             job.future = fut
-            fut.add_done_callback(lambda f, job=job: self._on_done(job, f))
+            self._watch(job, fut)
         except Exception as exc:   # the client is closed, or the cluster is gone
             self._report_failed(job, exc)
+
+    def _watch(self, job: _Job, fut: Any) -> None:
+        """Have :meth:`_on_done` called on this backend's receiver thread when
+        ``fut`` ends.
+
+        Not ``fut.add_done_callback``: its callbacks go from the client's event
+        loop through a thread pool of dask's (``Future._cb_executor``), which
+        the interpreter shuts down as it begins to exit, before the thread
+        that closes the client after Ctrl-C has cancelled the futures; the
+        loop then failed to hand them on ("cannot schedule new futures after
+        interpreter shutdown", a second traceback after the KeyboardInterrupt).
+        The same coroutine of dask's waits on the future here, and hands it to
+        a queue, which never refuses.
+        """
+        self._client.loop.add_callback(self._done_callback, fut,
+                                       functools.partial(self._arrive, job))
+
+    def _arrive(self, job: _Job, fut: Any) -> None:
+        # on the client's event loop: must not block
+        self._hand_on(functools.partial(self._received, job, fut))
+
+    def _hand_on(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on the receiver thread (started on first use)."""
+        if self._receiver is None:
+            with self._lock:
+                if self._receiver is None:
+                    self._receiver = threading.Thread(
+                        target=self._receive, name="conveyor-dask-results", daemon=True)
+                    self._receiver.start()
+        self._arrivals.put(call)
+
+    def _receive(self) -> None:
+        while True:
+            call = self._arrivals.get()
+            if call is None:
+                return
+            call()
+
+    def _received(self, job: _Job, fut: Any) -> None:
+        try:
+            self._on_done(job, fut)
+        except Exception as exc:   # fail that batch, not every later one
+            self._report_failed(job, exc)
+
+    def _deliver(self, done: Completion) -> None:
+        done.batch.sink(done)
 
     def _on_done(self, job: _Job, fut: Any) -> None:
         """A dask future ended (dask's callback thread)."""
@@ -675,8 +734,8 @@ class DaskBackend(Backend):
                 self._pending.extendleft(reversed(subs))
                 ready = self._ready()
         if ready is None:
-            job.batch.sink(Completion(job.batch, [], None, 0.0) if cancelled
-                           else dropped(job.batch))
+            self._deliver(Completion(job.batch, [], None, 0.0) if cancelled
+                          else dropped(job.batch))
             return
         self._send(ready)
 
@@ -702,7 +761,7 @@ class DaskBackend(Backend):
             return
         split = job.parent
         if split is None:
-            job.batch.sink(Completion(job.batch, values, errors, busy))
+            self._deliver(Completion(job.batch, values, errors, busy))
             return
         with self._lock:
             split.values[job.pos] = values[0]
@@ -713,8 +772,8 @@ class DaskBackend(Backend):
             split.left -= 1
             last = split.left == 0
         if last:
-            split.batch.sink(Completion(split.batch, split.values, sorted(split.errors),
-                                        split.busy))
+            self._deliver(Completion(split.batch, split.values, sorted(split.errors),
+                                     split.busy))
 
     def _report_failed(self, job: _Job, exc: BaseException | None) -> None:
         """The dask task failed (not the function: the cluster): its items fail."""
@@ -736,7 +795,7 @@ class DaskBackend(Backend):
         if not self._free(job, settle=True):
             return
         if job.parent is None:
-            job.batch.sink(Completion(job.batch, [], None, 0.0))
+            self._deliver(Completion(job.batch, [], None, 0.0))
         else:
             self._settle_split(job.parent)
 
@@ -744,7 +803,7 @@ class DaskBackend(Backend):
         if not self._free(job, settle=True):
             return
         if job.parent is None:
-            job.batch.sink(dropped(job.batch))
+            self._deliver(dropped(job.batch))
         else:
             self._settle_split(job.parent, lost=True)
 
@@ -758,8 +817,8 @@ class DaskBackend(Backend):
                 prefix += 1
             split.left = 0
         errors = sorted(p for p in split.errors if p < prefix)
-        split.batch.sink(Completion(split.batch, split.values[:prefix], errors, split.busy,
-                                    lost=lost))
+        self._deliver(Completion(split.batch, split.values[:prefix], errors, split.busy,
+                                 lost=lost))
 
     def _forget(self, job: _Job) -> None:
         """An expired job: on a cluster conveyor started, restart the stuck worker."""
