@@ -617,3 +617,20 @@ def test_ctrl_c_during_a_map_prints_one_traceback_and_leaves_no_process(
             proc.kill()
             proc.wait(5)
 
+
+def test_pool_submit_of_what_cannot_be_sent_fails_its_future(client: Any) -> None:
+    """A function or an argument that cannot be pickled fails the call's future
+    with NotPicklable (Pool.submit holds its lock while the backend takes the call:
+    reporting the failure from inside it deadlocked), and the pool goes on."""
+    import threading
+
+    lock = threading.Lock()
+    with conveyor.Pool("dask", cluster=client) as pool:
+        bad_fn = pool.submit(lambda x: (lock, x), 1)
+        with pytest.raises(conveyor.errors.NotPicklable, match="lock"):
+            bad_fn.result(timeout=30)
+        bad_arg = pool.submit(identity, lock)
+        with pytest.raises(conveyor.errors.NotPicklable, match="lock"):
+            bad_arg.result(timeout=30)
+        assert pool.submit(square, 4).result(timeout=30) == 16
+        assert list(pool.map(square, range(5))) == [0, 1, 4, 9, 16]

@@ -363,6 +363,16 @@ class DaskBackend(Backend):
         self._fn_key(fn, f"{where}: the function")
 
     def submit(self, batch: Batch) -> None:
+        # Completions reported while this call runs (this batch failing at once,
+        # another one whose send fails) go through the receiver thread: the
+        # caller may hold a lock its sink takes (Pool.submit does).
+        self._sending.submitting = True
+        try:
+            self._submit(batch)
+        finally:
+            self._sending.submitting = False
+
+    def _submit(self, batch: Batch) -> None:
         if self._follows:
             self._recount()
         try:
@@ -612,7 +622,10 @@ class DaskBackend(Backend):
             self._report_failed(job, exc)
 
     def _deliver(self, done: Completion) -> None:
-        done.batch.sink(done)
+        if getattr(self._sending, "submitting", False):   # see submit
+            self._hand_on(functools.partial(done.batch.sink, done))
+        else:
+            done.batch.sink(done)
 
     def _on_done(self, job: _Job, fut: Any) -> None:
         """A dask future ended (dask's callback thread)."""
