@@ -634,3 +634,55 @@ def test_pool_submit_of_what_cannot_be_sent_fails_its_future(client: Any) -> Non
             bad_arg.result(timeout=30)
         assert pool.submit(square, 4).result(timeout=30) == 16
         assert list(pool.map(square, range(5))) == [0, 1, 4, 9, 16]
+
+
+def _exit_in(pid: int) -> object:
+    """Unpickles as None except in process ``pid``, where it raises SystemExit."""
+    if os.getpid() == pid:
+        raise SystemExit("exit while unpickling")
+    return None
+
+
+class ExitsThere:
+    """Raises SystemExit as it is unpickled in the process ``pid``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_exit_in, (self.pid,))
+
+
+class ExitsThereError(Exception):
+    """An exception that raises SystemExit as it is unpickled in the process ``pid``."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(pid)
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_exit_in, (self.pid,))
+
+
+def exit_on_arrival(x: int, *, pid: int, raised: bool) -> int:
+    if x == 10:
+        if raised:
+            raise ExitsThereError(pid)
+        return ExitsThere(pid)  # type: ignore[return-value]
+    return x
+
+
+@pytest.mark.parametrize("raised", [False, True], ids=["returned", "raised"])
+def test_systemexit_unpickling_an_outcome_in_the_client_fails_that_item(
+        client: Any, raised: bool) -> None:
+    """A result, or a raised exception, whose unpickling in the client raises
+    SystemExit: that item fails with NotPicklable. (It ended the thread that
+    receives the cluster's results, and every later result with it: a hang.)"""
+    fn = functools.partial(exit_on_arrival, pid=os.getpid(), raised=raised)
+    with conveyor.Pool("dask", cluster=client) as pool:
+        out = list(pool.map(fn, range(21), batch=21, on_error="return"))
+        assert isinstance(out[10], conveyor.errors.NotPicklable), out
+        assert [x for i, x in enumerate(out) if i != 10] == [i for i in range(21) if i != 10]
+        with pytest.raises(conveyor.errors.NotPicklable):
+            pool.submit(fn, 10).result(timeout=30)
+        assert list(pool.map(fn, range(5))) == list(range(5))

@@ -142,19 +142,20 @@ def run_batch(token: str, fn_key: str, fn_data: bytes, init: bytes | None,
 
 
 def _record(pos: int, exc: BaseException) -> tuple[Any, ...]:
-    """``_worker._record``, also for an exception that refuses to have its
-    ``__traceback__`` cleared (a frozen dataclass's ``__setattr__`` raises):
-    a ``NotPicklable`` naming it, with the task's traceback, stands in for it
-    (its pickle could not rebuild it either: ``__setstate__`` sets attributes)."""
+    """``_worker._record``, also for an exception it cannot record: one that
+    refuses to have its ``__traceback__`` cleared (a frozen dataclass's
+    ``__setattr__`` raises; its pickle could not rebuild it either), or whose
+    trial unpickling raises ``SystemExit``. A ``NotPicklable`` naming it, with
+    the task's traceback, stands in for it."""
     try:
         return _worker._record(pos, exc)
-    except Exception as refusal:
+    except BaseException as refusal:
         name = _worker._type_name(exc)
         stand_in = NotPicklable(
-            f"the task raised {name}: {_worker._safe_str(exc)} -- that exception refuses "
-            f"attribute writes ({type(refusal).__name__}: {_worker._safe_str(refusal)}), so "
-            "it cannot be sent back from the dask worker and this error stands in for it "
-            "(its worker-side traceback is attached)", type_name=name)
+            f"the task raised {name}: {_worker._safe_str(exc)} -- that exception cannot "
+            f"be sent back from the dask worker ({type(refusal).__name__}: "
+            f"{_worker._safe_str(refusal)}), so this error stands in for it (its "
+            "worker-side traceback is attached)", type_name=name)
         return _worker._record(pos, stand_in.with_traceback(exc.__traceback__))
 
 
@@ -173,14 +174,14 @@ def _pack(values: list[Any], records: list[tuple[Any, ...]]) -> bytes:
         if type(value) in _PLAIN or i in failed:
             continue
         values[i] = None
-        try:
+        try:   # (a result's __reduce__ may raise anything, SystemExit too)
             packed[i] = _dumps(value, 5)
             continue
-        except Exception:
+        except BaseException:
             pass
         try:   # e.g. a class defined in the task's own function
             packed[i] = _worker.cloudpickle_dumps(value)
-        except Exception as exc:
+        except BaseException as exc:
             records.append((i, _worker.KIND_RESULT, None, _worker._type_name(value),
                             f"{type(exc).__name__}: {_worker._safe_str(exc)}", ""))
             bad = True
@@ -192,16 +193,17 @@ def _pack(values: list[Any], records: list[tuple[Any, ...]]) -> bytes:
 def _unpack(data: bytes, n: int) -> tuple[list[Any], list[int]]:
     """:func:`_pack`'s outcomes, in the client: values, and the failed positions."""
     values, packed, records = _loads(data)   # plain values, bytes and records: it loads
+    records = [_loadable(r) for r in records]
     unloadable = []
     for i, blob in packed.items():
-        try:
+        try:   # (a user's pickle may raise anything here, SystemExit too)
             values[i] = _loads(blob)
             continue
-        except Exception as exc:   # e.g. a module only the workers have
+        except BaseException as exc:   # e.g. a module only the workers have
             error = exc
         try:   # an exception returned as a value, which its pickle cannot rebuild?
             value = _worker.tolerant_loads(blob)
-        except Exception:
+        except BaseException:
             value = None
         if isinstance(value, _worker.Unbuildable):
             records.append((i, _worker.KIND_RESULT, None, value.type_name,
@@ -214,6 +216,20 @@ def _unpack(data: bytes, n: int) -> tuple[list[Any], list[int]]:
         unloadable.append(i)
     values, errors = _rebuild_all(values, records, 0)
     return values, sorted(errors + unloadable) if packed else errors
+
+
+def _loadable(record: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A failure record whose exception unpickles here, or else one without it
+    (``_rebuild`` then makes a ``NotPicklable`` that stands in for it): its
+    unpickling may raise ``SystemExit``, which ``_rebuild`` would let through."""
+    exc_bytes = record[2]
+    if exc_bytes is None or record[1] != _worker.KIND_RAISED:
+        return record
+    try:
+        _loads(exc_bytes)
+    except BaseException:
+        return (*record[:2], None, *record[3:])
+    return record
 
 
 def _worker_state(token: str, init: bytes | None) -> tuple[dict[str, Any],
@@ -618,7 +634,7 @@ class DaskBackend(Backend):
     def _received(self, job: _Job, fut: Any) -> None:
         try:
             self._on_done(job, fut)
-        except Exception as exc:   # fail that batch, not every later one
+        except BaseException as exc:   # fail that batch, not every later one
             self._report_failed(job, exc)
 
     def _deliver(self, done: Completion) -> None:
