@@ -680,9 +680,47 @@ def test_systemexit_unpickling_an_outcome_in_the_client_fails_that_item(
     receives the cluster's results, and every later result with it: a hang.)"""
     fn = functools.partial(exit_on_arrival, pid=os.getpid(), raised=raised)
     with conveyor.Pool("dask", cluster=client) as pool:
-        out = list(pool.map(fn, range(21), batch=21, on_error="return"))
+        out: list[Any] = list(pool.map(fn, range(21), batch=21, on_error="return"))
         assert isinstance(out[10], conveyor.errors.NotPicklable), out
         assert [x for i, x in enumerate(out) if i != 10] == [i for i in range(21) if i != 10]
         with pytest.raises(conveyor.errors.NotPicklable):
             pool.submit(fn, 10).result(timeout=30)
         assert list(pool.map(fn, range(5))) == list(range(5))
+
+
+def _die_off(parent: int) -> Any:
+    """``identity`` in the test process; anywhere else (a dask worker) the process dies."""
+    if os.getpid() != parent:
+        os._exit(3)
+    return identity
+
+
+class DiesThere:
+    """A function whose unpickling kills the process (a dask worker) that loads it."""
+
+    def __init__(self) -> None:
+        self.parent = os.getpid()
+
+    def __call__(self, x: Any) -> Any:
+        return x
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_die_off, (self.parent,))
+
+
+@pytest.mark.timeout(120)
+def test_a_function_that_kills_every_worker_loading_it_fails_at_once(own_cluster: Any
+                                                                     ) -> None:
+    """Each item would kill workers in turn (dask's allowed-failures, again
+    alone, for each one): a task without items tells that the function kills
+    them, and every item of it fails with WorkerCrashed at once. The pool goes on."""
+    t0 = time.monotonic()
+    with conveyor.Pool("dask", cluster=own_cluster) as pool:
+        out: list[Any] = list(pool.map(DiesThere(), range(21), on_error="return"))
+        assert all(isinstance(e, WorkerCrashed) for e in out), out
+        assert "even for a task without items" in str(out[0])
+        with pytest.raises(WorkerCrashed):
+            pool.submit(DiesThere(), 1).result(timeout=60)
+        own_cluster.wait_for_workers(2, timeout=30)
+        assert list(pool.map(square, range(5))) == [0, 1, 4, 9, 16]
+    assert time.monotonic() - t0 < 90

@@ -69,6 +69,7 @@ FN_CACHE = 64          # functions a dask worker keeps unpickled (FIFO)
 RECOUNT = 1.0          # seconds between counts of the cluster's threads
 RECEIVER_EXIT = 10.0  # seconds the receiver thread may take to hand on what it holds
 LOST_TRIES = 3         # times a task whose result died with its worker is run again
+_NO_ITEMS = _dumps([], 5)
 UNLOADABLE = -1.0      # run_batch's "busy" when its items could not be unpickled together
 INIT_FAILED = -2.0     # ... when the initializer failed on that worker
 
@@ -361,6 +362,9 @@ class DaskBackend(Backend):
         self.workers = workers
         self._token = uuid.uuid4().hex
         self._fns: dict[int, tuple[Callable[[Any], Any], str, bytes]] = {}
+        # function key -> None (tasks without items run) or the KilledWorker of
+        # one that did not (see _probe)
+        self._probed: dict[str, BaseException | None] = {}
         self._keys = itertools.count()
         self._lock = threading.Lock()
         self._pending: deque[_Job] = deque()
@@ -587,6 +591,10 @@ class DaskBackend(Backend):
         job.sent = True
         try:
             key, fn_data = self._fn_key(batch.fn, "the function")
+            poison = self._probed.get(key)
+            if poison is not None:   # see _probe
+                self._report_failed(job, poison)
+                return
             fut = self._client.submit(run_batch, self._token, key, fn_data, self._init,
                                       job.items, pure=False)
             job.future = fut
@@ -685,10 +693,37 @@ class DaskBackend(Backend):
                 if not job.alone:   # dask blames every task a dead worker held
                     self._requeue(job, alone=True)
                     return
-                if job.n > 1:
+                key, _ = self._fn_key(job.batch.fn, "the function")
+                if key not in self._probed:   # its items, or what every task loads?
+                    threading.Thread(target=self._probe, args=(job, key, error),
+                                     name="conveyor-dask-probe", daemon=True).start()
+                    return
+                if job.n > 1 and self._probed[key] is None:
                     self._split(job)
                     return
             self._report_failed(job, error)
+
+    def _probe(self, job: _Job, key: str, error: BaseException) -> None:
+        """A task killed its workers, also alone: run one with no items (alone
+        still: ``job`` keeps its slot). If that kills its workers too, the
+        function or the initializer does, as each worker loads it: every task
+        of that function fails at once from now on, instead of each item
+        killing workers in turn until dask gives up on it."""
+        _, fn_data = self._fn_key(job.batch.fn, "the function")
+        verdict: BaseException | None = None
+        try:
+            self._client.submit(run_batch, self._token, key, fn_data, self._init, _NO_ITEMS,
+                                pure=False).result()
+        except self._distributed.KilledWorker as exc:
+            verdict = exc
+        except BaseException:   # cancelled, the cluster is closing: no verdict
+            self._report_failed(job, error)
+            return
+        self._probed[key] = verdict
+        if verdict is not None or job.n == 1:
+            self._report_failed(job, verdict or error)
+        else:
+            self._split(job)
 
     def _finished(self, job: _Job, busy: float, data: bytes) -> None:
         """A task's result arrived: report its outcomes."""
@@ -807,9 +842,14 @@ class DaskBackend(Backend):
     def _report_failed(self, job: _Job, exc: BaseException | None) -> None:
         """The dask task failed (not the function: the cluster): its items fail."""
         errors = []
+        loads = "" if self._init is None else " or the initializer"
         for _ in range(job.n):
-            if isinstance(exc, self._distributed.KilledWorker):
+            if any(exc is verdict for verdict in self._probed.values() if verdict):
                 e: BaseException = WorkerCrashed(
+                    f"the dask workers die as they load the function{loads}, even for a "
+                    f"task without items: no task of that function can run: {exc}")
+            elif isinstance(exc, self._distributed.KilledWorker):
+                e = WorkerCrashed(
                     "the dask workers running this task died each time it ran, also alone "
                     f"on the cluster (dask gave up after its allowed-failures): {exc}")
             else:
