@@ -347,47 +347,6 @@ def test_without_dask_installed_the_error_says_how_to_install_it(tmp_path: Path)
     assert 'pip install "conveyor[dask]"' in proc.stdout
 
 
-SCRIPT = """
-import time
-import conveyor
-
-def slow(x):
-    time.sleep(0.5)
-    return x
-
-for i, x in enumerate(conveyor.map(slow, range(1000), backend="dask", workers=2)):
-    if i == 0:
-        print("running", flush=True)
-"""
-
-
-def test_ctrl_c_stops_the_run_and_its_cluster(tmp_path: Path) -> None:
-    """A script without the __main__ guard, a real SIGINT: it exits promptly and
-    leaves no process behind (the LocalCluster conveyor started is closed)."""
-    script = tmp_path / "run.py"
-    script.write_text(SCRIPT)
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=tmp_path)
-    try:
-        assert proc.stdout is not None
-        assert proc.stdout.readline().strip() == "running"
-        tree = psutil.Process(proc.pid).children(recursive=True)
-        assert tree   # the helper and its cluster's processes
-        proc.send_signal(signal.SIGINT)
-        t0 = time.monotonic()
-        proc.wait(30)
-        assert time.monotonic() - t0 < 20
-        assert proc.returncode != 0
-        _, err = proc.communicate(timeout=5)
-        assert "KeyboardInterrupt" in err
-        _, alive = psutil.wait_procs(tree, timeout=15)
-        assert not alive, [(p.pid, p.cmdline()[:3]) for p in alive]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(5)
-
-
 def _explode_off_parent(parent: int, x: int) -> int:
     """Rebuilds ``x`` in the test process, raises anywhere else (a dask worker)."""
     if os.getpid() != parent:
@@ -414,8 +373,10 @@ def test_an_item_that_cannot_be_rebuilt_on_the_worker_fails_alone(client: Any) -
     items[5] = OnlyHere(5)
     out = list(conveyor.map(identity, items, backend="dask", cluster=client, batch=10,
                             on_error="return"))
-    assert isinstance(out[5], ValueError), out
-    assert "item 5 cannot be rebuilt" in str(out[5])
+    # NotPicklable, as on the process backend, caused by the unpickling's own error
+    assert isinstance(out[5], conveyor.errors.NotPicklable), out
+    assert isinstance(out[5].__cause__, ValueError), out[5].__cause__
+    assert "OnlyHere" in str(out[5]) and "item 5 cannot be rebuilt" in str(out[5])
     assert [x for i, x in enumerate(out) if i != 5] == [0, 1, 2, 3, 4, 6, 7, 8, 9]
 
 
@@ -485,3 +446,281 @@ def test_pool_submit_survives_a_call_that_kills_its_worker(own_cluster: Any) -> 
         late = [pool.submit(square, i) for i in range(6)]
     # leaving the block is close(): the queued calls ran before it returned
     assert [f.result(timeout=0) for f in late] == [i * i for i in range(6)]
+
+
+# A user's script: exception classes of its own __main__ (defined after dask is
+# imported, so that tblib's pickling support, which distributed installs for the
+# exception classes that exist at its import, does not rebuild them), on a
+# cluster the script starts itself.
+MAIN_EXCEPTIONS = """
+import json, sys
+from dataclasses import dataclass
+import distributed
+import conveyor
+
+
+class Unrebuildable(Exception):
+    # pickles its args only, (code,): Unrebuildable(code) lacks `where`
+    def __init__(self, code, where):
+        super().__init__(code)
+        self.where = where
+
+
+@dataclass(frozen=True)
+class Frozen(Exception):
+    code: int
+
+
+def returns(x):
+    return Unrebuildable(x, "here") if x == 5 else x
+
+
+def identity(x):
+    return x
+
+
+def raises(x):
+    if x == 5:
+        raise Unrebuildable(x, "here")
+    return x
+
+
+def raises_frozen(x):
+    if x == 5:
+        raise Frozen(x)
+    return x
+
+
+def outcome(v):
+    if isinstance(v, BaseException):
+        return [type(v).__name__, isinstance(v, conveyor.errors.NotPicklable), str(v)]
+    return v
+
+
+def run(pool):
+    report = {}
+    for name, fn, items in [
+            ("returned", returns, list(range(10))),
+            ("item", identity, [Unrebuildable(5, "here") if i == 5 else i for i in range(10)]),
+            ("raised", raises, list(range(10))),
+            ("raised_frozen", raises_frozen, list(range(10)))]:
+        out = list(pool.map(fn, items, batch=10, on_error="return"))
+        try:
+            alone = outcome(pool.submit(fn, items[5]).result(timeout=60))
+        except BaseException as exc:
+            alone = outcome(exc)
+        report[name] = {"map": [outcome(v) for v in out], "submit": alone}
+    print(json.dumps(report), flush=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "own":   # conveyor starts a LocalCluster in a helper
+        with conveyor.Pool("dask", workers=2) as pool:
+            run(pool)
+    else:                      # the script's own LocalCluster (workers re-import it)
+        with distributed.LocalCluster(n_workers=2, threads_per_worker=1,
+                                      dashboard_address=":0", silence_logs=50) as cluster, \\
+                distributed.Client(cluster) as client, \\
+                conveyor.Pool("dask", cluster=client) as pool:
+            run(pool)
+"""
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("cluster", ["own", "script"])
+def test_unrebuildable_exceptions_of_main_fail_their_item_with_not_picklable(
+        tmp_path: Path, cluster: str) -> None:
+    """An exception class of the user's __main__ that its pickle cannot rebuild
+    (returned, passed as an item, raised), and a frozen dataclass exception
+    raised by the task: NotPicklable for that item or call, the rest right."""
+    import json
+
+    script = tmp_path / "main_exceptions.py"
+    script.write_text(MAIN_EXCEPTIONS)
+    proc = subprocess.run([sys.executable, str(script), cluster], capture_output=True,
+                          text=True, timeout=170, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, got in report.items():
+        out = got["map"]
+        assert [v for i, v in enumerate(out) if i != 5] == [0, 1, 2, 3, 4, 6, 7, 8, 9], \
+            (name, out)
+        assert out[5][1] is True, (name, out[5])        # a NotPicklable
+        assert got["submit"][1] is True, (name, got["submit"])
+        expected = "Frozen" if name == "raised_frozen" else "Unrebuildable"
+        assert expected in out[5][2], (name, out[5])    # it names the class
+    assert not wait_no_child_processes(15), child_processes()
+
+
+# Tasks that wait; each start is a line in the file named by argv[1]. Without
+# cluster=, conveyor starts a LocalCluster in a helper; with "own", the script
+# starts one itself (one worker process of 8 threads: 16 tasks on the cluster),
+# whose errors it logs (silence_logs would hide tornado's too).
+WAITING_MAP = """
+import sys, time
+import conveyor
+
+STARTED = sys.argv[1]   # (sys.argv on a dask worker is the worker's)
+
+
+def wait(x):
+    with open(STARTED, "a") as f:
+        f.write("started\\n")
+    time.sleep(60)
+    return x
+
+
+if sys.argv[2] == "helper":   # no __main__ guard: conveyor's cluster lives in a helper
+    for x in conveyor.map(wait, range(1000), backend="dask", workers=2, batch=1):
+        pass
+elif __name__ == "__main__":   # (the cluster's workers import this file: spawn)
+    import distributed
+    cluster = distributed.LocalCluster(n_workers=1, threads_per_worker=8,
+                                       dashboard_address=":0", silence_logs=40)
+    for x in conveyor.map(wait, range(1000), backend="dask", cluster=cluster, batch=1):
+        pass
+"""
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("cluster", ["helper", "own"])
+def test_ctrl_c_during_a_map_prints_one_traceback_and_leaves_no_process(
+        tmp_path: Path, cluster: str) -> None:
+    """A real SIGINT while tasks run: the script exits promptly with the
+    KeyboardInterrupt traceback only, and its cluster is gone with it. (Dask's own
+    done-callbacks, through a thread pool the interpreter shuts down as it exits,
+    printed a second one: "cannot schedule new futures after interpreter shutdown".)"""
+    script = tmp_path / "waiting_map.py"
+    script.write_text(WAITING_MAP)
+    started = tmp_path / "started"
+    started.touch()
+    proc = subprocess.Popen([sys.executable, str(script), str(started), cluster],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=tmp_path)
+    try:
+        assert wait_until(lambda: started.read_text().count("started") >= 2, 90), \
+            proc.stderr.read() if proc.poll() is not None and proc.stderr else "not started"
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        assert tree   # the cluster's processes
+        proc.send_signal(signal.SIGINT)
+        t0 = time.monotonic()
+        _, err = proc.communicate(timeout=30)
+        assert time.monotonic() - t0 < 20
+        assert proc.returncode != 0
+        assert err.count("Traceback (most recent call last)") == 1, err
+        assert "\nKeyboardInterrupt\n" in err, err
+        assert "cannot schedule new futures" not in err, err
+        _, alive = psutil.wait_procs(tree, timeout=15)
+        assert not alive, [(p.pid, p.cmdline()[:3]) for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(5)
+
+
+def test_pool_submit_of_what_cannot_be_sent_fails_its_future(client: Any) -> None:
+    """A function or an argument that cannot be pickled fails the call's future
+    with NotPicklable (Pool.submit holds its lock while the backend takes the call:
+    reporting the failure from inside it deadlocked), and the pool goes on."""
+    import threading
+
+    lock = threading.Lock()
+    with conveyor.Pool("dask", cluster=client) as pool:
+        bad_fn = pool.submit(lambda x: (lock, x), 1)
+        with pytest.raises(conveyor.errors.NotPicklable, match="lock"):
+            bad_fn.result(timeout=30)
+        bad_arg = pool.submit(identity, lock)
+        with pytest.raises(conveyor.errors.NotPicklable, match="lock"):
+            bad_arg.result(timeout=30)
+        assert pool.submit(square, 4).result(timeout=30) == 16
+        assert list(pool.map(square, range(5))) == [0, 1, 4, 9, 16]
+
+
+def _exit_in(pid: int) -> object:
+    """Unpickles as None except in process ``pid``, where it raises SystemExit."""
+    if os.getpid() == pid:
+        raise SystemExit("exit while unpickling")
+    return None
+
+
+class ExitsThere:
+    """Raises SystemExit as it is unpickled in the process ``pid``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_exit_in, (self.pid,))
+
+
+class ExitsThereError(Exception):
+    """An exception that raises SystemExit as it is unpickled in the process ``pid``."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(pid)
+        self.pid = pid
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_exit_in, (self.pid,))
+
+
+def exit_on_arrival(x: int, *, pid: int, raised: bool) -> int:
+    if x == 10:
+        if raised:
+            raise ExitsThereError(pid)
+        return ExitsThere(pid)  # type: ignore[return-value]
+    return x
+
+
+@pytest.mark.parametrize("raised", [False, True], ids=["returned", "raised"])
+def test_systemexit_unpickling_an_outcome_in_the_client_fails_that_item(
+        client: Any, raised: bool) -> None:
+    """A result, or a raised exception, whose unpickling in the client raises
+    SystemExit: that item fails with NotPicklable. (It ended the thread that
+    receives the cluster's results, and every later result with it: a hang.)"""
+    fn = functools.partial(exit_on_arrival, pid=os.getpid(), raised=raised)
+    with conveyor.Pool("dask", cluster=client) as pool:
+        out: list[Any] = list(pool.map(fn, range(21), batch=21, on_error="return"))
+        assert isinstance(out[10], conveyor.errors.NotPicklable), out
+        assert [x for i, x in enumerate(out) if i != 10] == [i for i in range(21) if i != 10]
+        with pytest.raises(conveyor.errors.NotPicklable):
+            pool.submit(fn, 10).result(timeout=30)
+        assert list(pool.map(fn, range(5))) == list(range(5))
+
+
+def _die_off(parent: int) -> Any:
+    """``identity`` in the test process; anywhere else (a dask worker) the process dies."""
+    if os.getpid() != parent:
+        os._exit(3)
+    return identity
+
+
+class DiesThere:
+    """A function whose unpickling kills the process (a dask worker) that loads it."""
+
+    def __init__(self) -> None:
+        self.parent = os.getpid()
+
+    def __call__(self, x: Any) -> Any:
+        return x
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_die_off, (self.parent,))
+
+
+@pytest.mark.timeout(120)
+def test_a_function_that_kills_every_worker_loading_it_fails_at_once(own_cluster: Any
+                                                                     ) -> None:
+    """Each item would kill workers in turn (dask's allowed-failures, again
+    alone, for each one): a task without items tells that the function kills
+    them, and every item of it fails with WorkerCrashed at once. The pool goes on."""
+    t0 = time.monotonic()
+    with conveyor.Pool("dask", cluster=own_cluster) as pool:
+        out: list[Any] = list(pool.map(DiesThere(), range(21), on_error="return"))
+        assert all(isinstance(e, WorkerCrashed) for e in out), out
+        assert "even for a task without items" in str(out[0])
+        with pytest.raises(WorkerCrashed):
+            pool.submit(DiesThere(), 1).result(timeout=60)
+        own_cluster.wait_for_workers(2, timeout=30)
+        assert list(pool.map(square, range(5))) == [0, 1, 4, 9, 16]
+    assert time.monotonic() - t0 < 90

@@ -37,7 +37,9 @@ error policy, timeouts' deadlines, rate, progress); this module only turns a
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
+import queue
 import threading
 import time
 import uuid
@@ -65,7 +67,9 @@ __all__ = ["INSTALL", "DaskBackend", "import_distributed", "run_batch"]
 INSTALL = 'pip install "conveyor[dask]"'
 FN_CACHE = 64          # functions a dask worker keeps unpickled (FIFO)
 RECOUNT = 1.0          # seconds between counts of the cluster's threads
+RECEIVER_EXIT = 10.0  # seconds the receiver thread may take to hand on what it holds
 LOST_TRIES = 3         # times a task whose result died with its worker is run again
+_NO_ITEMS = _dumps([], 5)
 UNLOADABLE = -1.0      # run_batch's "busy" when its items could not be unpickled together
 INIT_FAILED = -2.0     # ... when the initializer failed on that worker
 
@@ -109,12 +113,13 @@ def run_batch(token: str, fn_key: str, fn_data: bytes, init: bytes | None,
     state, init_record = _worker_state(token, init)
     try:
         items = _loads(items_data)
-    except BaseException:
+    except BaseException as exc:
         try:   # one item's exception that cannot be rebuilt fails that item only
             items = _worker.tolerant_loads(items_data)
             fn = _worker._skip_unbuildable(fn)
-        except BaseException as exc:   # the client sends the items one by one instead
-            return UNLOADABLE, _dumps(([None], {}, [_worker._record(0, exc)]), 5)
+        except BaseException:   # the client sends the items one by one instead
+            # (loads's error: it names what failed, the tolerant retry's may not)
+            return UNLOADABLE, _dumps(([None], {}, [_record(0, exc)]), 5)
     if init_record is not None:   # the initializer failed on this worker: every item fails
         n = len(items)
         return INIT_FAILED, _dumps(([None] * n, {}, [(i, *init_record[1:])
@@ -130,11 +135,29 @@ def run_batch(token: str, fn_key: str, fn_data: bytes, init: bytes | None,
                 append(fn(x))
             except BaseException as exc:  # the task's own failure, whatever its type
                 append(None)
-                records.append(_worker._record(i, exc))
+                records.append(_record(i, exc))
     finally:
         _worker._state_var.reset(reset)
     busy = time.monotonic() - t0
     return busy, _pack(values, records)
+
+
+def _record(pos: int, exc: BaseException) -> tuple[Any, ...]:
+    """``_worker._record``, also for an exception it cannot record: one that
+    refuses to have its ``__traceback__`` cleared (a frozen dataclass's
+    ``__setattr__`` raises; its pickle could not rebuild it either), or whose
+    trial unpickling raises ``SystemExit``. A ``NotPicklable`` naming it, with
+    the task's traceback, stands in for it."""
+    try:
+        return _worker._record(pos, exc)
+    except BaseException as refusal:
+        name = _worker._type_name(exc)
+        stand_in = NotPicklable(
+            f"the task raised {name}: {_worker._safe_str(exc)} -- that exception cannot "
+            f"be sent back from the dask worker ({type(refusal).__name__}: "
+            f"{_worker._safe_str(refusal)}), so this error stands in for it (its "
+            "worker-side traceback is attached)", type_name=name)
+        return _worker._record(pos, stand_in.with_traceback(exc.__traceback__))
 
 
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None), complex})
@@ -152,14 +175,14 @@ def _pack(values: list[Any], records: list[tuple[Any, ...]]) -> bytes:
         if type(value) in _PLAIN or i in failed:
             continue
         values[i] = None
-        try:
+        try:   # (a result's __reduce__ may raise anything, SystemExit too)
             packed[i] = _dumps(value, 5)
             continue
-        except Exception:
+        except BaseException:
             pass
         try:   # e.g. a class defined in the task's own function
             packed[i] = _worker.cloudpickle_dumps(value)
-        except Exception as exc:
+        except BaseException as exc:
             records.append((i, _worker.KIND_RESULT, None, _worker._type_name(value),
                             f"{type(exc).__name__}: {_worker._safe_str(exc)}", ""))
             bad = True
@@ -171,16 +194,17 @@ def _pack(values: list[Any], records: list[tuple[Any, ...]]) -> bytes:
 def _unpack(data: bytes, n: int) -> tuple[list[Any], list[int]]:
     """:func:`_pack`'s outcomes, in the client: values, and the failed positions."""
     values, packed, records = _loads(data)   # plain values, bytes and records: it loads
+    records = [_loadable(r) for r in records]
     unloadable = []
     for i, blob in packed.items():
-        try:
+        try:   # (a user's pickle may raise anything here, SystemExit too)
             values[i] = _loads(blob)
             continue
-        except Exception as exc:   # e.g. a module only the workers have
+        except BaseException as exc:   # e.g. a module only the workers have
             error = exc
         try:   # an exception returned as a value, which its pickle cannot rebuild?
             value = _worker.tolerant_loads(blob)
-        except Exception:
+        except BaseException:
             value = None
         if isinstance(value, _worker.Unbuildable):
             records.append((i, _worker.KIND_RESULT, None, value.type_name,
@@ -193,6 +217,20 @@ def _unpack(data: bytes, n: int) -> tuple[list[Any], list[int]]:
         unloadable.append(i)
     values, errors = _rebuild_all(values, records, 0)
     return values, sorted(errors + unloadable) if packed else errors
+
+
+def _loadable(record: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A failure record whose exception unpickles here, or else one without it
+    (``_rebuild`` then makes a ``NotPicklable`` that stands in for it): its
+    unpickling may raise ``SystemExit``, which ``_rebuild`` would let through."""
+    exc_bytes = record[2]
+    if exc_bytes is None or record[1] != _worker.KIND_RAISED:
+        return record
+    try:
+        _loads(exc_bytes)
+    except BaseException:
+        return (*record[:2], None, *record[3:])
+    return record
 
 
 def _worker_state(token: str, init: bytes | None) -> tuple[dict[str, Any],
@@ -209,7 +247,7 @@ def _worker_state(token: str, init: bytes | None) -> tuple[dict[str, Any],
                     initializer, initargs = _loads(init)
                     initializer(*initargs)
                 except BaseException as exc:
-                    record = _worker._record(0, exc)
+                    record = _record(0, exc)
                 finally:
                     _worker._state_var.reset(reset)
             entry = _states[token] = (state, record)
@@ -271,6 +309,11 @@ class DaskBackend(Backend):
         if initializer is not None:   # before anything starts: nothing to clean up if it fails
             self._init = pickle_function((initializer, initargs), "the initializer")
         self._cluster: _HelperCluster | None = None   # a LocalCluster we started
+        # A finished task's future goes from the client's event loop to this
+        # backend's own thread (see _watch); None stops it.
+        self._arrivals: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._receiver: threading.Thread | None = None
+        self._done_callback = distributed.client.done_callback
         self._owns_client = False
         client: Any
         if cluster is None:
@@ -319,6 +362,9 @@ class DaskBackend(Backend):
         self.workers = workers
         self._token = uuid.uuid4().hex
         self._fns: dict[int, tuple[Callable[[Any], Any], str, bytes]] = {}
+        # function key -> None (tasks without items run) or the KilledWorker of
+        # one that did not (see _probe)
+        self._probed: dict[str, BaseException | None] = {}
         self._keys = itertools.count()
         self._lock = threading.Lock()
         self._pending: deque[_Job] = deque()
@@ -337,18 +383,28 @@ class DaskBackend(Backend):
         self._fn_key(fn, f"{where}: the function")
 
     def submit(self, batch: Batch) -> None:
+        # Completions reported while this call runs (this batch failing at once,
+        # another one whose send fails) go through the receiver thread: the
+        # caller may hold a lock its sink takes (Pool.submit does).
+        self._sending.submitting = True
+        try:
+            self._submit(batch)
+        finally:
+            self._sending.submitting = False
+
+    def _submit(self, batch: Batch) -> None:
         if self._follows:
             self._recount()
         try:
             self._fn_key(batch.fn, "the function")
         except NotPicklable as exc:   # not prepared (checked) before: fail the batch
             n = batch.limit
-            batch.sink(Completion(batch, [_fresh(exc) for _ in range(n)], list(range(n)), 0.0))
+            self._deliver(Completion(batch, [_fresh(exc) for _ in range(n)], list(range(n)), 0.0))
             return
         payload, n, error = _pickle_items(batch.items[:batch.limit])
         if payload is None:   # the first item cannot be sent: fail it, the rest follow
             assert error is not None
-            batch.sink(Completion(batch, [error], [0], 0.0))
+            self._deliver(Completion(batch, [error], [0], 0.0))
             return
         with self._lock:
             if self._closed:
@@ -358,7 +414,7 @@ class DaskBackend(Backend):
                 self._pending.append(_Job(batch, payload, n))
                 ready = self._ready()
         if reject:
-            batch.sink(dropped(batch))
+            self._deliver(dropped(batch))
             return
         self._send(ready)
 
@@ -377,7 +433,7 @@ class DaskBackend(Backend):
             job.worker_stuck = True   # its thread stays busy: keep the slot until it ends
         busy = time.monotonic() - job.since
         self._forget(job)
-        entry.batch.sink(Completion(entry.batch, [error], [0], busy))
+        self._deliver(Completion(entry.batch, [error], [0], busy))
         return True
 
     def cancel(self, batch: Batch) -> None:
@@ -450,6 +506,11 @@ class DaskBackend(Backend):
         if cluster is not None:
             self._cluster = None
             cluster.close()
+        receiver = self._receiver
+        if receiver is not None:   # after the client: what it cancelled was received
+            self._arrivals.put(None)
+            if receiver is not threading.current_thread():
+                receiver.join(RECEIVER_EXIT)
 
     def _fn_key(self, fn: Callable[[Any], Any], what: str) -> tuple[str, bytes]:
         entry = self._fns.get(id(fn))
@@ -530,12 +591,65 @@ class DaskBackend(Backend):
         job.sent = True
         try:
             key, fn_data = self._fn_key(batch.fn, "the function")
+            poison = self._probed.get(key)
+            if poison is not None:   # see _probe
+                self._report_failed(job, poison)
+                return
             fut = self._client.submit(run_batch, self._token, key, fn_data, self._init,
                                       job.items, pure=False)
             job.future = fut
-            fut.add_done_callback(lambda f, job=job: self._on_done(job, f))
+            self._watch(job, fut)
         except Exception as exc:   # the client is closed, or the cluster is gone
             self._report_failed(job, exc)
+
+    def _watch(self, job: _Job, fut: Any) -> None:
+        """Have :meth:`_on_done` called on this backend's receiver thread when
+        ``fut`` ends.
+
+        Not ``fut.add_done_callback``: its callbacks go from the client's event
+        loop through a thread pool of dask's (``Future._cb_executor``), which
+        the interpreter shuts down as it begins to exit, before the thread
+        that closes the client after Ctrl-C has cancelled the futures; the
+        loop then failed to hand them on ("cannot schedule new futures after
+        interpreter shutdown", a second traceback after the KeyboardInterrupt).
+        The same coroutine of dask's waits on the future here, and hands it to
+        a queue, which never refuses.
+        """
+        self._client.loop.add_callback(self._done_callback, fut,
+                                       functools.partial(self._arrive, job))
+
+    def _arrive(self, job: _Job, fut: Any) -> None:
+        # on the client's event loop: must not block
+        self._hand_on(functools.partial(self._received, job, fut))
+
+    def _hand_on(self, call: Callable[[], None]) -> None:
+        """Run ``call`` on the receiver thread (started on first use)."""
+        if self._receiver is None:
+            with self._lock:
+                if self._receiver is None:
+                    self._receiver = threading.Thread(
+                        target=self._receive, name="conveyor-dask-results", daemon=True)
+                    self._receiver.start()
+        self._arrivals.put(call)
+
+    def _receive(self) -> None:
+        while True:
+            call = self._arrivals.get()
+            if call is None:
+                return
+            call()
+
+    def _received(self, job: _Job, fut: Any) -> None:
+        try:
+            self._on_done(job, fut)
+        except BaseException as exc:   # fail that batch, not every later one
+            self._report_failed(job, exc)
+
+    def _deliver(self, done: Completion) -> None:
+        if getattr(self._sending, "submitting", False):   # see submit
+            self._hand_on(functools.partial(done.batch.sink, done))
+        else:
+            done.batch.sink(done)
 
     def _on_done(self, job: _Job, fut: Any) -> None:
         """A dask future ended (dask's callback thread)."""
@@ -579,10 +693,37 @@ class DaskBackend(Backend):
                 if not job.alone:   # dask blames every task a dead worker held
                     self._requeue(job, alone=True)
                     return
-                if job.n > 1:
+                key, _ = self._fn_key(job.batch.fn, "the function")
+                if key not in self._probed:   # its items, or what every task loads?
+                    threading.Thread(target=self._probe, args=(job, key, error),
+                                     name="conveyor-dask-probe", daemon=True).start()
+                    return
+                if job.n > 1 and self._probed[key] is None:
                     self._split(job)
                     return
             self._report_failed(job, error)
+
+    def _probe(self, job: _Job, key: str, error: BaseException) -> None:
+        """A task killed its workers, also alone: run one with no items (alone
+        still: ``job`` keeps its slot). If that kills its workers too, the
+        function or the initializer does, as each worker loads it: every task
+        of that function fails at once from now on, instead of each item
+        killing workers in turn until dask gives up on it."""
+        _, fn_data = self._fn_key(job.batch.fn, "the function")
+        verdict: BaseException | None = None
+        try:
+            self._client.submit(run_batch, self._token, key, fn_data, self._init, _NO_ITEMS,
+                                pure=False).result()
+        except self._distributed.KilledWorker as exc:
+            verdict = exc
+        except BaseException:   # cancelled, the cluster is closing: no verdict
+            self._report_failed(job, error)
+            return
+        self._probed[key] = verdict
+        if verdict is not None or job.n == 1:
+            self._report_failed(job, verdict or error)
+        else:
+            self._split(job)
 
     def _finished(self, job: _Job, busy: float, data: bytes) -> None:
         """A task's result arrived: report its outcomes."""
@@ -590,6 +731,12 @@ class DaskBackend(Backend):
             self._split(job, alone=False)
             return
         values, errors = _unpack(data, job.n)
+        if busy == UNLOADABLE:   # this one item: NotPicklable, as on the process backend
+            cause = values[0]
+            name = type(job.batch.items[job.pos]).__name__
+            values = [NotPicklable(f"this item, a {name}, could not be unpickled on the dask "
+                                   f"worker: {type(cause).__name__}: {cause}", type_name=name)]
+            values[0].__cause__ = cause
         if busy == INIT_FAILED:   # as on the other backends: WorkerInitError per item
             first = values[0] if values and isinstance(values[0], BaseException) else \
                 RuntimeError("the initializer failed")
@@ -651,8 +798,8 @@ class DaskBackend(Backend):
                 self._pending.extendleft(reversed(subs))
                 ready = self._ready()
         if ready is None:
-            job.batch.sink(Completion(job.batch, [], None, 0.0) if cancelled
-                           else dropped(job.batch))
+            self._deliver(Completion(job.batch, [], None, 0.0) if cancelled
+                          else dropped(job.batch))
             return
         self._send(ready)
 
@@ -678,7 +825,7 @@ class DaskBackend(Backend):
             return
         split = job.parent
         if split is None:
-            job.batch.sink(Completion(job.batch, values, errors, busy))
+            self._deliver(Completion(job.batch, values, errors, busy))
             return
         with self._lock:
             split.values[job.pos] = values[0]
@@ -689,15 +836,20 @@ class DaskBackend(Backend):
             split.left -= 1
             last = split.left == 0
         if last:
-            split.batch.sink(Completion(split.batch, split.values, sorted(split.errors),
-                                        split.busy))
+            self._deliver(Completion(split.batch, split.values, sorted(split.errors),
+                                     split.busy))
 
     def _report_failed(self, job: _Job, exc: BaseException | None) -> None:
         """The dask task failed (not the function: the cluster): its items fail."""
         errors = []
+        loads = "" if self._init is None else " or the initializer"
         for _ in range(job.n):
-            if isinstance(exc, self._distributed.KilledWorker):
+            if any(exc is verdict for verdict in self._probed.values() if verdict):
                 e: BaseException = WorkerCrashed(
+                    f"the dask workers die as they load the function{loads}, even for a "
+                    f"task without items: no task of that function can run: {exc}")
+            elif isinstance(exc, self._distributed.KilledWorker):
+                e = WorkerCrashed(
                     "the dask workers running this task died each time it ran, also alone "
                     f"on the cluster (dask gave up after its allowed-failures): {exc}")
             else:
@@ -712,7 +864,7 @@ class DaskBackend(Backend):
         if not self._free(job, settle=True):
             return
         if job.parent is None:
-            job.batch.sink(Completion(job.batch, [], None, 0.0))
+            self._deliver(Completion(job.batch, [], None, 0.0))
         else:
             self._settle_split(job.parent)
 
@@ -720,7 +872,7 @@ class DaskBackend(Backend):
         if not self._free(job, settle=True):
             return
         if job.parent is None:
-            job.batch.sink(dropped(job.batch))
+            self._deliver(dropped(job.batch))
         else:
             self._settle_split(job.parent, lost=True)
 
@@ -734,8 +886,8 @@ class DaskBackend(Backend):
                 prefix += 1
             split.left = 0
         errors = sorted(p for p in split.errors if p < prefix)
-        split.batch.sink(Completion(split.batch, split.values[:prefix], errors, split.busy,
-                                    lost=lost))
+        self._deliver(Completion(split.batch, split.values[:prefix], errors, split.busy,
+                                 lost=lost))
 
     def _forget(self, job: _Job) -> None:
         """An expired job: on a cluster conveyor started, restart the stuck worker."""
