@@ -37,8 +37,16 @@ import pytest
 import conveyor
 from conveyor.errors import NotPicklable, WorkerCrashed, WorkerInitError, item_index
 
-from . import _faults
 from .conftest import HAS_DASK, dask_session_client, wait_no_child_processes
+
+if HAS_DASK:
+    # Before the fault classes exist: importing distributed installs tblib's
+    # pickling of exceptions on every exception class defined by then, which
+    # rebuilds some of them (an unrebuildable one among them), so a cell's
+    # fault would depend on which test file imported distributed first.
+    import distributed  # noqa: F401
+
+from . import _faults
 
 ROOT = Path(__file__).resolve().parent.parent
 N_ITEMS = 40          # pool.map's items, in one batch ...
@@ -114,35 +122,10 @@ EXPECTED: dict[tuple[str, str], Expect] = {
     ("raised", "main"): _cell(NotPicklable, "MainError"),
 }
 
-#: Dask cells that fail today (fixed in dask.py, not here): strict, so they flip.
-_RAW = "the item fails with the error its unpickling raised, not NotPicklable"
-DASK_XFAIL: dict[tuple[str, str, str], str] = {
-    ("function", "unrebuildable", "submit"): "the call succeeds (no NotPicklable)",
-    ("function", "unrebuildable", "map"): "the items succeed (no NotPicklable)",
-    ("function", "main", "submit"): "the call succeeds (no NotPicklable)",
-    ("function", "main", "map"): "the items succeed (no NotPicklable)",
-    ("item", "raise_at_unpickle", "submit"): _RAW,
-    ("item", "raise_at_unpickle", "map"): _RAW,
-    ("item", "exit_at_unpickle", "submit"): f"{_RAW} (SystemExit)",
-    ("item", "exit_at_unpickle", "map"): f"{_RAW} (SystemExit)",
-    ("item", "frozen", "submit"): f"{_RAW} (FrozenInstanceError)",
-    ("item", "frozen", "map"): f"{_RAW} (FrozenInstanceError)",
-    ("item", "unrebuildable", "submit"): f"{_RAW} (TypeError)",
-    ("item", "unrebuildable", "map"): f"{_RAW} (TypeError)",
-    ("item", "main", "submit"): f"{_RAW} (TypeError)",
-    ("item", "main", "map"): f"{_RAW} (TypeError)",
-    ("initarg", "unrebuildable", "submit"): "the calls succeed (no WorkerInitError)",
-    ("initarg", "unrebuildable", "map"): "the items succeed (no WorkerInitError)",
-    ("initarg", "main", "submit"): "the calls succeed (no WorkerInitError)",
-    ("initarg", "main", "map"): "the items succeed (no WorkerInitError)",
-    ("result", "exit_at_unpickle", "submit"): "the call does not end within its bound",
-    ("result", "exit_at_unpickle", "map"): "the map does not end (SystemExit in the client)",
-}
-
-#: Dask cells whose fault kills dask workers: not run (xfail, run=False), since
-#: one that does not end stalls the session's cluster for the tests after it.
-#: Seen on function-os_exit_at_unpickle: submit fails, map does not end and
-#: Pool.close then hangs in DaskBackend.close.
+#: Dask cells whose fault kills dask workers: not run (xfail, run=False). dask
+#: restarts a dead worker and retries its task up to its allowed-failures (3),
+#: so each such cell takes minutes on 2 cores, and the session's cluster with
+#: it; test_dask.py covers a task and a function that kill their workers.
 DASK_NOT_RUN = ("os_exit_at_unpickle", "segfault_at_unpickle")
 
 WHATS = (*_faults.WHATS, "main")
@@ -157,10 +140,7 @@ def cells() -> Iterator[Any]:
                 if expect.scope == "refused" and where == "initarg" and how == "map":
                     continue   # Pool() itself refuses it: how the work is given does not apply
                 marks = [pytest.mark.timeout(expect.bound + 20)]   # a hang fails, bounded
-                if backend == "dask" and (where, what, how) in DASK_XFAIL:
-                    marks += [pytest.mark.xfail(
-                        strict=True, reason=f"dask: {DASK_XFAIL[where, what, how]}")]
-                elif backend == "dask" and what in DASK_NOT_RUN:
+                if backend == "dask" and what in DASK_NOT_RUN:
                     marks += [pytest.mark.xfail(
                         run=False, reason="dask: a fault that kills dask workers does not "
                         "end within its bound (see DASK_NOT_RUN)")]

@@ -397,11 +397,26 @@ def tolerant_loads(data: bytes) -> Any:
 
 
 def _skip_unbuildable(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """``fn`` over items from ``tolerant_loads``: one that holds an ``Unbuildable``
+    (itself, or inside it: a submitted call's arguments) fails as ``_ItemError``."""
     def run(x: Any) -> Any:
-        if isinstance(x, Unbuildable):
-            raise _ItemError(x.describe())
+        bad = _unbuildable_in(x)
+        if bad is not None:
+            raise _ItemError(bad.describe())
         return fn(x)
     return run
+
+
+def _unbuildable_in(x: Any, depth: int = 4) -> Unbuildable | None:
+    """The first ``Unbuildable`` in ``x`` or in its containers, ``depth`` levels down."""
+    if isinstance(x, Unbuildable):
+        return x
+    if depth and type(x) in (tuple, list, set, frozenset, dict):
+        for y in (x.values() if type(x) is dict else x):
+            found = _unbuildable_in(y, depth - 1)
+            if found is not None:
+                return found
+    return None
 
 
 def _record(pos: int, exc: BaseException) -> tuple[int, int, bytes | None, str, str, str]:
