@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import contextlib
 from collections import Counter
 from typing import Literal
 
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 
 import conveyor
 
-from .conftest import BACKENDS, BackendName, task
+from .conftest import BACKENDS, BackendName, dask_session_client, task
 
 
 def square(x: int) -> int:
@@ -33,9 +34,14 @@ def test_same_answer_as_map(items: list[int], backend: BackendName, workers: int
                             ordered: bool, window: int | None) -> None:
     fn = task(backend, square)
     expected = list(builtins.map(square, items))
-    results = conveyor.map(fn, iter(items), backend=backend,
-                           workers=workers, batch=batch, ordered=ordered, window=window)
-    got = list(results)
+    # dask: the session's cluster (a LocalCluster per example would take most of
+    # the test's time; test_dask.py covers the one conveyor starts)
+    current = dask_session_client().as_current() if backend == "dask" else \
+        contextlib.nullcontext()
+    with current:
+        results = conveyor.map(fn, iter(items), backend=backend,
+                               workers=workers, batch=batch, ordered=ordered, window=window)
+        got = list(results)
     if ordered:
         assert got == expected
     else:

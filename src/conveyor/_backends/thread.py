@@ -104,10 +104,14 @@ class ThreadBackend(Backend):
         queue.put(batch)
         # Start another thread when more batches wait than threads are idle,
         # up to `workers`. A thread counts as idle from just before it waits
-        # for a batch until it has one, so a count that is briefly too low
-        # only ever starts a thread early, never leaves a batch waiting
-        # behind busy threads while the pool is below `workers`.
-        if len(self._live) < self.workers and queue.qsize() > len(self._idle):
+        # for a batch until just after it has one: in that moment the count
+        # is one too high, so each thread looks again once it has its batch
+        # (see _work). Whoever looks last sees the true count.
+        self._grow()
+
+    def _grow(self) -> None:
+        """Another thread if more batches wait than threads are idle (up to ``workers``)."""
+        if len(self._live) < self.workers and self._queue.qsize() > len(self._idle):
             with self._lock:
                 if len(self._live) < self.workers and not self._closed:
                     self._spawn()
@@ -182,13 +186,16 @@ class ThreadBackend(Backend):
                 self._initializer(*self._initargs)
         except BaseException as exc:
             init_error = initializer_failed(self._initializer, exc)
-        get = self._queue.get
+        queue = self._queue
+        get = queue.get
         idle = self._idle
         try:
             while True:
                 idle.append(None)
                 batch = get()
                 idle.pop()
+                if batch is not None and queue.qsize():
+                    self._grow()   # a submit may have counted this thread idle
                 if batch is None:
                     return
                 if not settle_unrunnable(batch, init_error):
