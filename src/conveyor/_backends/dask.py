@@ -638,6 +638,9 @@ class DaskBackend(Backend):
             if call is None:
                 return
             call()
+            # Hold nothing while waiting: the call holds a dask future, and a
+            # future held here keeps its task (and result) on the cluster.
+            call = None
 
     def _received(self, job: _Job, fut: Any) -> None:
         try:
