@@ -106,6 +106,7 @@ def test_streams_with_a_bounded_number_of_tasks_on_the_cluster(client: Any) -> N
         time.sleep(0.01)
         return x
 
+    before = set(conveyor_tasks(client))   # another test's, not yet garbage-collected
     got = []
     with conveyor.map(slow, endless(), backend="dask", cluster=client, window=16) as results:
         for x in results:
@@ -116,7 +117,9 @@ def test_streams_with_a_bounded_number_of_tasks_on_the_cluster(client: Any) -> N
     assert got == list(range(60))
     assert pulled <= 60 + 16 + 1
     assert 1 <= most <= 2 * 2    # the session cluster has 2 threads
-    assert wait_until(lambda: not conveyor_tasks(client)), conveyor_tasks(client)
+    # The results are still held here: their tasks must be released all the same.
+    assert wait_until(lambda: not set(conveyor_tasks(client)) - before), conveyor_tasks(client)
+    del results
 
 
 def nap(x: int) -> int:
@@ -159,13 +162,15 @@ def test_early_exit_cancels_the_runs_tasks_on_the_cluster(client: Any) -> None:
         gate.wait(30)
         return x
 
+    before = set(conveyor_tasks(client))   # another test's, not yet garbage-collected
     results = conveyor.map(wait, range(100), backend="dask", cluster=client, batch=1)
     assert wait_until(lambda: tally.count("started") >= 2)
-    assert conveyor_tasks(client)
+    assert set(conveyor_tasks(client)) - before
     results.close()
     # cancelled on the cluster: the scheduler forgets the tasks (the running
     # calls end when their worker thread returns: dask cannot interrupt them)
-    assert wait_until(lambda: not conveyor_tasks(client), 10), conveyor_tasks(client)
+    assert wait_until(lambda: not set(conveyor_tasks(client)) - before, 10), \
+        conveyor_tasks(client)
     gate.set()
     assert tally.count("started") <= 4
 

@@ -818,6 +818,11 @@ class DaskBackend(Backend):
                     return False
                 job.done = True
             self._running.pop(job, None)
+            if job.done and not job.worker_stuck and not job.restarting:
+                # Its outcome is in hand: a future kept (by the batch, or by a
+                # caller who still holds the results) would keep its task and
+                # result on the cluster.
+                job.future = None
             ready = self._ready()
             self._idle.notify_all()
         self._send(ready)
