@@ -1,24 +1,37 @@
-"""Adaptive batch size.
+"""Adaptive batch size: what runs when.
 
-The rule (also in the README):
+Items travel to workers in batches (fewer hand-offs per item). The rule:
 
-* A run starts with batches of **one** item.
+* A run starts with batches of **one** item (a ``Pool``'s later map of the
+  same function starts at the size its earlier maps learned: ``prime``).
 * After every batch, the per-item time is estimated (an exponentially weighted
   mean of batch busy time / items). The next batch size is the number of items
-  that fill the backend's *target batch duration* (2 ms for threads and
-  asyncio), but it at most **doubles** per step, so a few fast items cannot
-  make one batch swallow a slow stretch of input.
+  that fill the backend's *target batch duration* (``batch_target``: 2 ms on
+  threads and asyncio; 20 ms on processes, where a batch costs a pipe round
+  trip and a pickle; 250 ms on dask, where a task costs milliseconds), but it
+  at most **doubles** per step, so a few fast items cannot make one batch
+  swallow a slow stretch of input; and never more than the backend's
+  ``max_batch`` (4,096 items on threads and asyncio, 16,384 on processes and
+  dask).
 * A batch that took longer than twice the target shrinks the size at once to
   what the estimate says (one item for a task slower than the target): long
   tasks are never grouped, so the load stays balanced.
-* A batch never holds more than ``remaining items / workers`` (when the input
-  has a length) nor more than ``window / (2 * workers)``, so the tail of a run
-  spreads over all workers.
-* And if a worker is stuck on one slow item while others are idle, the
-  scheduler *steals* the unstarted rest of its batch (see ``_scheduler``):
-  one 10 s task cannot hold the short tasks queued behind it hostage.
+* The scheduler (``_scheduler.Run._fill``) caps each batch further: at most
+  ``remaining items / workers`` when the input has a length, so the tail of a
+  run spreads over all workers; with ``window=`` given, at most
+  ``window / (2 * workers)``. Where batches wait on the workers (dask: two per
+  worker thread) the first cap is ``remaining items / (2 * workers)``, but no
+  less than an eighth of the learned size (a task costs milliseconds there):
+  the last batches shrink so the workers finish together.
+* A batch stuck on one slow item hands over the rest: when workers are idle,
+  the scheduler *steals* its unstarted items for them, and the results it has
+  already finished are delivered at once (*harvest*; a worker process sends
+  them every 50 ms once its batch has run 80 ms). One 10 s task does not hold
+  100 short ones hostage.
 
-``batch=<int>`` fixes the size instead (still capped by the window).
+``batch=<int>`` fixes the size instead (still capped by the window). With
+``timeout=`` on a backend that cannot time the items of a batch one by one
+(dask), batches hold one item.
 """
 
 from __future__ import annotations
