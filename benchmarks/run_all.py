@@ -7,14 +7,19 @@ in that one process run (Table 4: one parent, one fresh child per row).
 
 Output
     * stdout: all tables, as Markdown;
-    * ``README.md``: the part between ``<!-- benchmarks:start -->`` and
-      ``<!-- benchmarks:end -->`` is replaced (the README is never created or
-      otherwise rewritten; without the markers the tables are only printed);
-    * ``benchmarks/results.md``: the same Markdown.
+    * ``docs/benchmarks.md``: the documentation's page of full tables, between
+      ``<!-- benchmarks:start -->`` and ``<!-- benchmarks:end -->`` (the page
+      around them is rewritten too);
+    * ``README.md``: the headline rows (``headline.py`` derives them from the
+      measured rows), between ``<!-- headline:start -->`` and
+      ``<!-- headline:end -->`` (the README is never created or otherwise
+      rewritten; without the markers it is left alone).
 
     Each table sits between its own ``<!-- table:NAME:start/end -->`` markers,
     so ``--only`` refreshes one table and keeps the others. A ``--quick``
-    smoke run leaves both files alone unless ``--output`` is given.
+    smoke run leaves both files alone (``--output FILE`` saves its tables).
+    ``--render`` measures nothing: it rebuilds the page and the README's
+    headline from the tables already stored in the page.
 
 Run (from the project root)
     python benchmarks/run_all.py                  # full run (~20 min on 2 cores)
@@ -22,6 +27,8 @@ Run (from the project root)
     python benchmarks/run_all.py --only overhead  # one table: overhead|sleep|cpu|memory|
                                                   # failure|pipeline (or 1-6); repeatable,
                                                   # or comma-separated
+    python benchmarks/run_all.py --render         # re-render from docs/benchmarks.md
+    python benchmarks/run_all.py --render --check # exit 1 if that would change a file
 """
 
 from __future__ import annotations
@@ -40,12 +47,31 @@ import threading
 import time
 from dataclasses import dataclass
 
+import headline
 from _harness import BENCH_DIR, ROOT, command_line, now
 
 START = "<!-- benchmarks:start -->"
 END = "<!-- benchmarks:end -->"
+HEAD_START = "<!-- headline:start -->"
+HEAD_END = "<!-- headline:end -->"
 README = ROOT / "README.md"
-RESULTS = BENCH_DIR / "results.md"
+PAGE = ROOT / "docs" / "benchmarks.md"
+REGENERATE = '.venv/bin/pip install -e ".[bench]" && .venv/bin/python benchmarks/run_all.py'
+PAGE_INTRO = f"""# Benchmarks
+
+conveyor beside the standard library and the peer libraries, measured **in one
+run** on the same workloads. Ratios between rows, not absolute times, are what
+hold on a shared machine: every table's header says when, where and on what it
+was measured. The README shows eight headline rows taken from these tables.
+
+Regenerate every table (this page and the README's headline) with:
+
+    {REGENERATE}
+
+`--only TABLE` re-measures one table and keeps the others; `--render` rebuilds
+this page and the README's headline from the tables stored here, measuring
+nothing. This page is generated: edit `benchmarks/run_all.py`, not the page.
+"""
 
 
 @dataclass(frozen=True)
@@ -93,15 +119,15 @@ def parse_sections(block: str) -> dict[str, str]:
     return {m.group(1): m.group(2) for m in found}
 
 
-def between_markers(text: str) -> tuple[int, int] | None:
+def between_markers(text: str, start: str = START, end: str = END) -> tuple[int, int] | None:
     """(start, end) offsets of what lies between the markers, or None if absent."""
-    i = text.find(START)
+    i = text.find(start)
     if i < 0:
         return None
-    j = text.find(END, i + len(START))
+    j = text.find(end, i + len(start))
     if j < 0:
         return None
-    return i + len(START), j
+    return i + len(start), j
 
 
 def build_block(new: dict[str, str], old_block: str, summary: str) -> str:
@@ -115,11 +141,33 @@ def build_block(new: dict[str, str], old_block: str, summary: str) -> str:
     return "\n\n" + "\n\n".join(parts) + "\n\n"
 
 
-def replace_between(text: str, block: str) -> str | None:
-    span = between_markers(text)
+def replace_between(text: str, block: str, start: str = START, end: str = END) -> str | None:
+    span = between_markers(text, start, end)
     if span is None:
         return None
     return text[:span[0]] + block + text[span[1]:]
+
+
+def stored_block(path: Path) -> str:
+    """What lies between the benchmark markers of ``path`` ("" without them)."""
+    text = path.read_text() if path.exists() else ""
+    span = between_markers(text)
+    return text[span[0]:span[1]] if span else ""
+
+
+def stored_summary(block: str) -> str:
+    """The summary line of a stored block: what comes before its first table."""
+    return block.split("<!-- table:", 1)[0].strip()
+
+
+def page_text(block: str) -> str:
+    return f"{PAGE_INTRO}\n{START}{block}{END}\n"
+
+
+def readme_text(readme: str, block: str) -> str | None:
+    """The README with its headline re-derived from ``block``; None without markers."""
+    link = PAGE.relative_to(ROOT).as_posix()
+    return replace_between(readme, f"\n{headline.render(block, link)}\n", HEAD_START, HEAD_END)
 
 
 def run_table(table: Table, extra: list[str], timeout: float | None) -> tuple[int, str, str]:
@@ -161,32 +209,66 @@ def run_table(table: Table, extra: list[str], timeout: float | None) -> tuple[in
     return rc, "".join(chunks), "\n".join(tail)
 
 
-def write_outputs(new: dict[str, str], summary: str, *, readme: bool,
-                  output: Path | None) -> None:
-    if output is not None:
-        old = output.read_text() if output.exists() else ""
-        span = between_markers(old)
-        block = build_block(new, old[span[0]:span[1]] if span else "", summary)
-        output.write_text("# conveyor benchmark results\n\n"
-                          "The same tables as the README's Benchmarks section.\n\n"
-                          f"{START}{block}{END}\n")
-        print(f"run_all.py: wrote {output}", file=sys.stderr)
+def publish(block: str, *, readme: bool, check: bool = False) -> list[str]:
+    """Write the page and (``readme``) the README's headline from ``block``.
+
+    Returns the files that changed (with ``check``: that would change; nothing
+    is written)."""
+    changed: list[str] = []
+    page = page_text(block)
+    if not PAGE.exists() or PAGE.read_text() != page:
+        changed.append(str(PAGE.relative_to(ROOT)))
+        if not check:
+            PAGE.parent.mkdir(exist_ok=True)
+            PAGE.write_text(page)
     if not readme:
-        return
+        return changed
     if not README.exists():
-        print(f"run_all.py: {README} does not exist; not creating it (tables printed above).",
-              file=sys.stderr)
-        return
+        print(f"run_all.py: {README} does not exist; not creating it.", file=sys.stderr)
+        return changed
     text = README.read_text()
-    span = between_markers(text)
-    if span is None:
-        print(f"run_all.py: {README.name} has no `{START}` ... `{END}` markers; add them "
-              "where the tables belong and re-run (tables printed above).", file=sys.stderr)
+    updated = readme_text(text, block)
+    if updated is None:
+        print(f"run_all.py: {README.name} has no `{HEAD_START}` ... `{HEAD_END}` markers; "
+              "add them where the headline belongs and re-run.", file=sys.stderr)
+        if check:   # a README without its headline is out of date too
+            changed.append(README.name)
+    elif updated != text:
+        changed.append(README.name)
+        if not check:
+            README.write_text(updated)
+    return changed
+
+
+def write_outputs(new: dict[str, str], summary: str, *, readme: bool,
+                  output: Path | None, page: bool) -> None:
+    if output is not None:
+        span_text = output.read_text() if output.exists() else ""
+        span = between_markers(span_text)
+        block = build_block(new, span_text[span[0]:span[1]] if span else "", summary)
+        output.write_text(f"# conveyor benchmark results\n\n{START}{block}{END}\n")
+        print(f"run_all.py: wrote {output}", file=sys.stderr)
+    if not page:
         return
-    updated = replace_between(text, build_block(new, text[span[0]:span[1]], summary))
-    assert updated is not None
-    README.write_text(updated)
-    print(f"run_all.py: updated the tables in {README}", file=sys.stderr)
+    block = build_block(new, stored_block(PAGE), summary)
+    for name in publish(block, readme=readme):
+        print(f"run_all.py: updated {name}", file=sys.stderr)
+
+
+def render(*, readme: bool, check: bool) -> int:
+    """``--render``: the page and the headline again from the stored tables."""
+    block = stored_block(PAGE)
+    if not parse_sections(block):
+        print(f"run_all.py: {PAGE.relative_to(ROOT)} holds no tables to render; run the "
+              "benchmarks first.", file=sys.stderr)
+        return 1
+    changed = publish(block, readme=readme, check=check)
+    verb = "out of date" if check else "updated"
+    for name in changed:
+        print(f"run_all.py: {verb}: {name}", file=sys.stderr)
+    if not changed:
+        print("run_all.py: up to date", file=sys.stderr)
+    return 1 if check and changed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -199,8 +281,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--no-readme", action="store_true",
                     help="do not touch README.md")
     ap.add_argument("--output", type=Path, default=None,
-                    help=f"also save the Markdown here (default {RESULTS.relative_to(ROOT)} "
-                         "for a full run, nothing for --quick)")
+                    help="also save the tables of this run here (a --quick run saves "
+                         f"nothing else; a full run writes {PAGE.relative_to(ROOT)})")
+    ap.add_argument("--render", action="store_true",
+                    help=f"measure nothing: rebuild {PAGE.relative_to(ROOT)} and the README's "
+                         "headline from the tables stored in that page")
+    ap.add_argument("--check", action="store_true",
+                    help="with --render: write nothing, exit 1 if a file is out of date")
     ap.add_argument("--rows", default="", help="passed to every table: row filter")
     ap.add_argument("--table-timeout", type=float, default=None,
                     help="kill a table's script after this many seconds "
@@ -210,6 +297,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.check and not args.render:
+        raise SystemExit("run_all.py: --check goes with --render")
+    if args.render:
+        return render(readme=not args.no_readme, check=args.check)
     tables = resolve(args.only)
     extra = (["--quick"] if args.quick else []) + (["--rows", args.rows] if args.rows else [])
     timeout = args.table_timeout if args.table_timeout is not None else (
@@ -237,15 +328,11 @@ def main(argv: list[str] | None = None) -> int:
     print(summary + "\n")
     for t in tables:
         print(new[t.name].strip() + "\n")
-    output = args.output if args.output is not None else (None if args.quick else RESULTS)
     readme = not args.no_readme
-    if args.quick and readme:
-        print("run_all.py: --quick: README.md left unchanged (smoke numbers).", file=sys.stderr)
-        readme = False
-    if args.quick and output is None:
-        print(f"run_all.py: --quick: {RESULTS.relative_to(ROOT)} left unchanged "
-              "(pass --output FILE to save a smoke run).", file=sys.stderr)
-    write_outputs(new, summary, readme=readme, output=output)
+    if args.quick:
+        print(f"run_all.py: --quick: README.md and {PAGE.relative_to(ROOT)} left unchanged "
+              "(smoke numbers; pass --output FILE to save them).", file=sys.stderr)
+    write_outputs(new, summary, readme=readme, output=args.output, page=not args.quick)
     print(f"run_all.py: {len(tables)} table(s) in {took:.0f} s"
           + (f"; FAILED: {', '.join(failed)}" if failed else ""), file=sys.stderr)
     return 1 if failed else 0

@@ -5,16 +5,20 @@ the project root, and checks the Markdown they print: every conveyor row has
 a number, none says ERROR; the failure table's conveyor rows saw the error
 they should, with every good result. A second test hides the peer libraries
 (as in CI, which installs only the test extras) and checks their rows say
-"not installed" instead of crashing the table.
+"not installed" instead of crashing the table. The README's headline rows are
+derived from measured tables by ``benchmarks/headline.py``: the last tests
+feed it tables of known numbers.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -108,7 +112,7 @@ def test_quick_run_all_measures_every_conveyor_row() -> None:
         assert row[4] == expected, text
         assert row[6].startswith("exits rc=0"), text
         assert row[7] == "0", text
-    assert "left unchanged" in proc.stderr  # a smoke run never rewrites README/results
+    assert "left unchanged" in proc.stderr  # a smoke run never rewrites README/the page
 
 
 @pytest.mark.parametrize("name", ["cpu_speedup.py", "failure_behaviour.py",
@@ -147,3 +151,80 @@ def test_missing_peers_give_not_installed_rows(tmp_path: Path) -> None:
             assert row[3].startswith("not installed"), row
         else:
             assert NUMBER.search(row[3]) and "ERROR" not in row[3], row
+
+
+def load_headline(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    monkeypatch.syspath_prepend(str(BENCH))   # headline.py imports _harness beside it
+    spec = importlib.util.spec_from_file_location("_bench_headline", BENCH / "headline.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)   # its dataclasses look it up
+    spec.loader.exec_module(module)
+    return module
+
+
+# Two measured tables in run_all.py's format; the numbers are made up, and the
+# headlines that read other tables must say "not measured".
+TABLES = """
+### Table 1 - per-task overhead, f(x) = x + 1 (µs/task; lower is better)
+
+| group    | system                                         | µs/task (median)       |
+|----------|------------------------------------------------|------------------------|
+| baseline | sequential list(map(f, xs))                    | 0.01                   |
+| threads  | ThreadPoolExecutor(4).map                      | 12.5                   |
+| threads  | joblib Parallel(n_jobs=2, backend='threading') | not installed (joblib) |
+| threads  | peer \\| with a pipe                            | 2.50 (2.0-3.0)         |
+| threads  | conveyor.Pool(workers=4).map(inc, xs) [warm]   | 0.50                   |
+| asyncio  | asyncio create_task per item + gather          | 0.25                   |
+| asyncio  | conveyor.Pool(backend='asyncio', workers=100).map(ainc, xs) [warm] | 1,000 |
+
+#### Table 1b - cold start of a 2-worker process pool (ms; lower is better)
+
+| group     | system                                                          | ms  |
+|-----------|-----------------------------------------------------------------|-----|
+| processes | conveyor.Pool(backend='process', workers=2).map(inc, xs) [warm] | 1.0 |
+
+### Table 3 - CPU-bound speedup over sequential, 2 workers (higher is better)
+
+| group     | system                                          | speedup warm | speedup cold |
+|-----------|-------------------------------------------------|--------------|--------------|
+| processes | ProcessPoolExecutor(2).map chunksize=1          | 1.60         | 1.50         |
+| processes | multiprocessing.Pool(2).map (auto chunksize=5)  | 1.80         | 1.70         |
+| processes | conveyor.Pool(backend='process', workers=2).map | 1.90 (5%)    | 1.54         |
+"""
+
+
+def test_headline_sets_conveyor_beside_the_best_measured_peer(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    headline = load_headline(monkeypatch)
+    tables = headline.parse_tables(TABLES)
+    # each headline by the conveyor row it reads
+    rows = {h.conveyor: headline.headline_row(tables, h) for h in headline.HEADLINES}
+    threads = rows["conveyor.Pool(workers=4).map(inc, xs) [warm]"]
+    # the best peer is the lowest figure of the group (not the "not installed"
+    # row, not the baseline group), here one whose name holds an escaped pipe
+    assert threads[0].startswith("Table 1: "), threads
+    assert threads[1:] == ["0.50", "2.50: peer | with a pipe", "**5.00x better**"], threads
+    # conveyor behind its peer: the ratio says so; thousands separators are read
+    asyncio_row = rows["conveyor.Pool(backend='asyncio', workers=100).map(ainc, xs) [warm]"]
+    assert asyncio_row[1:] == ["1,000", "0.25: asyncio create_task per item + gather",
+                               "4,000x worse"], asyncio_row
+    # higher is better: 1.90 against the best peer's 1.80
+    cpu = rows["conveyor.Pool(backend='process', workers=2).map"]
+    assert cpu[0].startswith("Table 3: "), cpu
+    assert cpu[1:] == ["1.90", "1.80: multiprocessing.Pool(2).map (auto chunksize=5)",
+                       "**1.06x better**"], cpu
+    # Table 1 holds no process row (Table 1b's does not count), and the other
+    # tables were not measured: no figure is made up for them
+    assert rows["conveyor.Pool(backend='process', workers=2).map(inc, xs) [warm]"][1:] == [
+        "not measured", "", ""]
+    unmeasured = [r for r in rows.values() if r[1] == "not measured"]
+    assert len(unmeasured) == len(headline.HEADLINES) - 3, rows
+
+
+def test_headline_compare_words(monkeypatch: pytest.MonkeyPatch) -> None:
+    compare = load_headline(monkeypatch).compare
+    assert compare(2.0, 2.0, True) == "the same"
+    assert compare(1.0, 1.5, True) == "**1.50x better**"
+    assert compare(1.0, 1.5, False) == "1.50x worse"
+    assert compare(0.0, 1.5, True) == "-"   # no ratio with a zero
