@@ -96,7 +96,7 @@ def test_long_tasks_are_not_batched(backend: BackendName) -> None:
 
 # Not dask: a running dask task cannot be asked for its finished outcomes or its
 # unstarted items, so items after a slow one in the same batch wait for it (at
-# most a batch target's worth of them: the README says so).
+# most a batch target's worth of them: docs/guide/dask.md says so).
 @pytest.mark.parametrize("backend", ["thread", "asyncio", "process"])
 @pytest.mark.parametrize(("n", "slow"), [
     (200, 40),          # early: batches are still small

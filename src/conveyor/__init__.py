@@ -12,7 +12,8 @@
         results = list(pool.map(work, items))
         future = pool.submit(work, item)
 
-See the README for the backends, the options and the guarantees.
+The guide, the reference and the design are in the documentation under ``docs/``
+(``mkdocs serve`` shows it as a site).
 """
 
 

@@ -159,8 +159,10 @@ class ProcessPoolExecutor(_StdlibMap, futures.ProcessPoolExecutor):
     The stdlib's constructor. ``max_workers`` defaults to the CPUs this
     process may use. Workers are fresh interpreters started by conveyor
     (never a fork of this process, and ``__main__`` is not re-imported), so
-    ``mp_context`` does not choose how they start; it is accepted for code
-    that passes one (see the README for what it is used for).
+    ``mp_context`` does not choose how they start: it is accepted (and must
+    be a multiprocessing context) for code that passes one. The queues, locks
+    and values given in ``initargs`` must come from a ``spawn`` or
+    ``forkserver`` context (docs/guide/pools.md says why).
     ``max_tasks_per_child``: a worker is replaced after that many calls.
     """
 
