@@ -1,0 +1,254 @@
+"""The progress bar: a real tqdm bar, read from what it writes.
+
+The bar counts items finished and is drawn by the process's refresher thread
+at most ``REFRESH_EVERY`` seconds after the counts change; these tests read
+the last bar drawn into a file object and wait (boundedly) for it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import re
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+import conveyor
+
+# How far behind the finished items the drawn bar may be (the issue's bound).
+LAG = 0.2
+
+# "| 9/16 [00:00<..." with a total, "9item [00:00, ..." without one
+_SHOWN = re.compile(r"(\d+)(?:/(\d+))?[a-z]* \[\d")
+
+
+class Screen(io.StringIO):
+    """A file a tqdm bar draws on, telling waiters when it was written to."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.written = threading.Condition()
+
+    def write(self, s: str) -> int:
+        with self.written:
+            n = super().write(s)
+            self.written.notify_all()
+        return n
+
+    def last(self) -> str:
+        """The bar as last drawn (tqdm redraws after a carriage return)."""
+        return self.getvalue().rstrip("\n").split("\r")[-1]
+
+    def shown(self) -> tuple[int, int | None]:
+        """(items, total) on the bar as last drawn."""
+        return shown(self.last())
+
+    def wait_for(self, pattern: str, within: float = LAG) -> str:
+        """The last bar drawn, once it matches ``pattern`` (``within`` seconds at most)."""
+        deadline = time.monotonic() + within
+        with self.written:
+            while not re.search(pattern, self.last()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"after {within} s the bar shows {self.last()!r}, "
+                                         f"not {pattern!r}")
+                self.written.wait(left)
+            return self.last()
+
+
+def shown(bar: str) -> tuple[int, int | None]:
+    m = _SHOWN.search(bar)
+    assert m, f"no count in {bar!r}"
+    return int(m.group(1)), None if m.group(2) is None else int(m.group(2))
+
+
+def test_a_burst_of_unordered_results_shows_at_once() -> None:
+    """The issue's case: 1/16 stayed on the bar while 8 more had been consumed."""
+    first, burst, rest = threading.Event(), threading.Event(), threading.Event()
+
+    def f(x: int) -> int:
+        (first if x == 0 else burst if x <= 8 else rest).wait(10)
+        return x
+
+    screen = Screen()
+    results = conveyor.map(f, range(16), workers=16, batch=1, ordered=False,
+                           progress={"file": screen})
+    try:
+        first.set()
+        next(results)
+        screen.wait_for(r"\| 1/16 ")
+        burst.set()
+        for _ in range(8):
+            next(results)
+        screen.wait_for(r"\| 9/16 ")
+    finally:
+        rest.set()
+    assert sorted(results) == list(range(9, 16))
+    assert screen.shown() == (16, 16)
+    assert screen.getvalue().endswith("\n")   # closed, left on the screen
+
+
+def test_failures_show_while_the_run_goes() -> None:
+    gate = threading.Event()
+
+    def f(x: int) -> int:
+        if x < 3:
+            raise ValueError(x)
+        gate.wait(10)
+        return x
+
+    screen = Screen()
+    results = conveyor.map(f, range(10), workers=10, batch=1, ordered=False,
+                           on_error="return", progress={"file": screen})
+    try:
+        got = [next(results) for _ in range(3)]
+        assert all(isinstance(e, ValueError) for e in got)
+        bar = screen.wait_for(r"failed=3\]")
+        assert shown(bar) == (3, 10)
+        assert results.stats.in_flight == 7   # still running
+    finally:
+        gate.set()
+    assert sorted(results) == list(range(3, 10))
+    assert "failed=3]" in screen.last() and screen.shown() == (10, 10)
+
+
+def test_the_bar_counts_items_finished_not_handed_out() -> None:
+    """Ordered: items waiting behind a slow first one are finished, so counted."""
+    gate = threading.Event()
+
+    def f(x: int) -> int:
+        if x == 0:
+            gate.wait(10)
+        return x
+
+    screen = Screen()
+    with conveyor.map(f, range(6), workers=6, batch=1, progress={"file": screen}) as results:
+        try:
+            screen.wait_for(r"\| 5/6 ", within=5)   # nothing handed out yet
+        finally:
+            gate.set()
+        assert list(results) == list(range(6))
+    assert screen.shown() == (6, 6)
+
+
+def _generator(n: int) -> Iterator[int]:
+    yield from range(n)
+
+
+class LyingLength:
+    """Says it has 10 items, has 7: the bar's total is corrected at the end."""
+
+    def __len__(self) -> int:
+        return 10
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(range(7))
+
+
+@pytest.mark.parametrize(("make", "total"), [
+    (lambda: list(range(7)), 7),
+    (lambda: range(7), 7),
+    (lambda: _generator(7), None),
+    (lambda: {i: str(i) for i in range(7)}, 7),
+])
+def test_total_from_the_input(make: Any, total: int | None) -> None:
+    screen = Screen()
+    results = conveyor.map(lambda x: x, make(), progress={"file": screen})
+    assert shown(screen.getvalue().split("\r")[1]) == (0, total)   # drawn at the start
+    assert len(list(results)) == 7
+    assert screen.shown() == (7, total)
+
+
+def test_total_of_several_iterables_is_the_shortest() -> None:
+    screen = Screen()
+    with conveyor.Pool("thread", workers=2) as pool:
+        out = list(pool.map(pow, [2, 3, 4], range(10), progress={"file": screen}))
+    assert out == [1, 3, 16]
+    assert shown(screen.getvalue().split("\r")[1]) == (0, 3)
+    assert screen.shown() == (3, 3)
+    screen = Screen()
+    with conveyor.Pool("thread", workers=2) as pool:   # one without a length: unknown
+        out = list(pool.map(pow, [2, 3, 4], _generator(10), progress={"file": screen}))
+    assert out == [1, 3, 16]
+    assert screen.shown() == (3, None)
+
+
+def test_a_wrong_length_is_corrected_when_the_input_ends() -> None:
+    screen = Screen()
+    assert list(conveyor.map(lambda x: x, LyingLength(), progress={"file": screen})) == \
+        list(range(7))
+    assert shown(screen.getvalue().split("\r")[1]) == (0, 10)
+    assert screen.shown() == (7, 7)
+
+
+def test_a_run_stopped_early_keeps_its_total() -> None:
+    screen = Screen()
+    with conveyor.map(lambda x: x, range(100_000), progress={"file": screen}) as results:
+        next(results)
+    n, total = screen.shown()
+    assert total == 100_000 and 1 <= n < 100_000
+
+
+def test_tqdm_options_pass_through() -> None:
+    screen = Screen()
+    out = list(conveyor.map(lambda x: x, range(50), desc="ignored",
+                            progress={"file": screen, "desc": "rows", "unit": "row",
+                                      "ncols": 60, "ascii": True}))
+    assert len(out) == 50
+    last = screen.last()
+    assert last.startswith("rows: 100%|##########")   # desc and ascii from the dict
+    assert "row/s]" in last and len(last) <= 60
+    assert screen.shown() == (50, 50)
+
+
+def test_a_disabled_bar_is_not_refreshed() -> None:
+    screen = Screen()
+    gate = threading.Event()
+
+    def f(x: int) -> int:
+        gate.wait(10)
+        return x
+
+    with conveyor.map(f, range(4), progress={"file": screen, "disable": True}) as results:
+        try:
+            assert not [t for t in threading.enumerate() if t.name == "conveyor-progress"]
+        finally:
+            gate.set()
+        assert list(results) == list(range(4))
+    assert screen.getvalue() == ""
+
+
+def test_tqdm_refusing_the_options_is_a_clear_error() -> None:
+    with pytest.raises(TypeError, match=r"progress=\{'colour_of_bar': 1\}: tqdm does not "
+                                        r"take these options"):
+        conveyor.map(abs, range(3), progress={"colour_of_bar": 1})
+
+
+def test_a_failing_bar_does_not_fail_the_run() -> None:
+    class Broken(io.StringIO):
+        def write(self, s: str) -> int:
+            if "/8 " in s and " 0/8 " not in s:   # the first bar drawn after the start
+                raise RuntimeError("the terminal went away")
+            return super().write(s)
+
+    with pytest.warns(RuntimeWarning, match="progress bar stopped showing progress.*"
+                                            "the terminal went away"):
+        assert list(conveyor.map(lambda x: x, range(8), workers=1, batch=1,
+                                 progress={"file": Broken()})) == list(range(8))
+
+
+def test_amap_bar() -> None:
+    screen = Screen()
+
+    async def double(x: int) -> int:
+        return 2 * x
+
+    async def main() -> list[int]:
+        return [x async for x in conveyor.amap(double, range(20), progress={"file": screen})]
+
+    assert asyncio.run(main()) == [2 * x for x in range(20)]
+    assert screen.shown() == (20, 20)
