@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -226,6 +227,36 @@ def test_tqdm_refusing_the_options_is_a_clear_error() -> None:
     with pytest.raises(TypeError, match=r"progress=\{'colour_of_bar': 1\}: tqdm does not "
                                         r"take these options"):
         conveyor.map(abs, range(3), progress={"colour_of_bar": 1})
+
+
+def test_tqdm_refusing_the_options_leaves_no_worker_behind() -> None:
+    """amap starts its backend first: the refused options close it again (the
+    autouse fixtures check that no thread and no process is left)."""
+    async def main() -> None:
+        with pytest.raises(TypeError, match="tqdm does not take these options"):
+            conveyor.amap(abs, range(3), backend="process", workers=1,
+                          progress={"colour_of_bar": 1})
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("call", ["map", "pool", "stream"])
+def test_without_tqdm_progress_is_a_clear_error(monkeypatch: pytest.MonkeyPatch,
+                                                call: str) -> None:
+    # What an interpreter without tqdm does: `import tqdm` raises ImportError.
+    for name in [m for m in sys.modules if m == "tqdm" or m.startswith("tqdm.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    with pytest.raises(ImportError, match=r"needs tqdm, which is not installed; install it "
+                                          r"\(pip install tqdm\) or leave progress out"):
+        if call == "map":
+            conveyor.map(abs, range(3), progress=True)
+        elif call == "pool":
+            with conveyor.Pool("thread", workers=1) as pool:
+                pool.map(abs, range(3), progress={"desc": "x"})
+        else:
+            conveyor.stream(range(3)).map(abs, progress=True)
+    assert list(conveyor.map(abs, range(3))) == [0, 1, 2]   # without a bar: fine
 
 
 def test_a_failing_bar_does_not_fail_the_run() -> None:
