@@ -272,6 +272,57 @@ def test_a_failing_bar_does_not_fail_the_run() -> None:
                                  progress={"file": Broken()})) == list(range(8))
 
 
+def test_pipeline_stages_know_their_totals() -> None:
+    """A map keeps its input's total; batch(n) divides it; filter, flat_map and
+    unbatch make the next stage's unknown; so does a map that skips failures."""
+    screens = {name: Screen() for name in
+               ("first", "sums", "even", "after_filter", "expand", "after_expand",
+                "skips", "after_skip")}
+
+    def bar(name: str) -> dict[str, Any]:
+        return {"file": screens[name]}
+
+    def no_sevens(x: int) -> int:
+        if x % 10 == 7:
+            raise ValueError(x)
+        return x
+
+    out = (conveyor.stream(range(100))
+           .map(lambda x: x, progress=bar("first"))
+           .batch(10)                                                # 10 lists
+           .map(sum, progress=bar("sums"))
+           .filter(lambda s: s // 100 % 2 == 0, progress=bar("even"))  # 10 tested
+           .map(lambda s: s, progress=bar("after_filter"))           # unknown
+           .to_list())
+    assert len(out) == 5
+    out = (conveyor.stream(range(20))
+           .flat_map(lambda x: [x, x], progress=bar("expand"))       # 20 in
+           .map(no_sevens, on_error="skip", progress=bar("after_expand"))   # unknown
+           .to_list())
+    assert len(out) == 36
+    out = (conveyor.stream(list(range(20)))
+           .map(no_sevens, on_error="skip", progress=bar("skips"))
+           .map(lambda x: x, progress=bar("after_skip"))             # unknown
+           .to_list())
+    assert len(out) == 18
+    shows = {name: s.shown() for name, s in screens.items()}
+    assert shows == {"first": (100, 100), "sums": (10, 10), "even": (10, 10),
+                     "after_filter": (5, None), "expand": (20, 20),
+                     "after_expand": (40, None), "skips": (20, 20), "after_skip": (18, None)}
+    for name in ("first", "sums", "even", "expand", "skips"):   # known from the start
+        assert shown(screens[name].getvalue().split("\r")[1])[1] is not None
+
+
+def test_stream_progress_labels_each_stage_with_its_total(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = (conveyor.stream(range(30), progress=True)
+           .map(lambda x: x, name="first").batch(4).map(len, name="sizes").to_list())
+    assert out == [4] * 7 + [2]
+    err = capsys.readouterr().err
+    assert "map first: 100%" in err and "30/30" in err
+    assert "map sizes: 100%" in err and "8/8" in err
+
+
 def test_amap_bar() -> None:
     screen = Screen()
 

@@ -6,10 +6,13 @@ import contextlib
 import threading
 import time
 import warnings
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-__all__ = ["REFRESH_EVERY", "Counters", "ProgressBar", "Stats", "import_tqdm"]
+__all__ = ["REFRESH_EVERY", "Counted", "Counters", "ProgressBar", "Stats", "import_tqdm"]
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -175,6 +178,28 @@ class ProgressBar:
             with contextlib.suppress(Exception):
                 warnings.warn(f"conveyor: the progress bar stopped showing progress: it "
                               f"failed with {self.error!r}", RuntimeWarning, stacklevel=2)
+
+
+class Counted(Generic[T]):
+    """An iterable whose number of items is known, though it is no collection
+    (a pipeline stage's input after a stage of known output, the lines of a
+    file counted beforehand): ``len()`` gives a run's bar its total.
+
+    The run reads it through an input pump, like any iterable that is not a
+    built-in collection.
+    """
+
+    __slots__ = ("_items", "_n")
+
+    def __init__(self, items: Iterable[T], n: int) -> None:
+        self._items = items
+        self._n = n
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._items)
+
+    def __len__(self) -> int:
+        return self._n
 
 
 #: Seconds between two looks of the refresher at the open bars.
