@@ -9,16 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
+import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 import conveyor
+from conveyor._runcmd import count_lines
 
 # How far behind the finished items the drawn bar may be (the issue's bound).
 LAG = 0.2
@@ -334,3 +338,62 @@ def test_amap_bar() -> None:
 
     assert asyncio.run(main()) == [2 * x for x in range(20)]
     assert screen.shown() == (20, 20)
+
+
+# -- the CLI -------------------------------------------------------------------
+
+TASKS = """
+def double(x):
+    if x % 5 == 4:
+        raise ValueError(x)
+    return 2 * x
+"""
+
+
+def _cli(tmp_path: Path, *args: str, stdin: str = "") -> tuple[int, str, str]:
+    """(exit status, stdout, stderr): bytes decoded, since text mode would turn
+    the bar's carriage returns into newlines."""
+    (tmp_path / "tasks.py").write_text(TASKS)
+    proc = subprocess.run([sys.executable, "-m", "conveyor", "run", "tasks:double",
+                           "--progress", "--on-error", "return", *args],
+                          cwd=tmp_path, input=stdin.encode(), capture_output=True,
+                          timeout=60)
+    return proc.returncode, proc.stdout.decode(), proc.stderr.decode()
+
+
+def test_cli_bar_knows_the_lines_of_its_input_file(tmp_path: Path) -> None:
+    (tmp_path / "in.jsonl").write_text("".join(f"{i}\n" for i in range(40)) + "\n  \n")
+    status, out, err = _cli(tmp_path, "-i", "in.jsonl")
+    assert status == 0, err
+    assert len(out.splitlines()) == 40
+    bars = err.split("\r")
+    assert shown(bars[1]) == (0, 40)   # the total, before any result
+    last = [b for b in bars if _SHOWN.search(b)][-1]
+    assert shown(last) == (40, 40) and "failed=8]" in last
+
+
+def test_cli_bar_from_stdin_has_no_total(tmp_path: Path) -> None:
+    status, _, err = _cli(tmp_path, stdin="".join(f"{i}\n" for i in range(10)))
+    assert status == 0, err
+    last = [b for b in err.split("\r") if _SHOWN.search(b)][-1]
+    assert shown(last) == (10, None) and "failed=2]" in last
+
+
+@pytest.mark.parametrize("text", [
+    "", "\n", "1", "1\n", "1\n\n2", "\n\n1\n \t\n2\n", "1\r\n\r\n2\r\n", " 1 \n  \n\x0c\n3 ",
+    "[1, 2]\n{}\n\n\n\n" * 3,
+])
+def test_count_lines_counts_what_the_cli_reads(tmp_path: Path, text: str) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(text.encode())
+    with open(path, encoding="utf-8") as f:
+        items = sum(1 for line in f if line.strip())   # what `conveyor run` reads
+    for chunk in (1, 2, 3, 5, 1 << 20):   # a blank line across chunks is counted once
+        assert count_lines(str(path), chunk=chunk) == items
+
+
+def test_count_lines_counts_no_pipe_and_no_missing_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    assert count_lines(str(fifo)) is None   # not opened: nobody writes to it
+    assert count_lines(str(tmp_path / "missing.jsonl")) is None
