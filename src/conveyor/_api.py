@@ -10,6 +10,7 @@ from typing import Any, Literal, TypeVar, overload
 
 from . import _backends
 from ._backends._base import Backend
+from ._progress import import_tqdm
 from ._results import AsyncResults, Results
 from ._scheduler import Options, Run
 from ._source import AsyncSource, Source, ThreadSource, reads_directly
@@ -140,6 +141,8 @@ def check_options(where: str, *, ordered: bool, window: int | None, batch: int |
     else:
         raise TypeError(f"{where}: progress must be True/False or a dict of tqdm options, "
                         f"got {progress!r}")
+    if show:
+        import_tqdm(where)   # not installed: say so before any work starts
     if desc is not None and not isinstance(desc, str):
         raise TypeError(f"{where}: desc must be a string, got {desc!r}")
     return Options(ordered=ordered, window=win, batch=fixed, timeout=tmo, retries=n_retries,
@@ -255,19 +258,20 @@ def start_run(fn: Callable[[Any], Any], items: Iterable[Any] | Source,
               where: str) -> Run:
     try:
         backend.prepare(fn, where)   # e.g. a function processes cannot receive: before any work
+        source: Iterator[Any] | Source
+        if isinstance(items, Source):
+            source = items
+        elif reads_directly(items) or (isinstance(items, Zipped) and items.direct):
+            source = iter(items)
+        else:
+            source = ThreadSource(items)
+        # e.g. tqdm refusing the progress options
+        run = Run(fn, source, _length(items), backend, owns_backend=owns_backend,
+                  options=options)
     except BaseException:
         if owns_backend:
             backend.close(cancel=True)   # e.g. the cluster a dask backend started
         raise
-    source: Iterator[Any] | Source
-    if isinstance(items, Source):
-        source = items
-    elif reads_directly(items) or (isinstance(items, Zipped) and items.direct):
-        source = iter(items)
-    else:
-        source = ThreadSource(items)
-    run = Run(fn, source, _length(items), backend, owns_backend=owns_backend,
-              options=options)
     run.start()
     return run
 

@@ -29,7 +29,7 @@ from .errors import TaskTimeout
 
 if TYPE_CHECKING:
     from ._backends._base import Backend, Batch
-    from ._progress import Counters, ProgressBar
+    from ._progress import Counters
     from ._scheduler import Options
     from ._source import Source
 
@@ -74,7 +74,6 @@ class Outcomes:
     options: Options
     backend: Backend
     counters: Counters
-    _bar: ProgressBar | None
     _source: Source | None
     _in_flight: dict[Batch, None]
     _ready: dict[int, Group]
@@ -118,8 +117,6 @@ class Outcomes:
                 g.values = [UNSET] * len(g.items)
             g.values[start:start + n] = values
         g.pending -= final
-        if self._bar is not None and final:
-            self._bar.update(final)
         if self.options.ordered:
             if g.pending == 0 or (g.fatal is not None
                                   and first_unset(g.values, 0, g.fatal + 1) > g.fatal):

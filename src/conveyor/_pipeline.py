@@ -27,7 +27,7 @@ from typing import Any, Generic, TypeVar, overload
 
 from . import _api
 from ._outcomes import add_note
-from ._progress import Stats
+from ._progress import Counted, Stats
 from ._results import Results, _aiterate
 
 __all__ = ["Pipeline", "Stream", "stream"]
@@ -48,6 +48,18 @@ class _Stage:
         self.name = name
         self.options = options
         self.size = size
+
+
+def _stage_total(stage: _Stage, total: int | None) -> int | None:
+    """How many items come out of ``stage`` for ``total`` going in, where known."""
+    if total is None:
+        return None
+    if stage.kind == "map":
+        # on_error="skip" drops failures: then how many come out is not known
+        return None if stage.options.get("on_error") == "skip" else total
+    if stage.kind == "batch":
+        return -(-total // stage.size)
+    return None   # filter, flat_map, unbatch: known only once it has run
 
 
 class _Keep:
@@ -186,9 +198,14 @@ class Pipeline(Generic[T]):
         # batch, unbatch): `async for` applies it to that run's results itself.
         self._tail: list[tuple[str, int]] = []
         it: Iterable[Any] = items
+        total = _api._length(items)
         try:
             for stage in stages:
+                if stage.kind not in ("batch", "unbatch") and it is not items \
+                        and total is not None:
+                    it = Counted(it, total)   # the stage's bar (and last batches) know it
                 it = self._open(stage, it)
+                total = _stage_total(stage, total)
         except BaseException:
             self.close()
             raise

@@ -147,7 +147,8 @@ class Run(Outcomes):
         self._next_start = 0.0          # rate limiting
         self._bar: ProgressBar | None = None
         if options.progress:
-            self._bar = ProgressBar(total, options.desc, dict(options.progress_options))
+            self._bar = ProgressBar(self.counters, total, options.desc,
+                                    dict(options.progress_options))
         self.keep: object = None        # what must live as long as the run (its Pool)
         self._exit_callbacks: list[Callable[[], None]] = []
         self._exit_lock = threading.Lock()
@@ -215,10 +216,13 @@ class Run(Outcomes):
 
     # -- dispatcher thread ---------------------------------------------------
     def _main(self) -> None:
+        complete = False
         try:
             if self._owns_backend:
                 self.backend.start()
             self._loop()
+            # Not stopped: the input was read to its end (or failed)
+            complete = not self._stopping and self._input_error is None
         except BaseException as exc:  # a bug in conveyor, or a backend failure
             self._end(exc)
         finally:
@@ -231,7 +235,7 @@ class Run(Outcomes):
                     self.backend.close(cancel=True)
                 self.counters.ended = time.perf_counter()
                 if self._bar is not None:
-                    self._bar.close(self.counters.failed)
+                    self._bar.close(complete=complete)
                 self._end(None)
                 with self._exit_lock:
                     self._exited = True
