@@ -18,6 +18,7 @@ from .conftest import HAS_DASK
 def workdir(tmp_path: Path) -> Path:
     return workdir_with_tasks(tmp_path)
 
+
 def test_on_error_return_writes_error_records(workdir: Path) -> None:
     proc = run(workdir, "tasks:double", "-i", "in.jsonl", "-o", "out.jsonl",
                "--on-error", "return", "--workers", "3")

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     backends = list(BACKENDS)
     parser = argparse.ArgumentParser(
         prog="conveyor",
-        description="Run many tasks at once: on threads, asyncio, worker processes or a "
+        description="Run many tasks at once: on threads, asyncio, worker processes or a\n"
                     f"Dask cluster (backends: {', '.join(backends)}).",
         epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
