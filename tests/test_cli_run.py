@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -190,3 +192,19 @@ def test_a_closed_output_pipe_stops_the_run_without_a_traceback(workdir: Path) -
         assert proc.wait(20) == 1
     assert "Traceback" not in stderr and "Exception ignored" not in stderr
     assert stderr.startswith("conveyor run: the output was closed after ")
+
+
+# /dev/full (every write fails with ENOSPC) is Linux's; elsewhere nothing stands in.
+@pytest.mark.parametrize("where", ["file", "stdout"] if os.path.exists("/dev/full") else [])
+def test_a_full_disk_stops_the_run_without_a_traceback(workdir: Path, where: str) -> None:
+    if where == "file":
+        proc = run(workdir, "tasks:add", "-i", "in.jsonl", "-o", "/dev/full")
+    else:
+        with open("/dev/full", "w") as full:
+            proc = subprocess.run([sys.executable, "-m", "conveyor", "run", "tasks:add",
+                                   "-i", "in.jsonl"], cwd=workdir, stdout=full,
+                                  stderr=subprocess.PIPE, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines() == [
+        "conveyor run: cannot write the output (No space left on device) after 0 results; "
+        "stopping"]

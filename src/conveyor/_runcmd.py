@@ -125,7 +125,7 @@ def add_run_parser(commands: Any, backends: list[str]) -> None:
 def _one_line(exc: BaseException) -> str:
     if isinstance(exc, SyntaxError):
         return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
-    text = " ".join(str(exc).split("\n"))
+    text = _flat(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
@@ -167,7 +167,8 @@ def _backend(target: str, fn: object, chosen: BackendName | None) -> BackendName
 
 
 def _open_files(args: argparse.Namespace, stack: contextlib.ExitStack
-                ) -> tuple[IO[bytes], IO[str]]:
+                ) -> tuple[IO[bytes], int]:
+    """The input, and the output's file descriptor (see ``_write_line``)."""
     try:
         src: IO[bytes] = sys.stdin.buffer if args.input == "-" else stack.enter_context(
             open(args.input, "rb"))  # noqa: SIM115 - the stack closes it
@@ -178,16 +179,26 @@ def _open_files(args: argparse.Namespace, stack: contextlib.ExitStack
             if os.path.samefile(args.input, args.output):
                 raise _Usage(f"--output {args.output} is the input file: writing it "
                              "would erase the input before it is read")
+    if args.output == "-":
+        return src, sys.stdout.fileno()
     try:
-        dst: IO[str] = sys.stdout if args.output == "-" else stack.enter_context(
-            open(args.output, "w", encoding="utf-8"))  # noqa: SIM115 - the stack closes it
+        dst = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
     except OSError as exc:
         raise _Usage(f"cannot write --output {args.output}: {exc.strerror or exc}") from exc
+    stack.callback(os.close, dst)
     return src, dst
 
 
+def _write_line(fd: int, line: str) -> None:
+    """One output line, written at once: no buffer holds it, so a run that is
+    killed keeps it, and a failed write leaves nothing to fail again at exit."""
+    data = memoryview((line + "\n").encode())
+    while data:
+        data = data[os.write(fd, data):]
+
+
 def _start(args: argparse.Namespace, stack: contextlib.ExitStack
-           ) -> tuple[Results[Any], IO[str]]:
+           ) -> tuple[Results[Any], int]:
     fn = _load(args.target)
     backend = _backend(args.target, fn, args.backend)
     if args.cluster is not None and backend != "dask":
@@ -229,7 +240,11 @@ def _say(message: str) -> None:
     print(f"conveyor run: {message}", file=sys.stderr, flush=True)
 
 
-def _write(results: Results[Any], dst: IO[str], args: argparse.Namespace) -> int:
+def _flat(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\n"))
+
+
+def _write(results: Results[Any], dst: int, args: argparse.Namespace) -> int:
     written = 0
     try:
         for value in results:
@@ -239,10 +254,11 @@ def _write(results: Results[Any], dst: IO[str], args: argparse.Namespace) -> int
             else:
                 line = value   # the task made the JSON (see _jsonl)
             try:
-                dst.write(line + "\n")
-                dst.flush()    # a killed run keeps every line it wrote
+                _write_line(dst, line)
             except OSError as exc:
-                _closed_output(dst, exc, written)
+                closed = "the output was closed" if isinstance(exc, BrokenPipeError) else \
+                    f"cannot write the output ({exc.strerror or exc})"
+                _say(f"{closed} after {written} results; stopping")
                 return EXIT_FAILED
             written += 1
     except Exception as exc:   # a task failed (--on-error raise), or the input did
@@ -250,25 +266,13 @@ def _write(results: Results[Any], dst: IO[str], args: argparse.Namespace) -> int
             print(_task_traceback(exc), end="", file=sys.stderr)
         where = item_index(exc)
         at = f" (item #{where})" if where is not None else ""
-        text = " ".join(str(exc).split("\n"))
-        _say(f"{type(exc).__name__}{at}: {text}")
+        _say(f"{type(exc).__name__}{at}: {_flat(exc)}")
         return EXIT_FAILED
     s = results.stats
     if s.failed:
         left = " (left out of the output)" if args.on_error == "skip" else ""
         _say(f"{s.done} done, {s.failed} failed{left}")
     return EXIT_OK
-
-
-def _closed_output(dst: IO[str], exc: OSError, written: int) -> None:
-    if isinstance(exc, BrokenPipeError) and dst is sys.stdout:
-        # The reader went away (`conveyor run ... | head`). Point stdout at
-        # /dev/null so that the interpreter's last flush does not fail again.
-        with contextlib.suppress(OSError):
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        _say(f"the output was closed after {written} lines; stopping")
-        return
-    _say(f"cannot write the output after {written} lines: {exc.strerror or exc}")
 
 
 def run_command(args: argparse.Namespace) -> int:
