@@ -131,3 +131,14 @@ def test_public_name_has_a_docstring(module: ModuleType, name: str) -> None:
     doc = obj.__dict__.get("__doc__") if inspect.isclass(obj) else obj.__doc__
     assert doc and doc.strip(), f"{module.__name__}.{name} needs a docstring (the reference " \
         "in docs/reference/ is generated from it)"
+
+
+def test_every_public_name_is_in_the_reference() -> None:
+    """A name added to ``__all__`` gets its reference entry (or is named on the
+    page as a re-export)."""
+    pages = (ROOT / "docs" / "reference" / "api.md").read_text() + \
+        (ROOT / "docs" / "reference" / "errors.md").read_text()
+    missing = [f"{m.__name__}.{n}" for m, n in public_names()
+               if f"::: {m.__name__}.{n}" not in pages and f"`{m.__name__}.{n}`" not in pages
+               and f"::: {m.__name__}\n" not in pages]   # a whole module's page
+    assert not missing, f"add these to docs/reference/: {missing}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import conveyor
 import conveyor.errors
@@ -55,3 +55,31 @@ if TYPE_CHECKING:
             assert_type(pool.map(f, [1]), conveyor.Results[str])
             assert_type(pool.submit(f, 1).result(), str)
         assert_type(conveyor.map(f, [1]).stats, conveyor.Stats)
+
+    def _typing_several_arguments(xs: list[int], names: list[str]) -> None:
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        async def label(a: int, b: str) -> str:
+            return b * a
+
+        def three(a: int, b: int, c: str) -> float:
+            return 0.0
+
+        assert_type(conveyor.map(add, xs, xs), conveyor.Results[int])
+        assert_type(conveyor.map(label, xs, names), conveyor.Results[str])
+        assert_type(conveyor.map(three, xs, xs, names, workers=2), conveyor.Results[float])
+        assert_type(conveyor.map(add, xs, xs, xs, xs), conveyor.Results[int])  # unchecked args
+        # typeshed types pow(int, int) as Any (its sign decides int or float), so
+        # this is what builtins.map(pow, xs, xs) gives too.
+        assert_type(conveyor.map(pow, xs, xs), conveyor.Results[Any])
+        assert_type(conveyor.starmap(add, [(1, 2)]), conveyor.Results[int])
+        assert_type(conveyor.starmap(label, [(1, "a")]), conveyor.Results[str])
+        assert_type(conveyor.amap(label, xs, names), conveyor.AsyncResults[str])
+        assert_type(conveyor.amap(add, xs, xs), conveyor.AsyncResults[int])
+        assert_type(conveyor.astarmap(label, [(1, "a")]), conveyor.AsyncResults[str])
+        with conveyor.Pool() as pool:
+            assert_type(pool.starmap(add, [(1, 2)]), conveyor.Results[int])
+        assert_type(conveyor.stream([(1, 2)]).starmap(add), conveyor.Stream[int])
+        conveyor.map(add, names, xs)  # type: ignore[arg-type]
+        conveyor.map(add, xs, on_error="ignore")  # type: ignore[call-overload]

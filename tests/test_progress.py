@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import conveyor
-from conveyor._runcmd import count_lines
+from conveyor._jsonl import count_lines
 
 # How far behind the finished items the drawn bar may be (the bound).
 LAG = 0.2
@@ -176,10 +176,16 @@ def test_total_of_several_iterables_is_the_shortest() -> None:
     assert shown(screen.getvalue().split("\r")[1]) == (0, 3)
     assert screen.shown() == (3, 3)
     screen = Screen()
-    with conveyor.Pool("thread", workers=2) as pool:   # one without a length: unknown
+    with conveyor.Pool("thread", workers=2) as pool:   # a generator beside: the list bounds it
         out = list(pool.map(pow, [2, 3, 4], _generator(10), progress={"file": screen}))
     assert out == [1, 3, 16]
-    assert screen.shown() == (3, None)
+    assert screen.shown() == (3, 3)
+    screen = Screen()
+    with conveyor.Pool("thread", workers=2) as pool:   # a shorter generator: corrected at the end
+        out = list(pool.map(pow, [2, 3, 4], _generator(2), progress={"file": screen}))
+    assert out == [1, 3]
+    assert shown(screen.getvalue().split("\r")[1]) == (0, 3)
+    assert screen.shown() == (2, 2)
 
 
 def test_a_wrong_length_is_corrected_when_the_input_ends() -> None:
@@ -386,7 +392,7 @@ def test_cli_bar_from_stdin_has_no_total(tmp_path: Path) -> None:
 def test_count_lines_counts_what_the_cli_reads(tmp_path: Path, text: str) -> None:
     path = tmp_path / "in.jsonl"
     path.write_bytes(text.encode())
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         items = sum(1 for line in f if line.strip())   # what `conveyor run` reads
     for chunk in (1, 2, 3, 5, 1 << 20):   # a blank line across chunks is counted once
         assert count_lines(str(path), chunk=chunk) == items

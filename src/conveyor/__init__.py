@@ -5,6 +5,11 @@
     for page in conveyor.map(fetch, urls, workers=32):      # threads, input order
         save(page)
 
+    for n in conveyor.map(pow, bases, exponents):          # several iterables, zipped
+        ...
+    for n in conveyor.starmap(pow, pairs):                   # fn(*item)
+        ...
+
     async for r in conveyor.amap(async_fetch, urls):         # inside async code
         ...
 
@@ -19,7 +24,9 @@ The guide, the reference and the design are in the documentation under ``docs/``
 
 from . import errors as errors
 from ._api import amap as amap
+from ._api import astarmap as astarmap
 from ._api import map as map
+from ._api import starmap as starmap
 from ._executors import ProcessPoolExecutor as ProcessPoolExecutor
 from ._executors import ThreadPoolExecutor as ThreadPoolExecutor
 from ._pipeline import Pipeline as Pipeline
@@ -48,8 +55,10 @@ __all__ = (
     "WorkerCrashed",
     "__version__",
     "amap",
+    "astarmap",
     "errors",
     "map",
+    "starmap",
     "stream",
     "worker_state",
 )

@@ -6,23 +6,29 @@ import asyncio
 import inspect
 import operator
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Sequence
-from typing import Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _backends
 from ._backends._base import Backend
+from ._options import RunOptions
 from ._progress import import_tqdm
 from ._results import AsyncResults, Results
 from ._scheduler import Options, Run
 from ._source import AsyncSource, Source, ThreadSource, reads_directly
 from ._worker import Star
+from ._zipped import AsyncZipped, Zipped, length_of
 
-__all__ = ["MAP_DEFAULTS", "WORKER_OPTIONS", "Zipped", "amap", "check_fn", "check_options",
-           "is_async_fn", "map", "resolve_backend", "zip_items"]
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+__all__ = ["MAP_DEFAULTS", "WORKER_OPTIONS", "AsyncZipped", "RunOptions", "Zipped",
+           "amap", "astarmap", "check_fn", "check_options", "is_async_fn", "map",
+           "resolve_backend", "spread", "starmap", "start_run", "zip_items"]
 
 T = TypeVar("T")
+T2 = TypeVar("T2")
+T3 = TypeVar("T3")
 R = TypeVar("R")
-
-OnError = Literal["raise", "return", "skip"]
 
 #: The per-run options of ``map`` (beside backend, workers and the worker
 #: options) with their defaults: ``Pool.map`` and pipeline stages take the same.
@@ -30,7 +36,6 @@ MAP_DEFAULTS: dict[str, Any] = dict(
     ordered=True, window=None, batch="auto", timeout=None, retries=0, retry_on=(Exception,),
     backoff=0.1, on_error="raise", rate=None, progress=False, desc=None)
 WORKER_OPTIONS = ("initializer", "initargs", "max_tasks_per_worker", "cluster")
-BackendName = Literal["thread", "asyncio", "process", "dask"]
 _ERROR_POLICIES = ("raise", "return", "skip")
 
 
@@ -169,16 +174,6 @@ def check_items(items: object, where: str, *, allow_async: bool = False) -> None
                     f"{type(items).__name__}")
 
 
-def _length(items: object) -> int | None:
-    if isinstance(items, Source):
-        return None
-    try:
-        n = len(items)  # type: ignore[arg-type]
-    except Exception:  # no len(), or one that fails (range(2**64): OverflowError)
-        return None
-    return n if isinstance(n, int) else None
-
-
 def _name(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
@@ -212,27 +207,29 @@ def check_worker_options(where: str, name: str, initializer: object, initargs: o
     return options
 
 
+_RUN_DEFAULTS: dict[str, Any] = {**MAP_DEFAULTS, "backend": None, "workers": None,
+                                 "initializer": None, "initargs": (),
+                                 "max_tasks_per_worker": None, "cluster": None}
+
+
+def _run_options(where: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Every option of a map, its defaults filled in; a TypeError for unknown names."""
+    unknown = sorted(set(options) - set(_RUN_DEFAULTS))
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        raise TypeError(f"{where}: unexpected option(s) {names}; the options are "
+                        f"{', '.join(_RUN_DEFAULTS)}")
+    return {**_RUN_DEFAULTS, **options}
+
+
 class _AsyncStar(Star):
     async def __call__(self, args: tuple[Any, ...]) -> Any:
-        return await self.fn(*args)
+        return await super().__call__(args)   # the call spreads args; the await runs it
 
 
-class Zipped:
-    """The items of a map over several iterables: their tuples, up to the shortest.
-
-    Read by the dispatcher itself when every iterable is an in-memory
-    collection; its length is known when every iterable has one.
-    """
-
-    def __init__(self, iterables: tuple[Iterable[Any], ...]) -> None:
-        self._iterables = iterables
-        self.direct = all(reads_directly(i) for i in iterables)
-
-    def __iter__(self) -> Iterator[tuple[Any, ...]]:
-        return zip(*self._iterables)  # noqa: B905 - up to the shortest, as map()
-
-    def __len__(self) -> int:
-        return min(len(i) for i in self._iterables)  # type: ignore[arg-type]
+def spread(fn: Callable[..., Any]) -> Callable[[Any], Any]:
+    """``fn(*item)`` for each item (awaited for a coroutine function), as ``starmap``."""
+    return _AsyncStar(fn) if is_async_fn(fn) else Star(fn)
 
 
 def zip_items(fn: Callable[..., Any], iterables: tuple[Any, ...], where: str,
@@ -245,28 +242,34 @@ def zip_items(fn: Callable[..., Any], iterables: tuple[Any, ...], where: str,
     if len(iterables) == 1:
         check_items(iterables[0], where, allow_async=allow_async)
         return fn, iterables[0]
+    kinds = "an iterable or an async iterable" if allow_async else "an iterable"
     for i, items in enumerate(iterables):
-        if not isinstance(items, Iterable):
-            raise TypeError(f"{where}: iterable {i} must be an iterable (a list, a generator, "
+        if not (isinstance(items, Iterable)
+                or (allow_async and isinstance(items, AsyncIterable))):
+            raise TypeError(f"{where}: iterable {i} must be {kinds} (a list, a generator, "
                             f"...), got {type(items).__name__}; with several iterables, "
                             "fn(*args) gets one item of each")
-    return (_AsyncStar(fn) if is_async_fn(fn) else Star(fn)), Zipped(iterables)
+    if all(isinstance(items, Iterable) for items in iterables):
+        return spread(fn), Zipped(iterables)
+    return spread(fn), AsyncZipped(iterables)
 
 
-def start_run(fn: Callable[[Any], Any], items: Iterable[Any] | Source,
+def start_run(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any],
               backend: Backend, *, owns_backend: bool, options: Options,
-              where: str) -> Run:
+              where: str, loop: asyncio.AbstractEventLoop | None = None) -> Run:
+    """Start a run of ``fn`` over ``items`` (an async iterable: pumped on ``loop``)."""
     try:
         backend.prepare(fn, where)   # e.g. a function processes cannot receive: before any work
         source: Iterator[Any] | Source
-        if isinstance(items, Source):
-            source = items
+        if not isinstance(items, Iterable):
+            assert loop is not None, "an async iterable needs amap's event loop"
+            source = AsyncSource(items, loop)
         elif reads_directly(items) or (isinstance(items, Zipped) and items.direct):
             source = iter(items)
         else:
             source = ThreadSource(items)
         # e.g. tqdm refusing the progress options
-        run = Run(fn, source, _length(items), backend, owns_backend=owns_backend,
+        run = Run(fn, source, length_of(items), backend, owns_backend=owns_backend,
                   options=options)
     except BaseException:
         if owns_backend:
@@ -276,36 +279,70 @@ def start_run(fn: Callable[[Any], Any], items: Iterable[Any] | Source,
     return run
 
 
+def _start(where: str, fn: Callable[..., Any], iterables: tuple[Any, ...],
+           options: dict[str, Any], *, star: bool = False,
+           loop: asyncio.AbstractEventLoop | None = None) -> Run:
+    """What ``map``, ``starmap``, ``amap`` and ``astarmap`` share: check every
+    argument before any work starts, then start the run (on ``loop``: ``amap``)."""
+    check_fn(fn, where)
+    opts = _run_options(where, options)
+    call, items = zip_items(fn, iterables, where, allow_async=loop is not None)
+    if star:
+        call = spread(call)
+    name, n_workers = _backend_and_workers(where, opts["backend"], fn, opts["workers"])
+    checked = check_options(where, **{k: opts[k] for k in MAP_DEFAULTS})
+    extra = check_worker_options(where, name, opts["initializer"], opts["initargs"],
+                                 opts["max_tasks_per_worker"], opts["cluster"])
+    if loop is not None and name == "asyncio":
+        extra["loop"] = loop
+    be = _backends.create(name, n_workers, **extra)
+    if loop is not None:
+        be.start()
+    return start_run(call, items, be, owns_backend=True, options=checked, where=where,
+                     loop=loop)
+
+
+def _running_loop(where: str, sync_name: str) -> asyncio.AbstractEventLoop:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        raise RuntimeError(f"{where} must be used from async code (with an event loop "
+                           f"running); from sync code, use {sync_name}.") from None
+
+
 @overload
-def map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], *,
-        backend: BackendName | None = ..., workers: int | None = ..., ordered: bool = ...,
-        window: int | None = ..., batch: int | Literal["auto"] = ...,
-        timeout: float | None = ..., retries: int = ...,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
-        backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
-        progress: bool | dict[str, Any] = ..., desc: str | None = ...,
-        initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
-        max_tasks_per_worker: int | None = ..., cluster: Any = ...) -> Results[R]: ...
+def map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], /,
+        **options: Unpack[RunOptions]) -> Results[R]: ...
 @overload
-def map(fn: Callable[[T], R], items: Iterable[T], *,
-        backend: BackendName | None = ..., workers: int | None = ..., ordered: bool = ...,
-        window: int | None = ..., batch: int | Literal["auto"] = ...,
-        timeout: float | None = ..., retries: int = ...,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
-        backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
-        progress: bool | dict[str, Any] = ..., desc: str | None = ...,
-        initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
-        max_tasks_per_worker: int | None = ..., cluster: Any = ...) -> Results[R]: ...
-def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
-        backend: str | None = None, workers: int | None = None, ordered: bool = True,
-        window: int | None = None, batch: int | str = "auto", timeout: float | None = None,
-        retries: int = 0,
-        retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-        backoff: float = 0.1, on_error: str = "raise", rate: float | None = None,
-        progress: bool | dict[str, Any] = False, desc: str | None = None,
-        initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = (),
-        max_tasks_per_worker: int | None = None, cluster: Any = None) -> Results[Any]:
+def map(fn: Callable[[T], R], items: Iterable[T], /,
+        **options: Unpack[RunOptions]) -> Results[R]: ...
+@overload
+def map(fn: Callable[[T, T2], Awaitable[R]], items: Iterable[T], items2: Iterable[T2], /,
+        **options: Unpack[RunOptions]) -> Results[R]: ...
+@overload
+def map(fn: Callable[[T, T2], R], items: Iterable[T], items2: Iterable[T2], /,
+        **options: Unpack[RunOptions]) -> Results[R]: ...
+@overload
+def map(fn: Callable[[T, T2, T3], Awaitable[R]], items: Iterable[T], items2: Iterable[T2],
+        items3: Iterable[T3], /, **options: Unpack[RunOptions]) -> Results[R]: ...
+@overload
+def map(fn: Callable[[T, T2, T3], R], items: Iterable[T], items2: Iterable[T2],
+        items3: Iterable[T3], /, **options: Unpack[RunOptions]) -> Results[R]: ...
+@overload
+def map(fn: Callable[..., Awaitable[R]], items: Iterable[Any], items2: Iterable[Any],
+        items3: Iterable[Any], items4: Iterable[Any], /, *more: Iterable[Any],
+        **options: Unpack[RunOptions]) -> Results[R]: ...
+@overload
+def map(fn: Callable[..., R], items: Iterable[Any], items2: Iterable[Any],
+        items3: Iterable[Any], items4: Iterable[Any], /, *more: Iterable[Any],
+        **options: Unpack[RunOptions]) -> Results[R]: ...
+def map(fn: Callable[..., Any], /, *iterables: Iterable[Any], **options: Any) -> Results[Any]:
     """Run ``fn`` over ``items`` concurrently; stream the results.
+
+    ``conveyor.map(fn, items, **options)``; with several iterables,
+    ``conveyor.map(pow, xs, ys)`` calls ``fn(x, y)`` for their items taken in
+    step, up to the shortest, as the builtin ``map`` does (see also
+    :func:`starmap`). Every option is keyword-only.
 
     Returns a :class:`Results`: iterate it for the results (input order when
     ``ordered=True``, completion order otherwise), use it as a context manager,
@@ -333,78 +370,91 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
     (True, or a dict of tqdm options); ``desc`` labels it. ``initializer(*initargs)``
     runs once in each worker as it starts (see ``conveyor.worker_state``);
     ``max_tasks_per_worker`` (processes) replaces a worker after that many tasks.
+
+    Raises ``TypeError``/``ValueError`` before any work starts for a bad
+    argument (a non-callable, no iterable, an unknown option, ``workers=0``...).
     """
-    where = "conveyor.map"
-    check_fn(fn, where)
-    check_items(items, where)
-    name, n_workers = _backend_and_workers(where, backend, fn, workers)
-    options = check_options(where, ordered=ordered, window=window, batch=batch,
-                            timeout=timeout, retries=retries, retry_on=retry_on,
-                            backoff=backoff, on_error=on_error, rate=rate,
-                            progress=progress, desc=desc)
-    worker_options = check_worker_options(where, name, initializer, initargs,
-                                          max_tasks_per_worker, cluster)
-    be = _backends.create(name, n_workers, **worker_options)
-    return Results(start_run(fn, items, be, owns_backend=True, options=options, where=where))
+    return Results(_start("conveyor.map", fn, iterables, options))
 
 
 @overload
-def amap(fn: Callable[[T], Awaitable[R]], items: Iterable[T] | AsyncIterable[T], *,
-         backend: BackendName | None = ..., workers: int | None = ..., ordered: bool = ...,
-         window: int | None = ..., batch: int | Literal["auto"] = ...,
-         timeout: float | None = ..., retries: int = ...,
-         retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
-         backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
-         progress: bool | dict[str, Any] = ..., desc: str | None = ...,
-         initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
-         max_tasks_per_worker: int | None = ..., cluster: Any = ...) -> AsyncResults[R]: ...
+def starmap(fn: Callable[..., Awaitable[R]], items: Iterable[Iterable[Any]], /,
+            **options: Unpack[RunOptions]) -> Results[R]: ...
 @overload
-def amap(fn: Callable[[T], R], items: Iterable[T] | AsyncIterable[T], *,
-         backend: BackendName | None = ..., workers: int | None = ..., ordered: bool = ...,
-         window: int | None = ..., batch: int | Literal["auto"] = ...,
-         timeout: float | None = ..., retries: int = ...,
-         retry_on: type[BaseException] | tuple[type[BaseException], ...] = ...,
-         backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
-         progress: bool | dict[str, Any] = ..., desc: str | None = ...,
-         initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
-         max_tasks_per_worker: int | None = ..., cluster: Any = ...) -> AsyncResults[R]: ...
-def amap(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any], *,
-         backend: BackendName | None = None, workers: int | None = None, ordered: bool = True,
-         window: int | None = None, batch: int | Literal["auto"] = "auto",
-         timeout: float | None = None, retries: int = 0,
-         retry_on: type[BaseException] | tuple[type[BaseException], ...] = (Exception,),
-         backoff: float = 0.1, on_error: OnError = "raise", rate: float | None = None,
-         progress: bool | dict[str, Any] = False, desc: str | None = None,
-         initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = (),
-         max_tasks_per_worker: int | None = None, cluster: Any = None
-         ) -> AsyncResults[Any]:
+def starmap(fn: Callable[..., R], items: Iterable[Iterable[Any]], /,
+            **options: Unpack[RunOptions]) -> Results[R]: ...
+def starmap(fn: Callable[..., Any], items: Iterable[Iterable[Any]], /,
+            **options: Any) -> Results[Any]:
+    """:func:`map` calling ``fn(*item)``: each item holds the function's arguments.
+
+    ``conveyor.starmap(pow, [(2, 5), (3, 2)])`` gives 32, 9, as
+    ``itertools.starmap`` does. Options as for :func:`map`. An item that is
+    not iterable fails its own task with a ``TypeError`` (whose note names
+    the item's index), handled as ``on_error`` says.
+    """
+    return Results(_start("conveyor.starmap", fn, (items,), options, star=True))
+
+
+@overload
+def amap(fn: Callable[[T], Awaitable[R]], items: Iterable[T] | AsyncIterable[T], /,
+         **options: Unpack[RunOptions]) -> AsyncResults[R]: ...
+@overload
+def amap(fn: Callable[[T], R], items: Iterable[T] | AsyncIterable[T], /,
+         **options: Unpack[RunOptions]) -> AsyncResults[R]: ...
+@overload
+def amap(fn: Callable[[T, T2], Awaitable[R]], items: Iterable[T] | AsyncIterable[T],
+         items2: Iterable[T2] | AsyncIterable[T2], /,
+         **options: Unpack[RunOptions]) -> AsyncResults[R]: ...
+@overload
+def amap(fn: Callable[[T, T2], R], items: Iterable[T] | AsyncIterable[T],
+         items2: Iterable[T2] | AsyncIterable[T2], /,
+         **options: Unpack[RunOptions]) -> AsyncResults[R]: ...
+@overload
+def amap(fn: Callable[[T, T2, T3], Awaitable[R]], items: Iterable[T] | AsyncIterable[T],
+         items2: Iterable[T2] | AsyncIterable[T2], items3: Iterable[T3] | AsyncIterable[T3],
+         /, **options: Unpack[RunOptions]) -> AsyncResults[R]: ...
+@overload
+def amap(fn: Callable[[T, T2, T3], R], items: Iterable[T] | AsyncIterable[T],
+         items2: Iterable[T2] | AsyncIterable[T2], items3: Iterable[T3] | AsyncIterable[T3],
+         /, **options: Unpack[RunOptions]) -> AsyncResults[R]: ...
+@overload
+def amap(fn: Callable[..., Awaitable[R]], items: Iterable[Any] | AsyncIterable[Any],
+         items2: Iterable[Any] | AsyncIterable[Any], items3: Iterable[Any] | AsyncIterable[Any],
+         items4: Iterable[Any] | AsyncIterable[Any], /,
+         *more: Iterable[Any] | AsyncIterable[Any],
+         **options: Unpack[RunOptions]) -> AsyncResults[R]: ...
+@overload
+def amap(fn: Callable[..., R], items: Iterable[Any] | AsyncIterable[Any],
+         items2: Iterable[Any] | AsyncIterable[Any], items3: Iterable[Any] | AsyncIterable[Any],
+         items4: Iterable[Any] | AsyncIterable[Any], /,
+         *more: Iterable[Any] | AsyncIterable[Any],
+         **options: Unpack[RunOptions]) -> AsyncResults[R]: ...
+def amap(fn: Callable[..., Any], /, *iterables: Iterable[Any] | AsyncIterable[Any],
+         **options: Any) -> AsyncResults[Any]:
     """``map`` for async code: ``async for r in conveyor.amap(fn, items): ...``.
 
     Must be called with an event loop running. Coroutine functions run as
     tasks on *that* loop; plain functions run on worker threads (never
-    blocking the loop). ``items`` may be an async iterable. Options as for
-    :func:`map`.
+    blocking the loop). Any of the iterables may be async; several are
+    zipped as :func:`map` does, on the event loop (so the plain iterables
+    among async ones must not block). Options as for :func:`map`.
     """
-    where = "conveyor.amap"
-    check_fn(fn, where)
-    check_items(items, where, allow_async=True)
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        raise RuntimeError("conveyor.amap must be used from async code (with an event loop "
-                           "running); from sync code, use conveyor.map.") from None
-    name, n_workers = _backend_and_workers(where, backend, fn, workers)
-    options = check_options(where, ordered=ordered, window=window, batch=batch,
-                            timeout=timeout, retries=retries, retry_on=retry_on,
-                            backoff=backoff, on_error=on_error, rate=rate,
-                            progress=progress, desc=desc)
-    extra = check_worker_options(where, name, initializer, initargs, max_tasks_per_worker,
-                                 cluster)
-    if name == "asyncio":
-        extra["loop"] = loop
-    be = _backends.create(name, n_workers, **extra)
-    be.start()
-    source: Iterable[Any] | Source = items if isinstance(items, Iterable) else \
-        AsyncSource(items, loop)
-    return AsyncResults(start_run(fn, source, be, owns_backend=True, options=options,
-                                  where=where))
+    loop = _running_loop("conveyor.amap", "conveyor.map")
+    return AsyncResults(_start("conveyor.amap", fn, iterables, options, loop=loop))
+
+
+@overload
+def astarmap(fn: Callable[..., Awaitable[R]],
+             items: Iterable[Iterable[Any]] | AsyncIterable[Iterable[Any]], /,
+             **options: Unpack[RunOptions]) -> AsyncResults[R]: ...
+@overload
+def astarmap(fn: Callable[..., R], items: Iterable[Iterable[Any]] | AsyncIterable[Iterable[Any]],
+             /, **options: Unpack[RunOptions]) -> AsyncResults[R]: ...
+def astarmap(fn: Callable[..., Any],
+             items: Iterable[Iterable[Any]] | AsyncIterable[Iterable[Any]], /,
+             **options: Any) -> AsyncResults[Any]:
+    """:func:`starmap` for async code, as :func:`amap` is :func:`map`'s:
+    ``async for r in conveyor.astarmap(fetch, pairs): ...``."""
+    loop = _running_loop("conveyor.astarmap", "conveyor.starmap")
+    return AsyncResults(_start("conveyor.astarmap", fn, (items,), options, star=True,
+                               loop=loop))

@@ -29,6 +29,7 @@ from . import _api
 from ._outcomes import add_note
 from ._progress import Counted, Stats
 from ._results import Results, _aiterate
+from ._zipped import length_of
 
 __all__ = ["Pipeline", "Stream", "stream"]
 
@@ -43,7 +44,7 @@ class _Stage:
 
     def __init__(self, kind: str, fn: Callable[[Any], Any] | None, name: str,
                  options: dict[str, Any], size: int = 0) -> None:
-        self.kind = kind            # "map", "filter", "flat_map", "batch", "unbatch"
+        self.kind = kind  # "map", "starmap", "filter", "flat_map", "batch", "unbatch"
         self.fn = fn
         self.name = name
         self.options = options
@@ -119,7 +120,7 @@ class Stream(Generic[T]):
         _api.check_options(where, **{**_api.MAP_DEFAULTS, **checked})
         backend, _ = _api._backend_and_workers(where, options.get("backend"), fn,
                                                options.get("workers"))
-        if backend == "asyncio" and kind != "map":
+        if backend == "asyncio" and kind not in ("map", "starmap"):
             raise TypeError(f"{where}: {kind} stages run plain functions (on threads or "
                             "processes); use map with a coroutine function for asyncio")
         label = name or getattr(fn, "__qualname__", None) or repr(fn)
@@ -135,6 +136,19 @@ class Stream(Generic[T]):
             **options: Any) -> Stream[Any]:
         """Each item becomes ``fn(item)`` (options as for :func:`conveyor.map`)."""
         return self._task_stage("map", fn, name, options)
+
+    @overload
+    def starmap(self, fn: Callable[..., Awaitable[R]], *, name: str | None = ...,
+                **options: Any) -> Stream[R]: ...
+    @overload
+    def starmap(self, fn: Callable[..., R], *, name: str | None = ...,
+                **options: Any) -> Stream[R]: ...
+    def starmap(self, fn: Callable[..., Any], *, name: str | None = None,
+                **options: Any) -> Stream[Any]:
+        """Each item (a tuple of arguments) becomes ``fn(*item)``, as
+        :func:`conveyor.starmap`; an item that is not iterable fails its task
+        with a ``TypeError`` (options as for :func:`conveyor.map`)."""
+        return self._task_stage("starmap", fn, name, options)
 
     def filter(self, pred: Callable[[T], Any], *, name: str | None = None,
                **options: Any) -> Stream[T]:
@@ -198,7 +212,7 @@ class Pipeline(Generic[T]):
         # batch, unbatch): `async for` applies it to that run's results itself.
         self._tail: list[tuple[str, int]] = []
         it: Iterable[Any] = items
-        total = _api._length(items)
+        total = length_of(items)
         try:
             for stage in stages:
                 if stage.kind not in ("batch", "unbatch") and it is not items \
@@ -226,6 +240,8 @@ class Pipeline(Generic[T]):
             fn = _Keep(fn)
         elif stage.kind == "flat_map":
             fn = _Expand(fn)
+        elif stage.kind == "starmap":
+            fn = _api.spread(fn)
         options = dict(stage.options)
         options.setdefault("desc", stage.name)
         results = _api.map(fn, it, **options)

@@ -21,7 +21,7 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor, Future
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypedDict, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from . import _backends
 from ._api import (
@@ -30,11 +30,13 @@ from ._api import (
     check_options,
     check_worker_options,
     resolve_backend,
+    spread,
     start_run,
     zip_items,
 )
 from ._backends._base import Backend
 from ._calls import PLAIN, CallOptions, Calls
+from ._options import MapOptions
 from ._results import Results
 from ._scheduler import Run
 from ._worker import Apply
@@ -47,22 +49,6 @@ __all__ = ["MapOptions", "Pool"]
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class MapOptions(TypedDict, total=False):
-    """The per-map options of ``Pool.map`` (the same as ``conveyor.map``'s)."""
-
-    ordered: bool
-    window: int | None
-    batch: int | Literal["auto"]
-    timeout: float | None
-    retries: int
-    retry_on: type[BaseException] | tuple[type[BaseException], ...]
-    backoff: float
-    on_error: Literal["raise", "return", "skip"]
-    rate: float | None
-    progress: bool | dict[str, Any]
-    desc: str | None
 
 
 class _AsyncApply(Apply):
@@ -191,11 +177,27 @@ class Pool(Executor):
         """
         return self._map(fn, iterables, options, f"conveyor.{type(self).__name__}.map")
 
+    @overload
+    def starmap(self, fn: Callable[..., Awaitable[R]], items: Iterable[Iterable[Any]], /,
+                **options: Unpack[MapOptions]) -> Results[R]: ...
+    @overload
+    def starmap(self, fn: Callable[..., R], items: Iterable[Iterable[Any]], /,
+                **options: Unpack[MapOptions]) -> Results[R]: ...
+    def starmap(self, fn: Callable[..., Any], items: Iterable[Iterable[Any]], /,
+                **options: Unpack[MapOptions]) -> Results[Any]:
+        """Like :func:`conveyor.starmap` (``fn(*item)`` for each item), on this
+        pool's workers (same options)."""
+        return self._map(fn, (items,), options, f"conveyor.{type(self).__name__}.starmap",
+                         star=True)
+
     def _map(self, fn: Callable[..., Any], iterables: tuple[Any, ...], options: Any,
-             where: str, *, eager: bool = False, defer_errors: bool = False) -> Results[Any]:
+             where: str, *, eager: bool = False, defer_errors: bool = False,
+             star: bool = False) -> Results[Any]:
         check_fn(fn, where)
         resolve_backend(self.backend_name, fn, where)
         call, items = zip_items(fn, iterables, where)
+        if star:
+            call = spread(call)
         unknown = set(options) - set(MAP_DEFAULTS)
         if unknown:
             raise TypeError(f"{where}: unexpected option(s) {sorted(unknown)}; "

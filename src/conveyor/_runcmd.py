@@ -1,13 +1,19 @@
 """``conveyor run MODULE:FUNCTION``: map a function over a JSON Lines file.
 
 Every input line is one JSON value, passed to the function as its only
-argument; every output line is the JSON of one result (in input order unless
-``--unordered``). The input is read lazily and results are written as they
-come, so files larger than memory stream through. With ``--on-error return``
-a failed item becomes a line ``{"error": TYPE, "message": TEXT, "index": N}``;
-with ``skip`` it is left out (the count goes to stderr); with ``raise`` (the
-default) the command stops at the first failure, after writing every result
-before it, and exits with status 1.
+argument (with --star, a JSON array is passed as the positional arguments and
+an object as the keyword arguments); every output line is the JSON of one
+result, in input order unless --unordered. The input is read lazily and
+each result is written (and flushed) as it comes, so files larger than
+memory stream through, and a run that is killed keeps every line it wrote.
+
+A failed item -- the function raised, its result is not JSON, its input
+line is not JSON -- is handled as --on-error says: "raise" (the default)
+stops the command at the first failure, after writing every result before
+it, and exits with status 1; "return" writes a line {"error": TYPE,
+"message": TEXT, "index": N} in its place (N counts the input's items from
+0, blank lines aside); "skip" leaves it out. With return and skip, the
+count of failures goes to stderr.
 """
 
 from __future__ import annotations
@@ -17,24 +23,71 @@ import contextlib
 import importlib
 import json
 import os
-import re
-import stat
 import sys
-from collections.abc import Callable, Iterable, Iterator
+import traceback
+from collections.abc import Callable, Iterable
+from pathlib import Path
 from typing import IO, Any
 
 from . import _api
+from ._jsonl import AsyncLineCall, LineCall, count_lines, error_record, read_items
+from ._options import BackendName
 from ._progress import Counted
+from ._results import Results
 from .errors import item_index
 
-__all__ = ["add_run_parser", "count_lines", "run_command"]
+__all__ = ["EXIT_FAILED", "EXIT_OK", "EXIT_USAGE", "EXIT_STATUS", "add_run_parser",
+           "run_command"]
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+#: The exit statuses, for ``--help`` of ``conveyor`` and of ``conveyor run``.
+EXIT_STATUS = """\
+exit status:
+  0    done: every item ran (with --on-error return or skip, the failed ones are
+       in the output or counted on stderr)
+  1    a task failed (--on-error raise), or the input could not be read or the
+       output written to, in the middle of the run
+  2    usage: a bad option, an input or output file that cannot be opened, a
+       MODULE:FUNCTION that cannot be loaded, a run that could not start
+  130  interrupted (Ctrl-C)"""
+
+_PACKAGE = str(Path(__file__).resolve().parent)
 
 
-def add_run_parser(commands: Any) -> None:
+class _Usage(Exception):
+    """The command cannot start: say why on one line and exit with status 2."""
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
+    return value
+
+
+def add_run_parser(commands: Any, backends: list[str]) -> None:
     run = commands.add_parser(
         "run", help="map MODULE:FUNCTION over a JSON Lines file",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("target", metavar="MODULE:FUNCTION",
                      help="the function to run, e.g. mypkg.tasks:fetch (the current "
                           "directory is importable)")
@@ -42,132 +95,204 @@ def add_run_parser(commands: Any) -> None:
                      help="JSON Lines input (default: standard input)")
     run.add_argument("--output", "-o", default="-", metavar="FILE",
                      help="JSON Lines output (default: standard output)")
-    run.add_argument("--backend", choices=["thread", "asyncio", "process", "dask"],
-                     default=None,
+    run.add_argument("--star", action="store_true",
+                     help="spread each line over the function's arguments: a JSON array "
+                          "as positional arguments, an object as keyword arguments")
+    run.add_argument("--backend", choices=backends, default=None,
                      help="default: asyncio for a coroutine function, else thread")
     run.add_argument("--cluster", default=None, metavar="ADDRESS",
-                     help="dask: the scheduler's address (default: a LocalCluster for the "
-                          "run)")
-    run.add_argument("--workers", type=int, default=None)
+                     help="with --backend dask: the scheduler's address (default: a "
+                          "LocalCluster for the run)")
+    run.add_argument("--workers", type=_count(1), default=None, metavar="N",
+                     help="threads, coroutines or processes (default: the backend's)")
     run.add_argument("--unordered", action="store_true",
                      help="write results as they complete, not in input order")
-    run.add_argument("--window", type=int, default=None)
-    run.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
-    run.add_argument("--retries", type=int, default=0)
-    run.add_argument("--on-error", choices=["raise", "return", "skip"], default="raise")
-    run.add_argument("--rate", type=float, default=None, metavar="PER_SECOND")
+    run.add_argument("--window", type=_count(1), default=None, metavar="N",
+                     help="items in flight or waiting to be written, at most")
+    run.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
+                     help="per task: an overdue task fails with TaskTimeout")
+    run.add_argument("--retries", type=_count(0), default=0, metavar="N",
+                     help="extra attempts for a failed task (default: 0)")
+    run.add_argument("--on-error", choices=["raise", "return", "skip"], default="raise",
+                     help="what a failed item does (default: raise; see above)")
+    run.add_argument("--rate", type=_seconds, default=None, metavar="PER_SECOND",
+                     help="task starts per second, at most")
     run.add_argument("--progress", action="store_true", help="a progress bar on stderr")
+    run.add_argument("--traceback", action="store_true",
+                     help="print the failed task's traceback (with --on-error raise), or "
+                          "the full traceback of a run that could not start")
 
 
-def _load(target: str) -> Callable[[Any], Any]:
+def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        return f"SyntaxError: {exc.msg} ({exc.filename}, line {exc.lineno})"
+    text = _flat(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _load(target: str) -> Callable[..., Any]:
     module_name, sep, attr = target.partition(":")
     if not sep or not module_name or not attr:
-        raise SystemExit(f"conveyor run: expected MODULE:FUNCTION, got {target!r}")
+        raise _Usage(f"expected MODULE:FUNCTION (e.g. tasks:fetch), got {target!r}")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())
     try:
         obj: Any = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise SystemExit(f"conveyor run: cannot import {module_name!r}: {exc}") from None
+    except ModuleNotFoundError as exc:
+        raise _Usage(f"cannot import {module_name!r}: {exc} (run the command where the "
+                     "module is, or put its directory on PYTHONPATH)") from exc
+    except Exception as exc:   # the module itself raised while it was imported
+        raise _Usage(f"importing {module_name!r} failed: {_one_line(exc)}") from exc
     for part in attr.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise SystemExit(f"conveyor run: {module_name!r} has no {attr!r}") from None
+            raise _Usage(f"{module_name!r} has no {attr!r}") from None
     if not callable(obj):
-        raise SystemExit(f"conveyor run: {target} is not callable")
-    fn: Callable[[Any], Any] = obj
+        raise _Usage(f"{target} is {type(obj).__name__}, not a function")
+    fn: Callable[..., Any] = obj
     return fn
 
 
-def _lines(stream: IO[str], name: str) -> Iterator[Any]:
-    for number, line in enumerate(stream, 1):
-        if not line.strip():
+def _backend(target: str, fn: object, chosen: BackendName | None) -> BackendName:
+    coroutine = _api.is_async_fn(fn)
+    if chosen is None:
+        return "asyncio" if coroutine else "thread"
+    if coroutine and chosen != "asyncio":
+        raise _Usage(f"{target} is a coroutine function (async def): run it with "
+                     f"--backend asyncio (the default for one), not --backend {chosen}")
+    if not coroutine and chosen == "asyncio":
+        raise _Usage(f"{target} is not a coroutine function (async def), which --backend "
+                     "asyncio needs: leave --backend out, or use thread or process")
+    return chosen
+
+
+def _open_files(args: argparse.Namespace, stack: contextlib.ExitStack
+                ) -> tuple[IO[bytes], int]:
+    """The input, and the output's file descriptor (see ``_write_line``)."""
+    try:
+        src: IO[bytes] = sys.stdin.buffer if args.input == "-" else stack.enter_context(
+            open(args.input, "rb"))  # noqa: SIM115 - the stack closes it
+    except OSError as exc:
+        raise _Usage(f"cannot read --input {args.input}: {exc.strerror or exc}") from exc
+    if args.input != "-" and args.output != "-":
+        with contextlib.suppress(OSError):
+            if os.path.samefile(args.input, args.output):
+                raise _Usage(f"--output {args.output} is the input file: writing it "
+                             "would erase the input before it is read")
+    if args.output == "-":
+        return src, sys.stdout.fileno()
+    try:
+        dst = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)
+    except OSError as exc:
+        raise _Usage(f"cannot write --output {args.output}: {exc.strerror or exc}") from exc
+    stack.callback(os.close, dst)
+    return src, dst
+
+
+def _write_line(fd: int, line: str) -> None:
+    """One output line, written at once: no buffer holds it, so a run that is
+    killed keeps it, and a failed write leaves nothing to fail again at exit."""
+    data = memoryview((line + "\n").encode())
+    while data:
+        data = data[os.write(fd, data):]
+
+
+def _start(args: argparse.Namespace, stack: contextlib.ExitStack
+           ) -> tuple[Results[Any], int]:
+    fn = _load(args.target)
+    backend = _backend(args.target, fn, args.backend)
+    if args.cluster is not None and backend != "dask":
+        raise _Usage("--cluster names a dask scheduler: it needs --backend dask")
+    src, dst = _open_files(args, stack)
+    call = (AsyncLineCall if backend == "asyncio" else LineCall)(fn, args.star)
+    name = "input" if args.input == "-" else args.input
+    items: Iterable[Any] = read_items(src, name, args.star)
+    if args.progress and args.input != "-":
+        total = count_lines(args.input)
+        if total is not None:
+            items = Counted(items, total)   # the bar shows a total and an ETA
+    try:
+        results = _api.map(
+            call, items, backend=backend, workers=args.workers,
+            ordered=not args.unordered, window=args.window, timeout=args.timeout,
+            retries=args.retries, on_error=args.on_error, rate=args.rate,
+            progress=args.progress, cluster=args.cluster)
+    except Exception as exc:   # refused before any work started (a dask cluster away...)
+        text = _one_line(exc).replace("conveyor.map: ", "", 1)
+        raise _Usage(f"the run could not start: {text}") from exc
+    stack.enter_context(results)
+    return results, dst
+
+
+def _task_traceback(exc: BaseException) -> str:
+    """``exc``'s traceback without conveyor's own frames: the task's, as the user
+    wrote it (a worker process's comes as the cause, already formatted)."""
+    shown = traceback.TracebackException.from_exception(exc)
+    seen: set[int] = set()
+    todo = [shown]
+    while todo:
+        te = todo.pop()
+        if id(te) in seen:
             continue
-        try:
-            yield json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{name}, line {number}: not JSON ({exc.msg})") from None
+        seen.add(id(te))
+        te.stack = traceback.StackSummary.from_list(
+            [f for f in te.stack if not f.filename.startswith(_PACKAGE)])
+        todo.extend(t for t in (te.__cause__, te.__context__) if t is not None)
+    return "".join(shown.format())
 
 
-def _error_record(exc: BaseException) -> dict[str, Any]:
-    return {"error": type(exc).__name__, "message": str(exc), "index": item_index(exc)}
+def _say(message: str) -> None:
+    print(f"conveyor run: {message}", file=sys.stderr, flush=True)
+
+
+def _flat(exc: BaseException) -> str:
+    return " ".join(str(exc).split("\n"))
+
+
+def _write(results: Results[Any], dst: int, args: argparse.Namespace) -> int:
+    written = 0
+    try:
+        for value in results:
+            if isinstance(value, BaseException):   # --on-error return
+                index = item_index(value)
+                line = json.dumps(error_record(value, -1 if index is None else index))
+            else:
+                line = value   # the task made the JSON (see _jsonl)
+            try:
+                _write_line(dst, line)
+            except OSError as exc:
+                closed = "the output was closed" if isinstance(exc, BrokenPipeError) else \
+                    f"cannot write the output ({exc.strerror or exc})"
+                _say(f"{closed} after {written} results; stopping")
+                return EXIT_FAILED
+            written += 1
+    except Exception as exc:   # a task failed (--on-error raise), or the input did
+        if args.traceback:
+            print(_task_traceback(exc), end="", file=sys.stderr)
+        where = item_index(exc)
+        at = f" (item #{where})" if where is not None else ""
+        _say(f"{type(exc).__name__}{at}: {_flat(exc)}")
+        return EXIT_FAILED
+    s = results.stats
+    if s.failed:
+        left = " (left out of the output)" if args.on_error == "skip" else ""
+        _say(f"{s.done} done, {s.failed} failed{left}")
+    return EXIT_OK
 
 
 def run_command(args: argparse.Namespace) -> int:
-    fn = _load(args.target)
-    with contextlib.ExitStack() as stack:
-        src = sys.stdin if args.input == "-" else stack.enter_context(
-            open(args.input, encoding="utf-8"))
-        dst = sys.stdout if args.output == "-" else stack.enter_context(
-            open(args.output, "w", encoding="utf-8"))
-        items: Iterable[Any] = _lines(src, "input" if args.input == "-" else args.input)
-        if args.progress and args.input != "-":
-            total = count_lines(args.input)
-            if total is not None:
-                items = Counted(items, total)   # the bar shows a total and an ETA
-        results = _api.map(
-            fn, items,
-            backend=args.backend, workers=args.workers, ordered=not args.unordered,
-            window=args.window, timeout=args.timeout, retries=args.retries,
-            on_error=args.on_error, rate=args.rate, progress=args.progress,
-            cluster=args.cluster)
-        with results:
-            try:
-                for n, value in enumerate(results):
-                    if args.on_error == "return" and isinstance(value, BaseException) \
-                            and item_index(value) is not None:
-                        value = _error_record(value)
-                    try:
-                        line = json.dumps(value)
-                    except (TypeError, ValueError) as exc:
-                        raise TypeError(f"result #{n} cannot be written as JSON: {exc}; "
-                                        "return JSON-compatible values") from None
-                    dst.write(line + "\n")
-            except Exception as exc:
-                dst.flush()
-                where = item_index(exc)
-                at = f" (item #{where})" if where is not None else ""
-                print(f"conveyor run: {type(exc).__name__}{at}: {exc}", file=sys.stderr)
-                return 1
-        dst.flush()
-        s = results.stats
-        if s.failed:
-            print(f"conveyor run: {s.done} done, {s.failed} failed", file=sys.stderr)
-    return 0
-
-
-# A newline followed by a blank line (ASCII whitespace only, as `_lines` skips)
-_BLANK_AFTER = re.compile(rb"\n(?=[ \t\r\f\v]*\n)")
-
-
-def count_lines(path: str, *, chunk: int = 1 << 20) -> int | None:
-    """The items in a JSON Lines file: its lines that are not blank (as ``_lines``
-    reads them), counted beforehand for the progress bar's total; None when
-    ``path`` is no regular file (a pipe, a device) or cannot be read.
-
-    One pass in C over the bytes (``bytes.count`` and a regex that stops only
-    at newlines): 0.10 to 0.15 s for a file of 1,000,000 lines (63 MB) in the
-    page cache, where the run then finds it. The count can be high for a file
-    with lines of non-ASCII whitespace only or lone ``\\r`` line ends; the
-    bar's total is corrected when the run ends.
-    """
+    """``conveyor run``: the exit status (see ``EXIT_STATUS``)."""
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):
-            return None
-        lines = blank = 0
-        # A blank line is seen at the newline before it: the start of the
-        # file counts as one, and the one that ended the last chunk is kept
-        # with what followed it (`x`: something not blank), so that a blank
-        # line across two chunks is seen once.
-        carry = b"\n"
-        with open(path, "rb") as f:
-            while data := f.read(chunk):
-                lines += data.count(b"\n")
-                buf = carry + data
-                blank += len(_BLANK_AFTER.findall(buf))
-                last = buf.rfind(b"\n")
-                carry = b"\n" + (b"x" if buf[last + 1:].strip() else b"")
-    except OSError:
-        return None   # the run reports it when it opens the file
-    return lines - blank + (carry == b"\nx")
+        with contextlib.ExitStack() as stack:
+            results, dst = _start(args, stack)
+            return _write(results, dst, args)
+    except _Usage as exc:
+        cause = exc.__cause__
+        hint = ""
+        if cause is not None and args.traceback:
+            traceback.print_exception(cause, file=sys.stderr)
+        elif cause is not None and not isinstance(cause, OSError):
+            hint = " (--traceback shows where)"
+        _say(f"{exc}{hint}")
+        return EXIT_USAGE

@@ -27,7 +27,8 @@ import time
 from collections.abc import AsyncIterable, Callable, Iterable, Iterator
 from typing import Any
 
-__all__ = ["CHUNK_POLL", "AsyncSource", "Source", "ThreadSource", "reads_directly"]
+__all__ = ["CHUNK_POLL", "AsyncSource", "Source", "ThreadSource", "aclose_quietly",
+           "reads_directly"]
 
 #: Input types the dispatcher reads itself: in memory, never blocking.
 _DIRECT = (list, tuple, range, dict, set, frozenset, str, bytes, bytearray)
@@ -227,9 +228,9 @@ class AsyncSource(Source):
                     break
                 self._got(x)
             else:
-                await _aclose(ait)   # stopped early: run the generator's finally now
+                await aclose_quietly(ait)   # stopped early: run the generator's finally now
         except asyncio.CancelledError as exc:
-            await _aclose(ait)
+            await aclose_quietly(ait)
             task = asyncio.current_task()
             cancelling = getattr(task, "cancelling", None)
             if self._stop or cancelling is None or cancelling():
@@ -241,7 +242,8 @@ class AsyncSource(Source):
             self._end(error)
 
 
-async def _aclose(ait: Any) -> None:
+async def aclose_quietly(ait: Any) -> None:
+    """Close an async iterator (run its generator's ``finally``), ignoring its errors."""
     aclose = getattr(ait, "aclose", None)
     if aclose is not None:
         with contextlib.suppress(Exception):

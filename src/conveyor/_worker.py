@@ -70,7 +70,7 @@ except ImportError:  # pragma: no cover - other interpreters
     from pickle import dumps, loads
 
 __all__ = ["ALIAS", "Apply", "PassedFd", "Star", "cloudpickle_dumps", "cloudpickler", "main",
-           "rebuild_proxy", "set_thread_state", "worker_state"]
+           "not_arguments", "rebuild_proxy", "set_thread_state", "worker_state"]
 
 #: This module's top-level name too. A class defined here is pickled as
 #: ``_conveyor_worker.<name>``, which a worker resolves without importing the
@@ -170,7 +170,13 @@ class Star:
         self.fn = fn
 
     def __call__(self, args: tuple[Any, ...]) -> Any:
-        return self.fn(*args)
+        try:
+            return self.fn(*args)
+        except TypeError:
+            error = not_arguments(args)
+            if error is None:
+                raise   # fn's own TypeError
+            raise error from None
 
     def __eq__(self, other: object) -> bool:
         return type(other) is type(self) and other.fn == self.fn
@@ -180,6 +186,19 @@ class Star:
 
 
 Star.__module__ = ALIAS
+
+
+def not_arguments(args: object) -> TypeError | None:
+    """The error for an item that ``fn(*item)`` cannot spread (``starmap``), or None."""
+    try:
+        iter(args)   # type: ignore[call-overload]
+    except TypeError:
+        import reprlib  # only on this error path: workers start without it
+
+        return TypeError(f"each item must be an iterable of the function's arguments "
+                         f"(a tuple or a list, spread as fn(*item)), got "
+                         f"{reprlib.repr(args)} ({type(args).__name__})")
+    return None
 
 
 class PassedFd:

@@ -20,10 +20,18 @@ def _scale(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    from ._backends import BACKENDS
     from ._demo import QUICK_SCALE
+    from ._runcmd import EXIT_STATUS, add_run_parser
 
+    backends = list(BACKENDS)
     parser = argparse.ArgumentParser(
-        prog="conveyor", description="Run many tasks at once, on threads or asyncio.")
+        prog="conveyor",
+        description="Run many tasks at once: on threads, asyncio, worker processes or a\n"
+                    f"Dask cluster (backends: {', '.join(backends)}).",
+        epilog=EXIT_STATUS, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"conveyor {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     demo = commands.add_parser(
         "demo", help="time the classic concurrency examples: stdlib versus conveyor",
@@ -38,9 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--scale", type=_scale, metavar="FLOAT",
                        help="multiply every duration by FLOAT (default: 1)")
     demo.set_defaults(scale=1.0)
-    from ._runcmd import add_run_parser
-
-    add_run_parser(commands)
+    add_run_parser(commands, backends)
     return parser
 
 
