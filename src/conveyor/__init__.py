@@ -21,6 +21,7 @@ from ._api import amap as amap
 from ._api import map as map
 from ._executors import ProcessPoolExecutor as ProcessPoolExecutor
 from ._executors import ThreadPoolExecutor as ThreadPoolExecutor
+from ._loop import run_coroutine as run_coroutine
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import Stream as Stream
 from ._pipeline import stream as stream
@@ -49,6 +50,7 @@ __all__ = (
     "amap",
     "errors",
     "map",
+    "run_coroutine",
     "stream",
     "worker_state",
 )
