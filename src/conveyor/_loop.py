@@ -154,20 +154,52 @@ def run_coroutine(coro: Coroutine[Any, Any, T]) -> T:
         raise RuntimeError("conveyor.run_coroutine was called on conveyor's own event loop "
                            "(from a coroutine that conveyor runs), where waiting for it "
                            "would block the loop for good; await the coroutine instead")
+    loop = shared_loop()
+    # Not asyncio.run_coroutine_threadsafe: a Ctrl-C landing after it has
+    # scheduled the coroutine but before it returns its future would leave the
+    # task running with nobody to cancel it. This future exists first.
+    fut: concurrent.futures.Future[T] = concurrent.futures.Future()
     try:
-        fut = asyncio.run_coroutine_threadsafe(coro, shared_loop())
-    except BaseException:
-        coro.close()
-        raise
-    try:
+        try:
+            loop.call_soon_threadsafe(_start, loop, coro, fut)
+        except RuntimeError:   # the loop is closed (the interpreter exits)
+            coro.close()
+            raise
         while True:   # in slices: Ctrl-C must land
             try:
                 return fut.result(WAIT_SLICE)
             except concurrent.futures.TimeoutError:
                 continue
     except BaseException:
-        fut.cancel()
+        fut.cancel()   # the loop cancels the task, or never starts it
         raise
+
+
+def _start(loop: asyncio.AbstractEventLoop, coro: Coroutine[Any, Any, T],
+           fut: concurrent.futures.Future[T]) -> None:
+    """On the loop: run ``coro`` as a task whose outcome ``fut`` gets, and which
+    cancelling ``fut`` cancels."""
+    if fut.cancelled():
+        coro.close()   # cancelled before it started
+        return
+    task = loop.create_task(coro)
+
+    def cancel_task(f: concurrent.futures.Future[T]) -> None:
+        if f.cancelled():
+            with contextlib.suppress(RuntimeError):   # the loop closed meanwhile
+                loop.call_soon_threadsafe(task.cancel)
+
+    def settle(t: asyncio.Task[T]) -> None:
+        with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled
+            if t.cancelled():
+                fut.cancel()
+            elif t.exception() is not None:
+                fut.set_exception(t.exception())
+            else:
+                fut.set_result(t.result())
+
+    task.add_done_callback(settle)
+    fut.add_done_callback(cancel_task)
 
 
 def _check_coroutine(obj: object) -> None:
@@ -180,20 +212,31 @@ def _check_coroutine(obj: object) -> None:
 
 async def _wind_down(loop: asyncio.AbstractEventLoop) -> None:
     """On the loop, at exit: what ``asyncio.run`` does at its end, with bounded waits."""
-    me = asyncio.current_task()
-    tasks = [t for t in asyncio.all_tasks() if t is not me]
-    for t in tasks:
-        t.cancel()
-    if tasks:
-        await asyncio.wait(tasks, timeout=_TASK_GRACE)
-    for t in tasks:
-        # As asyncio.run does: a task that failed on its way out is reported, not lost.
-        if t.done() and not t.cancelled() and t.exception() is not None:
-            loop.call_exception_handler({
-                "message": "unhandled exception during conveyor's event loop shutdown",
-                "exception": t.exception(), "task": t})
+    deadline = loop.time() + _TASK_GRACE
+    await _cancel_all(loop, deadline)
     await loop.shutdown_asyncgens()
     await loop.shutdown_default_executor()
+    # Closing a run cancelled above schedules one more task (the backend's aclose).
+    await _cancel_all(loop, deadline)
+
+
+async def _cancel_all(loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+    """Cancel the other tasks, and those they start meanwhile, until none is left
+    or ``deadline`` (loop time) passes."""
+    me = asyncio.current_task()
+    while loop.time() < deadline:
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        if not tasks:
+            return
+        for t in tasks:
+            t.cancel()
+        await asyncio.wait(tasks, timeout=deadline - loop.time())
+        for t in tasks:
+            # As asyncio.run does: a task that failed on its way out is reported.
+            if t.done() and not t.cancelled() and t.exception() is not None:
+                loop.call_exception_handler({
+                    "message": "unhandled exception during conveyor's event loop shutdown",
+                    "exception": t.exception(), "task": t})
 
 
 def _at_exit() -> None:

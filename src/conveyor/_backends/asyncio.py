@@ -75,7 +75,12 @@ class AsyncioBackend(Backend):
                  initargs: tuple[Any, ...] = ()) -> None:
         self.workers = workers
         self._loop = loop
-        self._own: LoopThread | None = None   # see start()
+        # Made by sync code running on the shared loop (a coroutine calling a
+        # sync map): that code blocks the shared loop while it waits for this
+        # backend's work, which therefore needs a loop of its own. Decided here,
+        # in the caller's thread (a map starts its backend in its scheduler's).
+        self._needs_own_loop = loop is None and on_shared_loop()
+        self._own: LoopThread | None = None
         self._initializer = initializer
         self._initargs = initargs
         # Loop-side state: touched only from the loop's thread.
@@ -97,10 +102,7 @@ class AsyncioBackend(Backend):
     def start(self) -> None:
         if self._loop is not None:
             return
-        if on_shared_loop():
-            # Sync code running on the shared loop (a coroutine calling a sync
-            # map) blocks it while it waits for this backend's work: that work
-            # needs a loop of its own, or nothing would ever run it.
+        if self._needs_own_loop:
             self._own = LoopThread("conveyor-asyncio")
             self._loop = self._own.loop
         else:
@@ -198,6 +200,8 @@ class AsyncioBackend(Backend):
                 break
             except concurrent.futures.TimeoutError:
                 continue
+            except concurrent.futures.CancelledError:
+                break   # the loop winds down at exit and cancelled the closing too
         self.poll()   # a loop closed under us (at exit) stranded what it held
         if own is not None:
             own.stop()
