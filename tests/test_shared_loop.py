@@ -262,6 +262,15 @@ def test_a_pool_runs_on_a_loop_you_give_it() -> None:
         loop.close()
 
 
+def test_a_bad_loop_for_a_pool_is_refused_at_once() -> None:
+    with pytest.raises(TypeError, match="loop= must be an asyncio event loop"):
+        conveyor.Pool(backend="asyncio", loop=object())
+    closed = asyncio.new_event_loop()
+    closed.close()
+    with pytest.raises(ValueError, match="loop= is closed"):
+        conveyor.Pool(backend="asyncio", loop=closed)
+
+
 def test_a_notebook_shares_a_client_through_amap_on_the_kernels_loop(
         server: HttpServer) -> None:
     # A kernel runs every cell's top-level await on its one loop (modelled

@@ -73,6 +73,14 @@ class AsyncioBackend(Backend):
     def __init__(self, workers: int, *, loop: asyncio.AbstractEventLoop | None = None,
                  initializer: Callable[..., object] | None = None,
                  initargs: tuple[Any, ...] = ()) -> None:
+        if loop is not None:
+            if not isinstance(loop, asyncio.AbstractEventLoop):
+                raise TypeError(f"backend='asyncio': loop= must be an asyncio event loop "
+                                f"(one you run), got {loop!r}")
+            if loop.is_closed():
+                raise ValueError("backend='asyncio': the loop given as loop= is closed; "
+                                 "give a loop that runs (or leave loop= out to use "
+                                 "conveyor's own)")
         self.workers = workers
         self._loop = loop
         # Made by sync code running on the shared loop (a coroutine calling a
