@@ -69,13 +69,17 @@ def test_a_module_level_aiohttp_session_serves_successive_maps(server: HttpServe
         async with holder["session"].get(f"{server.url}/echo/{x}") as r:
             return await r.text()
 
+    ports: list[set[int]] = []
     try:
         for start in (0, 20, 40):
+            server.ports.clear()
             assert list(conveyor.map(fetch, range(start, start + 20), workers=4)) == \
                 [str(x) for x in range(start, start + 20)]
+            ports.append(set(server.ports))
     finally:
         if "session" in holder:
             conveyor.run_coroutine(holder["session"].close())
+    assert ports[0] & ports[1] and ports[0] & ports[2]   # its connections were reused
 
 
 def _loop_and_thread() -> tuple[asyncio.AbstractEventLoop, str]:
@@ -109,8 +113,9 @@ def test_maps_pools_pipelines_and_run_coroutine_share_one_loop() -> None:
 
 def test_maps_from_two_threads_run_on_the_loop_at_once(server: HttpServer) -> None:
     client = httpx.AsyncClient(verify=False)
-    # Each map's first item waits for the other map's first item, on one
-    # asyncio.Event: both can finish only if both run on the same loop at once.
+    # Each map's first item waits for the other map's first item, on asyncio
+    # Events (bound to the loop that first waits on them): both maps can finish
+    # only if both run on the same loop at the same time.
     events: dict[str, asyncio.Event] = {}
     barrier = threading.Barrier(2)
     out: dict[str, list[str]] = {}
