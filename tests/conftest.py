@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import importlib.util
 import threading
@@ -139,7 +140,32 @@ class Sleepers:
 
 
 def conveyor_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("conveyor-") and t.is_alive()]
+    """conveyor's threads that are alive, except the shared event loop's, which
+    lives as long as the process (``shared_loop_tasks`` checks what runs on it)."""
+    return [t for t in threading.enumerate() if t.name.startswith("conveyor-") and t.is_alive()
+            and t.name != "conveyor-loop"]
+
+
+def shared_loop_tasks(limit: float = 10.0) -> list[str]:
+    """Tasks still on conveyor's shared event loop after waiting (up to ``limit``
+    seconds) for them to end; a loop blocked for that long is reported too."""
+    from conveyor._loop import current_shared_loop
+
+    loop = current_shared_loop()
+    if loop is None or loop.is_closed():
+        return []
+
+    async def left() -> list[str]:
+        me = asyncio.current_task()
+        tasks = [t for t in asyncio.all_tasks() if t is not me]
+        if tasks:
+            await asyncio.wait(tasks, timeout=limit)
+        return [repr(t) for t in asyncio.all_tasks() if t is not me and not t.done()]
+
+    try:
+        return asyncio.run_coroutine_threadsafe(left(), loop).result(limit + 5)
+    except concurrent.futures.TimeoutError:   # not the builtin TimeoutError on 3.10
+        return ["(the loop is blocked)"]
 
 
 def wait_no_conveyor_threads(limit: float = 10.0) -> list[threading.Thread]:
@@ -160,6 +186,8 @@ def no_thread_left_behind(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     left = wait_no_conveyor_threads()
     assert not left, f"threads left running: {[t.name for t in left]}"
+    tasks = shared_loop_tasks()
+    assert not tasks, f"tasks left on conveyor's event loop: {tasks}"
 
 
 def child_processes() -> list[psutil.Process]:

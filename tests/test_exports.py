@@ -51,6 +51,7 @@ if TYPE_CHECKING:
         assert_type(conveyor.map(f, [1, 2]), conveyor.Results[str])
         assert_type(conveyor.map(g, [1, 2]), conveyor.Results[bytes])
         assert_type(conveyor.amap(g, [1, 2]), conveyor.AsyncResults[bytes])
+        assert_type(conveyor.run_coroutine(g(1)), bytes)
         with conveyor.Pool() as pool:
             assert_type(pool.map(f, [1]), conveyor.Results[str])
             assert_type(pool.submit(f, 1).result(), str)

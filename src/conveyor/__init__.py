@@ -29,6 +29,7 @@ from ._api import map as map
 from ._api import starmap as starmap
 from ._executors import ProcessPoolExecutor as ProcessPoolExecutor
 from ._executors import ThreadPoolExecutor as ThreadPoolExecutor
+from ._loop import run_coroutine as run_coroutine
 from ._pipeline import Pipeline as Pipeline
 from ._pipeline import Stream as Stream
 from ._pipeline import stream as stream
@@ -58,6 +59,7 @@ __all__ = (
     "astarmap",
     "errors",
     "map",
+    "run_coroutine",
     "starmap",
     "stream",
     "worker_state",

@@ -84,6 +84,10 @@ class Pool(Executor):
     replaces a process worker after that many tasks (a leaky library).
     ``backend="dask"`` runs on a dask cluster (``cluster=`` as for
     :func:`conveyor.map`; a LocalCluster it starts lives as long as the pool).
+    ``backend="asyncio"`` runs its coroutines on conveyor's event loop, the
+    one every sync map of a coroutine function shares (so a client made in
+    one call serves the next), or on ``loop=``, a loop you run yourself
+    (conveyor never stops or closes it).
 
     Several maps and submits may use one pool at the same time, from any
     thread; they share its workers.

@@ -7,12 +7,13 @@
                                           |  out.append(await fn(x)) per item
     scheduler <--batch.sink(Completion)---+
 
-The loop is either the caller's (``conveyor.amap`` and ``Pool`` used from
-async code) or one this backend runs in a helper thread (sync
-``conveyor.map`` of a coroutine function, which therefore works even when the
-calling thread already runs a loop, as in a Jupyter cell). Worker tasks start
-lazily, up to ``workers``; batches handed over while a worker waits go to it
-directly, without a queue.
+The loop is the caller's for ``conveyor.amap``, one given as ``loop=``
+(``Pool(backend="asyncio", loop=...)``), or else conveyor's own loop, shared
+by every sync map and pool of the process (``conveyor._loop``: a helper
+thread, so a sync map works even when the calling thread already runs a loop,
+as in a Jupyter cell). The backend never stops a loop it did not start. Worker
+tasks start lazily, up to ``workers``; batches handed over while a worker
+waits go to it directly, without a queue.
 
 Timeouts and cancellation are real: the worker task awaiting the item is
 cancelled. The worker tells an expiry (the item fails with ``TaskTimeout``,
@@ -28,11 +29,11 @@ import asyncio
 import collections
 import concurrent.futures
 import inspect
-import threading
 import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
+from .._loop import LoopThread, on_shared_loop, shared_loop
 from .._worker import set_thread_state
 from ._base import (
     WAIT_SLICE,
@@ -43,7 +44,6 @@ from ._base import (
     begin,
     dropped,
     initializer_failed,
-    join,
     running_items,
     settle_unrunnable,
     take_unstarted,
@@ -73,10 +73,22 @@ class AsyncioBackend(Backend):
     def __init__(self, workers: int, *, loop: asyncio.AbstractEventLoop | None = None,
                  initializer: Callable[..., object] | None = None,
                  initargs: tuple[Any, ...] = ()) -> None:
+        if loop is not None:
+            if not isinstance(loop, asyncio.AbstractEventLoop):
+                raise TypeError(f"backend='asyncio': loop= must be an asyncio event loop "
+                                f"(one you run), got {loop!r}")
+            if loop.is_closed():
+                raise ValueError("backend='asyncio': the loop given as loop= is closed; "
+                                 "give a loop that runs (or leave loop= out to use "
+                                 "conveyor's own)")
         self.workers = workers
         self._loop = loop
-        self._owns_loop = loop is None
-        self._thread: threading.Thread | None = None
+        # Made by sync code running on the shared loop (a coroutine calling a
+        # sync map): that code blocks the shared loop while it waits for this
+        # backend's work, which therefore needs a loop of its own. Decided here,
+        # in the caller's thread (a map starts its backend in its scheduler's).
+        self._needs_own_loop = loop is None and on_shared_loop()
+        self._own: LoopThread | None = None
         self._initializer = initializer
         self._initargs = initargs
         # Loop-side state: touched only from the loop's thread.
@@ -98,18 +110,11 @@ class AsyncioBackend(Backend):
     def start(self) -> None:
         if self._loop is not None:
             return
-        loop = asyncio.new_event_loop()
-        ready = threading.Event()
-
-        def serve() -> None:
-            asyncio.set_event_loop(loop)
-            loop.call_soon(ready.set)
-            loop.run_forever()
-
-        self._loop = loop
-        self._thread = threading.Thread(target=serve, name="conveyor-asyncio", daemon=True)
-        self._thread.start()
-        ready.wait()
+        if self._needs_own_loop:
+            self._own = LoopThread("conveyor-asyncio")
+            self._loop = self._own.loop
+        else:
+            self._loop = shared_loop()
 
     def _in_loop(self) -> bool:
         loop = self.loop
@@ -181,19 +186,33 @@ class AsyncioBackend(Backend):
             # Called on the loop itself (sync code in a callback): can't wait here.
             self._begin_close(cancel)
             return
-        if self._loop.is_closed() or not self._loop.is_running():
+        loop = self._loop
+        if loop.is_closed() or not loop.is_running():
             self._closed = True
             return
-        fut = asyncio.run_coroutine_threadsafe(self.aclose(cancel=cancel), self._loop)
-        if not wait:
+        closing = self.aclose(cancel=cancel)
+        try:
+            fut = asyncio.run_coroutine_threadsafe(closing, loop)
+        except RuntimeError:   # the loop closed meanwhile (the interpreter exits)
+            closing.close()
+            self.poll()
             return
-        while True:   # in slices, like join(): Ctrl-C must land
+        own = self._own
+        if not wait:
+            if own is not None:
+                fut.add_done_callback(lambda _: own.stop_soon())
+            return
+        while not loop.is_closed():   # in slices, like join(): Ctrl-C must land
             try:
                 fut.result(WAIT_SLICE)
                 break
             except concurrent.futures.TimeoutError:
                 continue
-        self._stop_own_loop()
+            except concurrent.futures.CancelledError:
+                break   # the loop winds down at exit and cancelled the closing too
+        self.poll()   # a loop closed under us (at exit) stranded what it held
+        if own is not None:
+            own.stop()
 
     async def aclose(self, *, cancel: bool) -> None:
         """Close from the loop's own thread, awaiting the workers' end."""
@@ -204,15 +223,6 @@ class AsyncioBackend(Backend):
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._closed = True
-
-    def _stop_own_loop(self) -> None:
-        if not self._owns_loop or self._thread is None:
-            return
-        loop = self.loop
-        if loop.is_running():
-            loop.call_soon_threadsafe(loop.stop)
-        join(self._thread)
-        loop.close()
 
     # -- loop side -------------------------------------------------------------
     def _begin_close(self, cancel: bool) -> None:
