@@ -67,6 +67,26 @@ def test_exception_in_caller_with_block(backend: BackendName) -> None:
     assert not conveyor_threads()
 
 
+def test_close_returns_after_the_inputs_cleanup_ran() -> None:
+    """A generator input stopped early is closed in the input thread, and
+    ``close()`` returns once that has happened: its ``finally`` has run and no
+    conveyor thread is left, even when the cleanup takes a while."""
+    cleaned = threading.Event()
+
+    def items() -> Any:
+        try:
+            yield from itertools.count()
+        finally:
+            time.sleep(0.05)   # a cleanup that takes time (closing a cursor, a file)
+            cleaned.set()
+
+    results = conveyor.map(abs, items(), window=16)
+    assert next(results) == 0
+    results.close()
+    assert cleaned.is_set()
+    assert not conveyor_threads()
+
+
 def test_close_cancels_running_coroutines() -> None:
     sleepers = Sleepers(10)
     results = conveyor.map(sleepers.fn(), range(10), workers=10, backend="asyncio")

@@ -127,6 +127,16 @@ class ThreadSource(Source):
     def _kick(self) -> None:
         self._more.set()
 
+    def close(self) -> None:
+        """Stop the pump; if it was waiting for requests, also wait until it has
+        closed the input (a generator's ``finally`` has run) and ended. A pump
+        inside a read is not waited for: the input may block for as long as it
+        likes, and the pump ends at its next item."""
+        parked = self._idle
+        super().close()
+        if parked:
+            self.join()
+
     def _pump(self) -> None:
         it = self._it
         extend = self._buf.extend
