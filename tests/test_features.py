@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import io
-import itertools
 import threading
 import time
 
@@ -28,10 +27,12 @@ def test_rate_spaces_task_starts(backend: BackendName) -> None:
     assert len(starts) == 11
     # at most 50 starts per second: 11 starts span at least 10 intervals of 20 ms
     assert starts[-1] - starts[0] >= 10 / 50 * 0.95
-    gaps = [b - a for a, b in itertools.pairwise(starts)]
-    # no bursts; on dask a start also carries the cluster scheduler's latency,
-    # which varies by a few ms from task to task
-    assert min(gaps) >= 0.02 * (0.2 if backend == "dask" else 0.5)
+    # No bursts. A start is seen late when its worker is slow to begin it (a
+    # loaded machine, the dask scheduler's latency), which shortens the gap
+    # after it but not the span over two gaps: three starts dispatched 20 ms
+    # apart span at least 20 ms however late the first was seen (up to 20 ms).
+    spans = [c - a for a, c in zip(starts, starts[2:], strict=False)]
+    assert min(spans) >= 0.02 * 0.95, spans
 
 
 def test_progress_bar_counts_items(backend: BackendName) -> None:
