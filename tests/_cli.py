@@ -40,6 +40,11 @@ TASKS = textwrap.dedent("""
             threading.Event().wait(30)   # until the test kills the command
         return {"x": x, "square": x * x}
 
+    def exits(x):
+        if x == 3:
+            raise SystemExit(0)   # sys.exit(0) in the task: not the command's own exit
+        return x
+
     NOT_A_FUNCTION = 5
 """)
 

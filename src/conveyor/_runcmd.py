@@ -267,7 +267,11 @@ def _write(results: Results[Any], dst: int, args: argparse.Namespace) -> int:
                 _say(f"{closed} after {written} results; stopping")
                 return EXIT_FAILED
             written += 1
-    except Exception as exc:   # a task failed (--on-error raise), or the input did
+    except BaseException as exc:   # a task failed (--on-error raise), or the input did
+        if not isinstance(exc, Exception) and item_index(exc) is None:
+            raise   # Ctrl-C, or the command's own exit: not a task's failure
+        # A task's SystemExit (sys.exit(0) in the function) is a failed task too: it
+        # must not end the command with its status, as if every item had run.
         if args.traceback:
             print(_task_traceback(exc), end="", file=sys.stderr)
         where = item_index(exc)
