@@ -224,3 +224,16 @@ def test_a_task_calling_sys_exit_is_a_failed_task(workdir: Path, backend: str) -
     assert json.loads(proc.stdout.splitlines()[3]) == {"error": "SystemExit", "message": "0",
                                                        "index": 3}
 
+
+@pytest.mark.parametrize("on_error", ["raise", "return"])
+def test_an_exception_whose_str_fails_is_reported(workdir: Path, on_error: str) -> None:
+    proc = run(workdir, "tasks:unprintable", "-i", "in.jsonl", "--on-error", on_error)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if on_error == "raise":
+        assert proc.returncode == 1
+        assert proc.stderr.splitlines() == [
+            "conveyor run: Unprintable (item #3): <exception str() failed>"]
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout.splitlines()[3]) == {
+            "error": "Unprintable", "message": "<exception str() failed>", "index": 3}

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import _api
-from ._jsonl import AsyncLineCall, LineCall, count_lines, error_record, read_items
+from ._jsonl import AsyncLineCall, LineCall, count_lines, error_record, message_of, read_items
 from ._options import BackendName
 from ._progress import Counted
 from ._results import Results
@@ -247,7 +247,7 @@ def _say(message: str) -> None:
 
 
 def _flat(exc: BaseException) -> str:
-    return " ".join(str(exc).split("\n"))
+    return " ".join(message_of(exc).split("\n"))
 
 
 def _write(results: Results[Any], dst: int, args: argparse.Namespace) -> int:
