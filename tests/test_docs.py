@@ -142,3 +142,11 @@ def test_every_public_name_is_in_the_reference() -> None:
                if f"::: {m.__name__}.{n}" not in pages and f"`{m.__name__}.{n}`" not in pages
                and f"::: {m.__name__}\n" not in pages]   # a whole module's page
     assert not missing, f"add these to docs/reference/: {missing}"
+
+
+def test_the_code_sends_readers_to_the_docs_not_the_readme() -> None:
+    """The README is a front door: what a docstring refers the reader to lives in
+    docs/ (the reference renders these docstrings), not in a README section."""
+    stale = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "src").rglob("*.py"))
+             if re.search(r"\bsee\s+the\s+README\b", path.read_text(encoding="utf-8"))]
+    assert not stale, f"these send the reader to the README: {stale}"
