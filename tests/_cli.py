@@ -40,6 +40,20 @@ TASKS = textwrap.dedent("""
             threading.Event().wait(30)   # until the test kills the command
         return {"x": x, "square": x * x}
 
+    def exits(x):
+        if x == 3:
+            raise SystemExit(0)   # sys.exit(0) in the task: not the command's own exit
+        return x
+
+    class Unprintable(Exception):
+        def __str__(self):
+            raise RuntimeError("no str")
+
+    def unprintable(x):
+        if x == 3:
+            raise Unprintable()
+        return x
+
     NOT_A_FUNCTION = 5
 """)
 

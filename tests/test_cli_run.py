@@ -208,3 +208,32 @@ def test_a_full_disk_stops_the_run_without_a_traceback(workdir: Path, where: str
     assert proc.stderr.splitlines() == [
         "conveyor run: cannot write the output (No space left on device) after 0 results; "
         "stopping"]
+
+
+@pytest.mark.parametrize("backend", ["thread", "process"])
+def test_a_task_calling_sys_exit_is_a_failed_task(workdir: Path, backend: str) -> None:
+    """sys.exit(0) in the function fails its item: the command does not end with
+    status 0 ("every item ran") after writing a few results."""
+    proc = run(workdir, "tasks:exits", "-i", "in.jsonl", "--backend", backend)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    assert proc.stdout.splitlines() == ["0", "1", "2"]
+    assert proc.stderr.splitlines() == ["conveyor run: SystemExit (item #3): 0"]
+    proc = run(workdir, "tasks:exits", "-i", "in.jsonl", "--backend", backend,
+               "--on-error", "return")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[3]) == {"error": "SystemExit", "message": "0",
+                                                       "index": 3}
+
+
+@pytest.mark.parametrize("on_error", ["raise", "return"])
+def test_an_exception_whose_str_fails_is_reported(workdir: Path, on_error: str) -> None:
+    proc = run(workdir, "tasks:unprintable", "-i", "in.jsonl", "--on-error", on_error)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    if on_error == "raise":
+        assert proc.returncode == 1
+        assert proc.stderr.splitlines() == [
+            "conveyor run: Unprintable (item #3): <exception str() failed>"]
+    else:
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout.splitlines()[3]) == {
+            "error": "Unprintable", "message": "<exception str() failed>", "index": 3}

@@ -142,3 +142,39 @@ def test_every_public_name_is_in_the_reference() -> None:
                if f"::: {m.__name__}.{n}" not in pages and f"`{m.__name__}.{n}`" not in pages
                and f"::: {m.__name__}\n" not in pages]   # a whole module's page
     assert not missing, f"add these to docs/reference/: {missing}"
+
+
+def test_the_code_sends_readers_to_the_docs_not_the_readme() -> None:
+    """The README is a front door: what a docstring refers the reader to lives in
+    docs/ (the reference renders these docstrings), not in a README section."""
+    stale = [str(path.relative_to(ROOT)) for path in sorted((ROOT / "src").rglob("*.py"))
+             if re.search(r"\bsee\s+the\s+README\b", path.read_text(encoding="utf-8"))]
+    assert not stale, f"these send the reader to the README: {stale}"
+
+
+def public_members() -> list[str]:
+    """``module.Class.member`` for each public method and property a public class
+    defines itself (the reference shows only those with a docstring)."""
+    members = []
+    for module, name in public_names():
+        cls = getattr(module, name)
+        if not inspect.isclass(cls):
+            continue
+        for member, value in vars(cls).items():
+            if member.startswith("_"):
+                continue
+            if isinstance(value, property):
+                value = value.fget
+            elif isinstance(value, (staticmethod, classmethod)):
+                value = value.__func__
+            elif not inspect.isfunction(value):
+                continue   # a field or a constant: documented by its class
+            if not (value.__doc__ or "").strip():
+                members.append(f"{module.__name__}.{name}.{member}")
+    return members
+
+
+def test_public_methods_and_properties_have_docstrings() -> None:
+    """mkdocs.yml hides members without a docstring (show_if_no_docstring:
+    false): one without would be missing from the reference."""
+    assert not public_members(), f"these need a docstring: {public_members()}"

@@ -403,3 +403,33 @@ def test_count_lines_counts_no_pipe_and_no_missing_file(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     assert count_lines(str(fifo)) is None   # not opened: nobody writes to it
     assert count_lines(str(tmp_path / "missing.jsonl")) is None
+
+
+def test_a_starmap_stage_passes_its_total_on() -> None:
+    """A starmap stage, as a map stage, gives one result per item: the next stage
+    knows its total; skipping failures makes it unknown, as after a map."""
+    screens = {name: Screen() for name in ("spread", "after", "skips", "after_skip")}
+
+    def bar(name: str) -> dict[str, Any]:
+        return {"file": screens[name]}
+
+    def no_sevens(a: int, b: int) -> int:
+        if a == 7:
+            raise ValueError(a)
+        return a + b
+
+    pairs = [(i, 1) for i in range(12)]
+    out = (conveyor.stream(pairs)
+           .starmap(pow, progress=bar("spread"))
+           .map(str, progress=bar("after"))
+           .to_list())
+    assert out == [str(i) for i in range(12)]
+    out = (conveyor.stream(pairs)
+           .starmap(no_sevens, on_error="skip", progress=bar("skips"))
+           .map(str, progress=bar("after_skip"))
+           .to_list())
+    assert len(out) == 11
+    shows = {name: s.shown() for name, s in screens.items()}
+    assert shows == {"spread": (12, 12), "after": (12, 12), "skips": (12, 12),
+                     "after_skip": (11, None)}
+    assert shown(screens["after"].getvalue().split("\r")[1])[1] == 12   # from the start

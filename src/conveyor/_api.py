@@ -357,11 +357,12 @@ def map(fn: Callable[..., Any], /, *iterables: Iterable[Any], **options: Any) ->
     dask.distributed cluster: ``cluster`` is a ``distributed.Client``, a
     scheduler address or a cluster object; without it, the current Client if
     there is one, else a LocalCluster started for the call).
-    ``workers``: threads, coroutines or processes. ``batch``: "auto" (adaptive,
-    see the README) or a fixed number of items per batch. ``timeout``: seconds
-    per task; an overdue coroutine is cancelled, an overdue thread call is
-    abandoned; either way that item fails with ``TaskTimeout``. ``retries``:
-    extra attempts for failures matching ``retry_on``, after an exponential
+    ``workers``: threads, coroutines or processes. ``batch``: "auto" (adaptive:
+    "What runs when" in docs/design/architecture.md) or a fixed number of
+    items per batch. ``timeout``: seconds per task; an overdue coroutine is
+    cancelled, an overdue thread call is abandoned; either way that item fails
+    with ``TaskTimeout``. ``retries``: extra attempts for failures matching
+    ``retry_on``, after an exponential
     backoff (``backoff`` * 2**attempt seconds, jittered by +/-50%).
     ``on_error``: "raise" the first failure (after the results before it, in
     ordered mode) and cancel the rest; "return" the exception in the result's

@@ -18,7 +18,8 @@ import stat
 from collections.abc import Callable, Iterator
 from typing import IO, Any
 
-__all__ = ["AsyncLineCall", "BadLine", "LineCall", "count_lines", "error_record", "read_items"]
+__all__ = ["AsyncLineCall", "BadLine", "LineCall", "count_lines", "error_record", "message_of",
+           "read_items"]
 
 _dumps = json.dumps
 
@@ -104,7 +105,16 @@ class AsyncLineCall(LineCall):
 
 def error_record(exc: BaseException, index: int) -> dict[str, Any]:
     """The output line of a failed item under ``--on-error return``."""
-    return {"error": type(exc).__name__, "message": str(exc), "index": index}
+    return {"error": type(exc).__name__, "message": message_of(exc), "index": index}
+
+
+def message_of(exc: BaseException) -> str:
+    """``str(exc)``, or what Python's own traceback shows when that fails: a
+    user's exception whose ``__str__`` raises must not end the command."""
+    try:
+        return str(exc)
+    except Exception:
+        return "<exception str() failed>"
 
 
 # A newline followed by a blank line (ASCII whitespace only, as `read_items` skips)

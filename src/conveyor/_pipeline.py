@@ -55,7 +55,7 @@ def _stage_total(stage: _Stage, total: int | None) -> int | None:
     """How many items come out of ``stage`` for ``total`` going in, where known."""
     if total is None:
         return None
-    if stage.kind == "map":
+    if stage.kind in ("map", "starmap"):   # one result per item
         # on_error="skip" drops failures: then how many come out is not known
         return None if stage.options.get("on_error") == "skip" else total
     if stage.kind == "batch":

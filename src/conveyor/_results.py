@@ -65,6 +65,8 @@ class Results(Generic[R]):
 
     @property
     def stats(self) -> Stats:
+        """A :class:`Stats` snapshot of the run's counters, taken now: while the
+        run goes, or once it has ended (its final counts)."""
         return self._run.stats()
 
     def until(self, deadline: float | None) -> Generator[R, None, None]:
@@ -177,6 +179,8 @@ class AsyncResults(Generic[R]):
 
     @property
     def stats(self) -> Stats:
+        """A :class:`Stats` snapshot of the run's counters, taken now: while the
+        run goes, or once it has ended (its final counts)."""
         return self._run.stats()
 
     async def aclose(self) -> None:

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from . import _api
-from ._jsonl import AsyncLineCall, LineCall, count_lines, error_record, read_items
+from ._jsonl import AsyncLineCall, LineCall, count_lines, error_record, message_of, read_items
 from ._options import BackendName
 from ._progress import Counted
 from ._results import Results
@@ -247,7 +247,7 @@ def _say(message: str) -> None:
 
 
 def _flat(exc: BaseException) -> str:
-    return " ".join(str(exc).split("\n"))
+    return " ".join(message_of(exc).split("\n"))
 
 
 def _write(results: Results[Any], dst: int, args: argparse.Namespace) -> int:
@@ -267,7 +267,11 @@ def _write(results: Results[Any], dst: int, args: argparse.Namespace) -> int:
                 _say(f"{closed} after {written} results; stopping")
                 return EXIT_FAILED
             written += 1
-    except Exception as exc:   # a task failed (--on-error raise), or the input did
+    except BaseException as exc:   # a task failed (--on-error raise), or the input did
+        if not isinstance(exc, Exception) and item_index(exc) is None:
+            raise   # Ctrl-C, or the command's own exit: not a task's failure
+        # A task's SystemExit (sys.exit(0) in the function) is a failed task too: it
+        # must not end the command with its status, as if every item had run.
         if args.traceback:
             print(_task_traceback(exc), end="", file=sys.stderr)
         where = item_index(exc)
