@@ -70,7 +70,7 @@ except ImportError:  # pragma: no cover - other interpreters
     from pickle import dumps, loads
 
 __all__ = ["ALIAS", "Apply", "PassedFd", "Star", "cloudpickle_dumps", "cloudpickler", "main",
-           "rebuild_proxy", "set_thread_state", "worker_state"]
+           "rebuild_proxy", "set_thread_state", "sibling", "worker_state"]
 
 #: This module's top-level name too. A class defined here is pickled as
 #: ``_conveyor_worker.<name>``, which a worker resolves without importing the
@@ -225,6 +225,31 @@ def rebuild_proxy(authkey: bytes, rebuild: Callable[..., Any], args: tuple[Any, 
 
 
 rebuild_proxy.__module__ = ALIAS
+
+
+def sibling(name: str) -> Any:
+    """The module ``conveyor.<name>`` (one that imports only what starts fast).
+
+    In a process worker, loaded from this file's directory without importing
+    the conveyor package (see the module docstring); elsewhere, imported.
+    """
+    full = f"conveyor.{name}"
+    module = sys.modules.get(full)
+    if module is not None:
+        return module
+    if __name__ != ALIAS:
+        import importlib
+
+        return importlib.import_module(full)
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location(full, os.path.join(os.path.dirname(__file__), f"{name}.py"))
+    assert spec is not None
+    assert spec.loader is not None
+    module = module_from_spec(spec)
+    sys.modules[full] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 # -- the process worker ---------------------------------------------------------
@@ -419,8 +444,11 @@ def _unbuildable_in(x: Any, depth: int = 4) -> Unbuildable | None:
     return None
 
 
-def _record(pos: int, exc: BaseException) -> tuple[int, int, bytes | None, str, str, str]:
+def _record(pos: int, exc: BaseException) -> tuple[int, int, bytes | None, str, str, Any]:
     """``(pos, kind, pickled exception or None, type name, message, traceback)``.
+
+    The traceback: its frames as ``_tracebacks.extract`` gives them (plain
+    data), or a text saying why there are none.
 
     Never raises, whatever ``exc`` does when it is formatted or pickled. The
     worker makes the record as the item fails, its position still in the
@@ -431,13 +459,12 @@ def _record(pos: int, exc: BaseException) -> tuple[int, int, bytes | None, str, 
         return (pos, KIND_ITEM, None, "", _safe_str(exc), "")
     if isinstance(exc, _FunctionError):
         return (pos, KIND_FUNCTION, None, "", _safe_str(exc), "")
-    import traceback
-
     frames = exc.__traceback__
     while frames is not None and frames.tb_frame.f_code.co_filename == __file__:
         frames = frames.tb_next   # conveyor's own frames: the user's come next
-    try:
-        tb = "".join(traceback.format_exception(type(exc), exc, frames))
+    tb: Any
+    try:   # frames, formatted in the parent, which has the source of notebook cells
+        tb = sibling("_tracebacks").extract(exc, frames)
     except BaseException as error:   # a hostile __str__, __notes__...
         tb = f"(the traceback could not be formatted: {type(error).__name__})"
     # Frames hold the task's locals: let them go. Not `exc.__traceback__ = None`,

@@ -1246,7 +1246,8 @@ def _rebuild(rec: tuple[Any, ...]) -> BaseException:
             "(its worker-side traceback is attached)", type_name=type_name)
     # Through the descriptor: `exc.__cause__ = ...` runs the class's __setattr__,
     # which a frozen dataclass exception makes raise.
-    _CAUSE.__set__(exc, RemoteTraceback(tb))
+    _CAUSE.__set__(exc, RemoteTraceback(tb) if isinstance(tb, str)
+                   else RemoteTraceback._from_frames(tb))
     return exc
 
 
