@@ -9,6 +9,7 @@ registered in ``linecache`` as IPython does).
 from __future__ import annotations
 
 import linecache
+import logging
 import os
 import pickle
 import subprocess
@@ -36,10 +37,17 @@ def run_python(code: str) -> subprocess.CompletedProcess[str]:
 
 def test_a_function_defined_with_python_c_shows_its_source_line() -> None:
     code = textwrap.dedent("""\
-        import sys, traceback
+        import logging, sys, traceback
         import conveyor
         def explode(x):
             raise ValueError(f"exploded on {x}")
+        def logs(x):
+            try:
+                return 1 // x
+            except ZeroDivisionError:
+                logging.getLogger("cli").exception("logged on %d", x)
+        logging.basicConfig(format="%(message)s")
+        list(conveyor.map(logs, [0], backend="process", workers=1))
         try:
             list(conveyor.map(explode, [1], backend="process", workers=1))
         except ValueError as exc:
@@ -51,6 +59,7 @@ def test_a_function_defined_with_python_c_shows_its_source_line() -> None:
     assert done.returncode == 0, done.stderr
     assert 'File "<string>", line 4, in explode\n    raise ValueError(f"exploded on {x}")\n' \
         in done.stderr, done.stderr
+    assert 'File "<string>", line 7, in logs\n    return 1 // x\n' in done.stderr, done.stderr
 
 
 def chained(key: str) -> None:
@@ -95,10 +104,12 @@ if sys.version_info >= (3, 11):   # (exception groups are new in 3.11)
     "<ipython-input-3-0123456789ab>",      # IPython 7
 ])
 def test_source_only_in_the_parents_linecache_is_shown(
-        filename: str) -> None:
+        filename: str, caplog: pytest.LogCaptureFixture) -> None:
     """As in a notebook: the cell's source is only in this process's linecache, the
-    function travels by value; the traceback printed here shows its lines."""
+    function travels by value; the traceback printed here shows its lines, and so does
+    the one of a record the function logs with its exception."""
     name = f"conveyor_tests.cell.{uuid.uuid4().hex[:8]}"
+    caplog.set_level(logging.ERROR, logger=name)
     source = textwrap.dedent(f"""\
         import logging
 
@@ -121,6 +132,9 @@ def test_source_only_in_the_parents_linecache_is_shown(
         assert isinstance(cause, RemoteTraceback)
         expected = f'File "{filename}", line 5, in cell_function\n    return 10 // x\n'
         assert expected in str(cause), str(cause)
+        [record] = [r for r in caplog.records if r.name == name]
+        assert record.exc_text is not None
+        assert expected in record.exc_text, record.exc_text
     finally:
         del linecache.cache[filename]
     # Formatted once: it pickles (and reads) as the text it showed.

@@ -28,7 +28,7 @@ OnError = Literal["raise", "return", "skip"]
 MAP_DEFAULTS: dict[str, Any] = dict(
     ordered=True, window=None, batch="auto", timeout=None, retries=0, retry_on=(Exception,),
     backoff=0.1, on_error="raise", rate=None, progress=False, desc=None)
-WORKER_OPTIONS = ("initializer", "initargs", "max_tasks_per_worker", "cluster")
+WORKER_OPTIONS = ("initializer", "initargs", "max_tasks_per_worker", "cluster", "forward_logs")
 BackendName = Literal["thread", "asyncio", "process", "dask"]
 _ERROR_POLICIES = ("raise", "return", "skip")
 
@@ -181,8 +181,8 @@ def _name(fn: object) -> str:
 
 
 def check_worker_options(where: str, name: str, initializer: object, initargs: object,
-                         max_tasks_per_worker: object, cluster: object = None
-                         ) -> dict[str, Any]:
+                         max_tasks_per_worker: object, cluster: object = None,
+                         forward_logs: object = True) -> dict[str, Any]:
     """The worker options as keyword arguments for ``_backends.create``."""
     if name == "dask":
         from ._backends.dask import import_distributed
@@ -206,6 +206,12 @@ def check_worker_options(where: str, name: str, initializer: object, initargs: o
                                                         "max_tasks_per_worker", where)
     if cluster is not None:
         options["cluster"] = cluster
+    if not isinstance(forward_logs, bool):
+        raise TypeError(f"{where}: forward_logs must be True (the workers' log records are "
+                        "handled by this process's logging) or False, got "
+                        f"{forward_logs!r}")
+    if not forward_logs and name in ("process", "dask"):   # elsewhere tasks log here anyway
+        options["forward_logs"] = False
     return options
 
 
@@ -281,7 +287,8 @@ def map(fn: Callable[[T], Awaitable[R]], items: Iterable[T], *,
         backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
         progress: bool | dict[str, Any] = ..., desc: str | None = ...,
         initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
-        max_tasks_per_worker: int | None = ..., cluster: Any = ...) -> Results[R]: ...
+        max_tasks_per_worker: int | None = ..., cluster: Any = ...,
+        forward_logs: bool = ...) -> Results[R]: ...
 @overload
 def map(fn: Callable[[T], R], items: Iterable[T], *,
         backend: BackendName | None = ..., workers: int | None = ..., ordered: bool = ...,
@@ -291,7 +298,8 @@ def map(fn: Callable[[T], R], items: Iterable[T], *,
         backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
         progress: bool | dict[str, Any] = ..., desc: str | None = ...,
         initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
-        max_tasks_per_worker: int | None = ..., cluster: Any = ...) -> Results[R]: ...
+        max_tasks_per_worker: int | None = ..., cluster: Any = ...,
+        forward_logs: bool = ...) -> Results[R]: ...
 def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
         backend: str | None = None, workers: int | None = None, ordered: bool = True,
         window: int | None = None, batch: int | str = "auto", timeout: float | None = None,
@@ -300,7 +308,8 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
         backoff: float = 0.1, on_error: str = "raise", rate: float | None = None,
         progress: bool | dict[str, Any] = False, desc: str | None = None,
         initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = (),
-        max_tasks_per_worker: int | None = None, cluster: Any = None) -> Results[Any]:
+        max_tasks_per_worker: int | None = None, cluster: Any = None,
+        forward_logs: bool = True) -> Results[Any]:
     """Run ``fn`` over ``items`` concurrently; stream the results.
 
     Returns a :class:`Results`: iterate it for the results (input order when
@@ -329,6 +338,9 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
     (True, or a dict of tqdm options); ``desc`` labels it. ``initializer(*initargs)``
     runs once in each worker as it starts (see ``conveyor.worker_state``);
     ``max_tasks_per_worker`` (processes) replaces a worker after that many tasks.
+    ``forward_logs``: records logged in process and dask workers are handled by
+    this process's logging, with ``record.conveyor_index`` (the item's input
+    index) and ``record.conveyor_pid``; False leaves them in the workers.
     """
     where = "conveyor.map"
     check_fn(fn, where)
@@ -339,7 +351,7 @@ def map(fn: Callable[[Any], Any], items: Iterable[Any], *,
                             backoff=backoff, on_error=on_error, rate=rate,
                             progress=progress, desc=desc)
     worker_options = check_worker_options(where, name, initializer, initargs,
-                                          max_tasks_per_worker, cluster)
+                                          max_tasks_per_worker, cluster, forward_logs)
     be = _backends.create(name, n_workers, **worker_options)
     return Results(start_run(fn, items, be, owns_backend=True, options=options, where=where))
 
@@ -353,7 +365,8 @@ def amap(fn: Callable[[T], Awaitable[R]], items: Iterable[T] | AsyncIterable[T],
          backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
          progress: bool | dict[str, Any] = ..., desc: str | None = ...,
          initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
-         max_tasks_per_worker: int | None = ..., cluster: Any = ...) -> AsyncResults[R]: ...
+         max_tasks_per_worker: int | None = ..., cluster: Any = ...,
+         forward_logs: bool = ...) -> AsyncResults[R]: ...
 @overload
 def amap(fn: Callable[[T], R], items: Iterable[T] | AsyncIterable[T], *,
          backend: BackendName | None = ..., workers: int | None = ..., ordered: bool = ...,
@@ -363,7 +376,8 @@ def amap(fn: Callable[[T], R], items: Iterable[T] | AsyncIterable[T], *,
          backoff: float = ..., on_error: OnError = ..., rate: float | None = ...,
          progress: bool | dict[str, Any] = ..., desc: str | None = ...,
          initializer: Callable[..., object] | None = ..., initargs: tuple[Any, ...] = ...,
-         max_tasks_per_worker: int | None = ..., cluster: Any = ...) -> AsyncResults[R]: ...
+         max_tasks_per_worker: int | None = ..., cluster: Any = ...,
+         forward_logs: bool = ...) -> AsyncResults[R]: ...
 def amap(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any], *,
          backend: BackendName | None = None, workers: int | None = None, ordered: bool = True,
          window: int | None = None, batch: int | Literal["auto"] = "auto",
@@ -372,8 +386,8 @@ def amap(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any], *,
          backoff: float = 0.1, on_error: OnError = "raise", rate: float | None = None,
          progress: bool | dict[str, Any] = False, desc: str | None = None,
          initializer: Callable[..., object] | None = None, initargs: tuple[Any, ...] = (),
-         max_tasks_per_worker: int | None = None, cluster: Any = None
-         ) -> AsyncResults[Any]:
+         max_tasks_per_worker: int | None = None, cluster: Any = None,
+         forward_logs: bool = True) -> AsyncResults[Any]:
     """``map`` for async code: ``async for r in conveyor.amap(fn, items): ...``.
 
     Must be called with an event loop running. Coroutine functions run as
@@ -395,7 +409,7 @@ def amap(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any], *,
                             backoff=backoff, on_error=on_error, rate=rate,
                             progress=progress, desc=desc)
     extra = check_worker_options(where, name, initializer, initargs, max_tasks_per_worker,
-                                 cluster)
+                                 cluster, forward_logs)
     if name == "asyncio":
         extra["loop"] = loop
     be = _backends.create(name, n_workers, **extra)

@@ -14,8 +14,9 @@ names that exist here or in the user's own modules.
 Protocol (each message: an 8-byte little-endian length, then a pickle):
 
 * parent -> worker, first: ``(sys_path, initializer_and_args | None,
-  max_tasks | None)``; then one message per batch: ``(bid, fn_key, fn_bytes |
-  None, timed, items)``. End of file on TASK_R: exit.
+  max_tasks | None, levels | None)`` (``levels``: forward log records, see
+  ``conveyor._logs``; None: don't); then one message per batch: ``(bid,
+  fn_key, fn_bytes | None, timed, items)``. End of file on TASK_R: exit.
   ``items`` is one pickle of the list of items (one memo: a class is named
   once), unpickled before the first item starts (``POS_ITEMS``). If that
   fails, the worker answers ``STATUS_ITEMS_FAILED`` before running anything;
@@ -34,7 +35,9 @@ Protocol (each message: an 8-byte little-endian length, then a pickle):
   per outcome (the tasks do not run again), ``(bid, RELEASE, ...)`` or the
   next batch lets them go. ``STATUS_PARTIAL`` outcomes (sent by the control
   thread while the batch runs, for slow items) always go one per outcome: a
-  resend would race with the outcomes sent after them.
+  resend would race with the outcomes sent after them. ``STATUS_LOGS``
+  (``outcomes``: pickled log records, with the batch id and position each was
+  logged at) comes before any reply that follows the records it carries.
 * parent -> worker on CTL_R (read by a control thread while the main thread
   runs tasks): ``b"S"`` + 8-byte batch id: give back the items not started
   yet; the reply (``STATUS_STOLEN``) says how many it keeps (``extra``).
@@ -84,6 +87,7 @@ STATUS_PARTIAL = 1    # outcomes of a batch that is still running
 STATUS_INIT_FAILED = 2  # the initializer failed: records[0] describes it
 STATUS_ITEMS_FAILED = 3  # the items could not be unpickled as one: send them one by one
 STATUS_STOLEN = 4     # reply to a steal request: how many items it keeps, or -1
+STATUS_LOGS = 5       # log records (see conveyor._logs): before the reply they precede
 RESEND = -1           # ``fn_key`` of a message asking for the last outcomes again
 RELEASE = -2          # ``fn_key`` of a message saying that the parent has them
 FN_CACHE = 64         # functions a worker keeps (FIFO); the parent mirrors it
@@ -689,17 +693,29 @@ class _Worker:
         import _thread
 
         self.result_w = result_w
-        self.lock = _thread.allocate_lock()   # one writer at a time; guards `current`
+        # One writer at a time; guards `current`. Reentrant: a task's __reduce__
+        # run while its outcomes are sent may log, and a record may be sent at once.
+        self.lock = _thread.RLock()
         self.current: _Current | None = None
+        self.logs: Any = None   # a _logs.Forwarder, when the parent wants the records
 
     def send(self, payload: bytes) -> None:
         with self.lock:
+            if self.logs is not None:
+                self.logs.flush()
             write_message(self.result_w, payload)
+
+    def write_logs(self, entries: list[Any]) -> None:
+        """Send log records (lock held): see ``_logs.Forwarder``."""
+        write_message(self.result_w, dumps(
+            (-1, STATUS_LOGS, 0, len(entries), 0.0, dumps(entries, 5), False), 5))
 
     def flush(self, cur: _Current, status: int, extra: float, whole: bool = False,
               ) -> tuple[int, int, list[Any], list[Any], float] | None:
         """Send ``cur``'s outcomes not sent yet (lock held). With ``whole`` (see
         :func:`pack_outcomes`), what a ``RESEND`` needs if they went in one pickle."""
+        if self.logs is not None:   # what the items logged comes before their outcomes
+            self.logs.flush()
         out = cur.out
         start = cur.sent
         n = len(out)
@@ -744,6 +760,8 @@ class _Worker:
                 if cur is not None and len(cur.out) > cur.sent and \
                         monotonic() - cur.t0 >= FLUSH_AFTER:
                     self.flush(cur, STATUS_PARTIAL, 0.0)
+                elif self.logs is not None:
+                    self.logs.flush()
 
 
 def _unloadable(exc: BaseException, where: str = "in the worker process",
@@ -766,6 +784,25 @@ def _lifeline(fd: int) -> None:
         os.killpg(0, signal.SIGKILL)
 
 
+def _forward_logs(worker: _Worker, q: Any, levels: Any) -> Any:
+    """Forward what this process logs to the parent (see ``_logs.Forwarder``)."""
+    import _thread
+
+    main_thread = _thread.get_ident()
+
+    def where() -> tuple[int, int] | None:   # the item the calling thread runs
+        if _thread.get_ident() == main_thread:
+            pos = q[1]
+            if pos >= 0:
+                return (q[0], pos)
+        return None
+
+    logs = sibling("_logs")
+    forwarder = logs.Forwarder(where, worker.write_logs, worker.lock)
+    logs.when_imported(lambda logging: forwarder.install(logging, levels))
+    return forwarder
+
+
 def main() -> None:
     global _process_state
     task_r, result_w, life_r, slot_fd, ctl_r = (int(a) for a in sys.argv[2:7])
@@ -784,8 +821,10 @@ def main() -> None:
     first = read_message(task_r)
     if first is None:
         return
-    sys_path, init, max_tasks = loads(first)
+    sys_path, init, max_tasks, levels = loads(first)
     sys.path[:] = sys_path
+    if levels is not None:   # before the initializer: what it logs is forwarded too
+        worker.logs = _forward_logs(worker, q, levels)
     _process_state = {}
     init_record = None
     if init is not None:
