@@ -229,6 +229,31 @@ def test_a_record_whose_arguments_cannot_be_pickled_arrives_as_text(
     assert record.n == 7  # type: ignore[attr-defined]
 
 
+def test_a_record_factory_of_the_parent_makes_forwarded_records(
+        log: tuple[str, Collect]) -> None:
+    name, handler = log
+    default = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = default(*args, **kwargs)
+        record.made_here = True
+        return record
+
+    def work(x: int) -> int:
+        logging.getLogger(name).warning("item %d", x)
+        return x
+
+    logging.setLogRecordFactory(factory)
+    try:
+        assert list(conveyor.map(work, [3], backend="process", workers=1)) == [3]
+    finally:
+        logging.setLogRecordFactory(default)
+    [record] = handler.records
+    assert record.made_here is True  # type: ignore[attr-defined]
+    assert record.getMessage() == "item 3"
+    assert record.process != os.getpid()
+
+
 def test_records_outside_items_arrive_without_an_index(log: tuple[str, Collect]) -> None:
     """What the initializer logs (and what another thread of the worker logs) is
     forwarded too, with ``conveyor_index`` None."""

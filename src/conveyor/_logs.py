@@ -83,6 +83,11 @@ def replay(data: bytes, index_of: Callable[[Any], int | None]) -> None:
 
     probe = logging.makeLogRecord({})   # this process's clock origin for relativeCreated
     start = probe.created - probe.relativeCreated / 1000
+    # The record was made in the worker: LogRecord.__init__ would only look up
+    # this thread, time and process again, to be overwritten (half the cost of
+    # a record here). Unless a record factory of the user's makes them.
+    plain_records = logging.getLogRecordFactory() is logging.LogRecord
+    new = object.__new__
     for where, state in pickle.loads(data):
         try:
             chain = state.pop(EXC, None)
@@ -90,7 +95,11 @@ def replay(data: bytes, index_of: Callable[[Any], int | None]) -> None:
                 from ._tracebacks import format_remote
 
                 state["exc_text"] = format_remote(chain).rstrip("\n")
-            record = logging.makeLogRecord(state)
+            if plain_records:
+                record = new(logging.LogRecord)
+                record.__dict__.update(state)
+            else:
+                record = logging.makeLogRecord(state)
             record.relativeCreated = (record.created - start) * 1000
             record.conveyor_index = None if where is None else index_of(where)
             logger = logging.getLogger(record.name)
