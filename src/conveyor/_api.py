@@ -35,7 +35,7 @@ R = TypeVar("R")
 MAP_DEFAULTS: dict[str, Any] = dict(
     ordered=True, window=None, batch="auto", timeout=None, retries=0, retry_on=(Exception,),
     backoff=0.1, on_error="raise", rate=None, progress=False, desc=None)
-WORKER_OPTIONS = ("initializer", "initargs", "max_tasks_per_worker", "cluster")
+WORKER_OPTIONS = ("initializer", "initargs", "max_tasks_per_worker", "cluster", "forward_logs")
 _ERROR_POLICIES = ("raise", "return", "skip")
 
 
@@ -179,8 +179,8 @@ def _name(fn: object) -> str:
 
 
 def check_worker_options(where: str, name: str, initializer: object, initargs: object,
-                         max_tasks_per_worker: object, cluster: object = None
-                         ) -> dict[str, Any]:
+                         max_tasks_per_worker: object, cluster: object = None,
+                         forward_logs: object = True) -> dict[str, Any]:
     """The worker options as keyword arguments for ``_backends.create``."""
     if name == "dask":
         from ._backends.dask import import_distributed
@@ -204,12 +204,19 @@ def check_worker_options(where: str, name: str, initializer: object, initargs: o
                                                         "max_tasks_per_worker", where)
     if cluster is not None:
         options["cluster"] = cluster
+    if not isinstance(forward_logs, bool):
+        raise TypeError(f"{where}: forward_logs must be True (the workers' log records are "
+                        "handled by this process's logging) or False, got "
+                        f"{forward_logs!r}")
+    if not forward_logs and name in ("process", "dask"):   # elsewhere tasks log here anyway
+        options["forward_logs"] = False
     return options
 
 
 _RUN_DEFAULTS: dict[str, Any] = {**MAP_DEFAULTS, "backend": None, "workers": None,
                                  "initializer": None, "initargs": (),
-                                 "max_tasks_per_worker": None, "cluster": None}
+                                 "max_tasks_per_worker": None, "cluster": None,
+                                 "forward_logs": True}
 
 
 def _run_options(where: str, options: dict[str, Any]) -> dict[str, Any]:
@@ -292,7 +299,8 @@ def _start(where: str, fn: Callable[..., Any], iterables: tuple[Any, ...],
     name, n_workers = _backend_and_workers(where, opts["backend"], fn, opts["workers"])
     checked = check_options(where, **{k: opts[k] for k in MAP_DEFAULTS})
     extra = check_worker_options(where, name, opts["initializer"], opts["initargs"],
-                                 opts["max_tasks_per_worker"], opts["cluster"])
+                                 opts["max_tasks_per_worker"], opts["cluster"],
+                                 opts["forward_logs"])
     if loop is not None and name == "asyncio":
         extra["loop"] = loop
     be = _backends.create(name, n_workers, **extra)
@@ -371,6 +379,9 @@ def map(fn: Callable[..., Any], /, *iterables: Iterable[Any], **options: Any) ->
     (True, or a dict of tqdm options); ``desc`` labels it. ``initializer(*initargs)``
     runs once in each worker as it starts (see ``conveyor.worker_state``);
     ``max_tasks_per_worker`` (processes) replaces a worker after that many tasks.
+    ``forward_logs``: records logged in process and dask workers are handled by
+    this process's logging, with ``record.conveyor_index`` (the item's input
+    index) and ``record.conveyor_pid``; False leaves them in the workers.
 
     Raises ``TypeError``/``ValueError`` before any work starts for a bad
     argument (a non-callable, no iterable, an unknown option, ``workers=0``...).

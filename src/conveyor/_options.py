@@ -40,3 +40,4 @@ class RunOptions(MapOptions, total=False):
     initargs: tuple[Any, ...]
     max_tasks_per_worker: int | None
     cluster: Any
+    forward_logs: bool

@@ -82,6 +82,8 @@ class Pool(Executor):
     worker fails with :class:`~conveyor.errors.WorkerInitError`. Process
     workers start at once and stay warm between maps; ``max_tasks_per_worker``
     replaces a process worker after that many tasks (a leaky library).
+    ``forward_logs``: what process and dask workers log (the initializer too)
+    is handled by this process's logging, as for :func:`conveyor.map`.
     ``backend="dask"`` runs on a dask cluster (``cluster=`` as for
     :func:`conveyor.map`; a LocalCluster it starts lives as long as the pool).
     ``backend="asyncio"`` runs its coroutines on conveyor's event loop, the
@@ -112,14 +114,14 @@ class Pool(Executor):
                  initializer: Callable[..., object] | None = None,
                  initargs: Iterable[Any] = (),
                  max_tasks_per_worker: int | None = None, cluster: Any = None,
-                 **backend_options: Any) -> None:
+                 forward_logs: bool = True, **backend_options: Any) -> None:
         where = f"conveyor.{type(self).__name__}"
         self._closed = True   # until the backend is up: __del__ and shutdown see a closed pool
         if backend not in _backends.BACKENDS:
             choices = ", ".join(repr(b) for b in _backends.BACKENDS)
             raise ValueError(f"{where}: unknown backend {backend!r}; choose one of {choices}.")
         worker_options = check_worker_options(where, backend, initializer, initargs,
-                                              max_tasks_per_worker, cluster)
+                                              max_tasks_per_worker, cluster, forward_logs)
         if workers is None:
             if backend != "dask":   # dask: the cluster's threads
                 workers = _backends.default_workers(backend)

@@ -14,8 +14,9 @@ names that exist here or in the user's own modules.
 Protocol (each message: an 8-byte little-endian length, then a pickle):
 
 * parent -> worker, first: ``(sys_path, initializer_and_args | None,
-  max_tasks | None)``; then one message per batch: ``(bid, fn_key, fn_bytes |
-  None, timed, items)``. End of file on TASK_R: exit.
+  max_tasks | None, levels | None)`` (``levels``: forward log records, see
+  ``conveyor._logs``; None: don't); then one message per batch: ``(bid,
+  fn_key, fn_bytes | None, timed, items)``. End of file on TASK_R: exit.
   ``items`` is one pickle of the list of items (one memo: a class is named
   once), unpickled before the first item starts (``POS_ITEMS``). If that
   fails, the worker answers ``STATUS_ITEMS_FAILED`` before running anything;
@@ -34,7 +35,9 @@ Protocol (each message: an 8-byte little-endian length, then a pickle):
   per outcome (the tasks do not run again), ``(bid, RELEASE, ...)`` or the
   next batch lets them go. ``STATUS_PARTIAL`` outcomes (sent by the control
   thread while the batch runs, for slow items) always go one per outcome: a
-  resend would race with the outcomes sent after them.
+  resend would race with the outcomes sent after them. ``STATUS_LOGS``
+  (``outcomes``: pickled log records, with the batch id and position each was
+  logged at) comes before any reply that follows the records it carries.
 * parent -> worker on CTL_R (read by a control thread while the main thread
   runs tasks): ``b"S"`` + 8-byte batch id: give back the items not started
   yet; the reply (``STATUS_STOLEN``) says how many it keeps (``extra``).
@@ -70,7 +73,7 @@ except ImportError:  # pragma: no cover - other interpreters
     from pickle import dumps, loads
 
 __all__ = ["ALIAS", "Apply", "PassedFd", "Star", "cloudpickle_dumps", "cloudpickler", "main",
-           "not_arguments", "rebuild_proxy", "set_thread_state", "worker_state"]
+           "not_arguments", "rebuild_proxy", "set_thread_state", "sibling", "worker_state"]
 
 #: This module's top-level name too. A class defined here is pickled as
 #: ``_conveyor_worker.<name>``, which a worker resolves without importing the
@@ -84,6 +87,7 @@ STATUS_PARTIAL = 1    # outcomes of a batch that is still running
 STATUS_INIT_FAILED = 2  # the initializer failed: records[0] describes it
 STATUS_ITEMS_FAILED = 3  # the items could not be unpickled as one: send them one by one
 STATUS_STOLEN = 4     # reply to a steal request: how many items it keeps, or -1
+STATUS_LOGS = 5       # log records (see conveyor._logs): before the reply they precede
 RESEND = -1           # ``fn_key`` of a message asking for the last outcomes again
 RELEASE = -2          # ``fn_key`` of a message saying that the parent has them
 FN_CACHE = 64         # functions a worker keeps (FIFO); the parent mirrors it
@@ -244,6 +248,31 @@ def rebuild_proxy(authkey: bytes, rebuild: Callable[..., Any], args: tuple[Any, 
 
 
 rebuild_proxy.__module__ = ALIAS
+
+
+def sibling(name: str) -> Any:
+    """The module ``conveyor.<name>`` (one that imports only what starts fast).
+
+    In a process worker, loaded from this file's directory without importing
+    the conveyor package (see the module docstring); elsewhere, imported.
+    """
+    full = f"conveyor.{name}"
+    module = sys.modules.get(full)
+    if module is not None:
+        return module
+    if __name__ != ALIAS:
+        import importlib
+
+        return importlib.import_module(full)
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location(full, os.path.join(os.path.dirname(__file__), f"{name}.py"))
+    assert spec is not None
+    assert spec.loader is not None
+    module = module_from_spec(spec)
+    sys.modules[full] = module
+    spec.loader.exec_module(module)
+    return module
 
 
 # -- the process worker ---------------------------------------------------------
@@ -438,8 +467,11 @@ def _unbuildable_in(x: Any, depth: int = 4) -> Unbuildable | None:
     return None
 
 
-def _record(pos: int, exc: BaseException) -> tuple[int, int, bytes | None, str, str, str]:
+def _record(pos: int, exc: BaseException) -> tuple[int, int, bytes | None, str, str, Any]:
     """``(pos, kind, pickled exception or None, type name, message, traceback)``.
+
+    The traceback: its frames as ``_tracebacks.extract`` gives them (plain
+    data), or a text saying why there are none.
 
     Never raises, whatever ``exc`` does when it is formatted or pickled. The
     worker makes the record as the item fails, its position still in the
@@ -450,13 +482,12 @@ def _record(pos: int, exc: BaseException) -> tuple[int, int, bytes | None, str, 
         return (pos, KIND_ITEM, None, "", _safe_str(exc), "")
     if isinstance(exc, _FunctionError):
         return (pos, KIND_FUNCTION, None, "", _safe_str(exc), "")
-    import traceback
-
     frames = exc.__traceback__
     while frames is not None and frames.tb_frame.f_code.co_filename == __file__:
         frames = frames.tb_next   # conveyor's own frames: the user's come next
-    try:
-        tb = "".join(traceback.format_exception(type(exc), exc, frames))
+    tb: Any
+    try:   # frames, formatted in the parent, which has the source of notebook cells
+        tb = sibling("_tracebacks").extract(exc, frames)
     except BaseException as error:   # a hostile __str__, __notes__...
         tb = f"(the traceback could not be formatted: {type(error).__name__})"
     # Frames hold the task's locals: let them go. Not `exc.__traceback__ = None`,
@@ -681,17 +712,29 @@ class _Worker:
         import _thread
 
         self.result_w = result_w
-        self.lock = _thread.allocate_lock()   # one writer at a time; guards `current`
+        # One writer at a time; guards `current`. Reentrant: a task's __reduce__
+        # run while its outcomes are sent may log, and a record may be sent at once.
+        self.lock = _thread.RLock()
         self.current: _Current | None = None
+        self.logs: Any = None   # a _logs.Forwarder, when the parent wants the records
 
     def send(self, payload: bytes) -> None:
         with self.lock:
+            if self.logs is not None:
+                self.logs.flush()
             write_message(self.result_w, payload)
+
+    def write_logs(self, entries: list[Any]) -> None:
+        """Send log records (lock held): see ``_logs.Forwarder``."""
+        write_message(self.result_w, dumps(
+            (-1, STATUS_LOGS, 0, len(entries), 0.0, dumps(entries, 5), False), 5))
 
     def flush(self, cur: _Current, status: int, extra: float, whole: bool = False,
               ) -> tuple[int, int, list[Any], list[Any], float] | None:
         """Send ``cur``'s outcomes not sent yet (lock held). With ``whole`` (see
         :func:`pack_outcomes`), what a ``RESEND`` needs if they went in one pickle."""
+        if self.logs is not None:   # what the items logged comes before their outcomes
+            self.logs.flush()
         out = cur.out
         start = cur.sent
         n = len(out)
@@ -736,6 +779,8 @@ class _Worker:
                 if cur is not None and len(cur.out) > cur.sent and \
                         monotonic() - cur.t0 >= FLUSH_AFTER:
                     self.flush(cur, STATUS_PARTIAL, 0.0)
+                elif self.logs is not None:
+                    self.logs.flush()
 
 
 def _unloadable(exc: BaseException, where: str = "in the worker process",
@@ -758,6 +803,25 @@ def _lifeline(fd: int) -> None:
         os.killpg(0, signal.SIGKILL)
 
 
+def _forward_logs(worker: _Worker, q: Any, levels: Any) -> Any:
+    """Forward what this process logs to the parent (see ``_logs.Forwarder``)."""
+    import _thread
+
+    main_thread = _thread.get_ident()
+
+    def where() -> tuple[int, int] | None:   # the item the calling thread runs
+        if _thread.get_ident() == main_thread:
+            pos = q[1]
+            if pos >= 0:
+                return (q[0], pos)
+        return None
+
+    logs = sibling("_logs")
+    forwarder = logs.Forwarder(where, worker.write_logs, worker.lock)
+    logs.when_imported(lambda logging: forwarder.install(logging, levels))
+    return forwarder
+
+
 def main() -> None:
     global _process_state
     task_r, result_w, life_r, slot_fd, ctl_r = (int(a) for a in sys.argv[2:7])
@@ -776,8 +840,10 @@ def main() -> None:
     first = read_message(task_r)
     if first is None:
         return
-    sys_path, init, max_tasks = loads(first)
+    sys_path, init, max_tasks, levels = loads(first)
     sys.path[:] = sys_path
+    if levels is not None:   # before the initializer: what it logs is forwarded too
+        worker.logs = _forward_logs(worker, q, levels)
     _process_state = {}
     init_record = None
     if init is not None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import pickle
 from concurrent.futures import BrokenExecutor
 from concurrent.futures.process import BrokenProcessPool
+from typing import Any
 
 __all__ = [
     "ConveyorError",
@@ -126,19 +127,65 @@ class PoolClosed(ConveyorError, RuntimeError):
 
 
 class RemoteTraceback(Exception):
-    """Carries the text of a traceback formatted where the task ran.
+    """Carries the traceback of a task that failed where it ran (a worker process).
 
     Attached as ``__cause__`` of a task's exception when the exception crossed
     a process boundary and lost its own frames; printing the exception then
-    shows the lines of your function that failed.
+    shows the lines of your function that failed. ``tb`` is the traceback's
+    text. The worker sends the frames only; their source lines are looked up
+    here, when ``tb`` is first read, so that functions defined in a notebook
+    cell or with ``python -c`` (whose source only this process has) show them.
     """
 
     def __init__(self, tb: str) -> None:
         super().__init__(tb)
-        self.tb = tb
+        self._tb: str | None = tb
+        self._frames: Any = None
+
+    @classmethod
+    def _from_frames(cls, frames: Any) -> RemoteTraceback:
+        """Formatted when first read, from what ``conveyor._tracebacks.extract`` gave."""
+        self = cls("")
+        self._tb, self._frames = None, frames
+        return self
+
+    @property
+    def tb(self) -> str:
+        """The remote traceback's text, formatted (with this process's source
+        lines) when first read."""
+        if self._tb is None:
+            from ._tracebacks import format_remote
+
+            try:
+                self._tb = format_remote(self._frames)
+            except Exception as exc:   # data from another process: never fail to print
+                self._tb = f"(the remote traceback could not be formatted: {exc!r})"
+            self._frames = None
+            _ARGS.__set__(self, (self._tb,))
+        return self._tb
+
+    @property
+    def args(self) -> tuple[object, ...]:
+        """``(tb,)``, as for ``RemoteTraceback(text)``: pickling and ``str()`` see the text."""
+        self.tb   # noqa: B018 - formats it: args hold the text, as for RemoteTraceback(text)
+        args: tuple[object, ...] = _ARGS.__get__(self)
+        return args
+
+    @args.setter
+    def args(self, value: tuple[object, ...]) -> None:
+        _ARGS.__set__(self, value)
 
     def __str__(self) -> str:
         return "\n\n" + self.tb
+
+    def __repr__(self) -> str:
+        return f"RemoteTraceback({self.tb!r})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (RemoteTraceback, (self.tb,))
+
+
+_ARGS: Any = BaseException.__dict__["args"]
 
 
 def item_index(exc: BaseException) -> int | None:

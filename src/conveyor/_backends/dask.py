@@ -49,7 +49,7 @@ from pickle import dumps as _dumps
 from pickle import loads as _loads
 from typing import Any
 
-from .. import _worker
+from .. import _logs, _worker
 from ..errors import NotPicklable, WorkerCrashed
 from ._base import (
     Backend,
@@ -92,13 +92,28 @@ _state_lock = threading.Lock()
 
 
 def run_batch(token: str, fn_key: str, fn_data: bytes, init: bytes | None,
-              items_data: bytes) -> tuple[float, bytes]:
-    """Run one batch on a dask worker: ``(busy seconds, pickled outcomes)``.
+              items_data: bytes, logs: tuple[Any, ...] | None = None,
+              ) -> tuple[float, bytes, bytes | None]:
+    """Run one batch on a dask worker: ``(busy seconds, pickled outcomes, log records)``.
 
     ``token`` names the conveyor backend (one worker state and one initializer
     run per dask worker process and token); the outcomes are encoded as the
-    process backend's (values, failure records).
+    process backend's (values, failure records). ``logs``: None, or
+    ``(levels,)`` to capture what this call's thread logs (``levels``: see
+    ``_logs.capture``); the records come back pickled (None if there are none).
     """
+    if logs is None:
+        return (*_run_batch(token, fn_key, fn_data, init, items_data, None), None)
+    capture = _logs.capture(*logs)
+    try:
+        busy, data = _run_batch(token, fn_key, fn_data, init, items_data, capture)
+    finally:
+        records = _logs.release(capture)
+    return busy, data, records
+
+
+def _run_batch(token: str, fn_key: str, fn_data: bytes, init: bytes | None,
+               items_data: bytes, capture: _logs.Capture | None) -> tuple[float, bytes]:
     fn = _fns.get(fn_key)
     if fn is None:
         try:
@@ -127,6 +142,8 @@ def run_batch(token: str, fn_key: str, fn_data: bytes, init: bytes | None,
     reset = _worker._state_var.set(state)
     values: list[Any] = []
     records: list[tuple[Any, ...]] = []
+    if capture is not None:
+        capture.outcomes = values   # its length: the position of the item running
     append = values.append
     t0 = time.monotonic()
     try:
@@ -219,6 +236,11 @@ def _unpack(data: bytes, n: int) -> tuple[list[Any], list[int]]:
     return values, sorted(errors + unloadable) if packed else errors
 
 
+def _log_index(job: _Job, pos: int) -> int | None:
+    """The input index of the item a record was logged in (its position in the task)."""
+    return _logs.item_index(job.batch, pos if job.parent is None else job.pos)
+
+
 def _loadable(record: tuple[Any, ...]) -> tuple[Any, ...]:
     """A failure record whose exception unpickles here, or else one without it
     (``_rebuild`` then makes a ``NotPicklable`` that stands in for it): its
@@ -302,7 +324,8 @@ class DaskBackend(Backend):
 
     def __init__(self, workers: int | None, *,
                  initializer: Callable[..., object] | None = None,
-                 initargs: tuple[Any, ...] = (), cluster: Any = None) -> None:
+                 initargs: tuple[Any, ...] = (), cluster: Any = None,
+                 forward_logs: bool = True) -> None:
         distributed = import_distributed()
         self._initializer = initializer
         self._init: bytes | None = None
@@ -361,6 +384,10 @@ class DaskBackend(Backend):
                 raise
         self.workers = workers
         self._token = uuid.uuid4().hex
+        # run_batch's `logs`: the client's levels go only to a cluster of conveyor's
+        # own; on a cluster of the user's, its workers' levels stay as they are.
+        self._logs: tuple[Any, ...] | None = None if not forward_logs else \
+            (_logs.snapshot() if self._cluster is not None else None,)
         self._fns: dict[int, tuple[Callable[[Any], Any], str, bytes]] = {}
         # function key -> None (tasks without items run) or the KilledWorker of
         # one that did not (see _probe)
@@ -596,7 +623,7 @@ class DaskBackend(Backend):
                 self._report_failed(job, poison)
                 return
             fut = self._client.submit(run_batch, self._token, key, fn_data, self._init,
-                                      job.items, pure=False)
+                                      job.items, self._logs, pure=False)
             job.future = fut
             self._watch(job, fut)
         except Exception as exc:   # the client is closed, or the cluster is gone
@@ -674,10 +701,12 @@ class DaskBackend(Backend):
             try:
                 self._send(ready)
                 try:
-                    busy, data = fut.result()
+                    busy, data, logs = fut.result()
                 except Exception as exc:   # its worker died before the result was fetched?
                     self._resubmit(job, exc)
                 else:
+                    if logs is not None:   # before the outcomes, as on processes
+                        _logs.replay(logs, functools.partial(_log_index, job))
                     self._finished(job, busy, data)
             finally:
                 with self._lock:

@@ -73,7 +73,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .. import _worker
+from .. import _logs, _worker
 from ..errors import NotPicklable, RemoteTraceback, WorkerCrashed, WorkerInitError
 from . import _mpshare
 from ._base import (
@@ -387,8 +387,9 @@ class ProcessBackend(Backend):
 
     def __init__(self, workers: int, *, initializer: Callable[..., object] | None = None,
                  initargs: tuple[Any, ...] = (), max_tasks_per_worker: int | None = None,
-                 ) -> None:
+                 forward_logs: bool = True) -> None:
         self.workers = workers
+        self._forward_logs = forward_logs   # the workers' log records: see conveyor._logs
         self._initializer = initializer
         self._init_bytes: bytes | None = None
         self._shared: _mpshare.Shared | None = None   # what initargs hold of multiprocessing's
@@ -739,7 +740,8 @@ class ProcessBackend(Backend):
         self._selector.register(p.result_r, selectors.EVENT_READ, (p, "result"))
         if p.pidfd >= 0:
             self._selector.register(p.pidfd, selectors.EVENT_READ, (p, "exit"))
-        init = (list(sys.path), self._init_bytes, self._max_tasks)
+        init = (list(sys.path), self._init_bytes, self._max_tasks,
+                _logs.snapshot() if self._forward_logs else None)
         self._write(p, _dumps(init))
         return p
 
@@ -861,6 +863,9 @@ class ProcessBackend(Backend):
         import pickle
 
         bid, status, start, _n, extra, outcomes, whole = pickle.loads(message)
+        if status == _worker.STATUS_LOGS:   # before the job: it may have none (initializer)
+            _logs.replay(outcomes, functools.partial(_log_index, p))
+            return
         if status == _worker.STATUS_STOLEN:
             # A reply may come after its batch ended (it then took nothing).
             if p.jobs and p.jobs[0].bid == bid:
@@ -1107,6 +1112,13 @@ def _same(obj: object) -> object:
     return obj
 
 
+def _log_index(p: _Proc, where: tuple[int, int]) -> int | None:
+    """The input index of the item a record was logged in (``_worker._forward_logs``)."""
+    bid, pos = where
+    job = p.jobs[0] if p.jobs else None
+    return _logs.item_index(job.batch, pos) if job is not None and job.bid == bid else None
+
+
 def _deliver(done: Completion) -> None:
     """Report ``done`` from the supervisor thread, which nothing may stop.
 
@@ -1246,7 +1258,8 @@ def _rebuild(rec: tuple[Any, ...]) -> BaseException:
             "(its worker-side traceback is attached)", type_name=type_name)
     # Through the descriptor: `exc.__cause__ = ...` runs the class's __setattr__,
     # which a frozen dataclass exception makes raise.
-    _CAUSE.__set__(exc, RemoteTraceback(tb))
+    _CAUSE.__set__(exc, RemoteTraceback(tb) if isinstance(tb, str)
+                   else RemoteTraceback._from_frames(tb))
     return exc
 
 
