@@ -1,12 +1,71 @@
-"""How results meet the habits users bring: ``str(stats)``."""
+"""How results meet the habits users bring: misspelt options, ``str(stats)``."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 import conveyor
+
+# -- slips -------------------------------------------------------------------------
+
+
+def test_chunksize_gets_did_you_mean_batch() -> None:
+    async def af(x: int) -> int:
+        return x
+
+    async def amap_with_chunksize() -> None:
+        conveyor.amap(af, [1], chunksize=4)  # type: ignore[call-overload]
+
+    calls: list[Callable[[], object]] = [
+        lambda: conveyor.map(abs, [1], chunksize=4),  # type: ignore[call-overload]
+        lambda: asyncio.run(amap_with_chunksize()),
+        lambda: conveyor.stream([1]).map(abs, chunksize=4),
+    ]
+    with conveyor.Pool(workers=1) as pool:
+        calls.append(lambda: pool.map(abs, [1], chunksize=4))  # type: ignore[call-overload]
+        for call in calls:
+            with pytest.raises(TypeError, match=r"unexpected option chunksize=; did you mean "
+                                                r"batch=\?"):
+                call()
+    # The drop-in executors' map has the stdlib's chunksize.
+    with conveyor.ThreadPoolExecutor(2) as ex:
+        assert list(ex.map(abs, [-1, -2], chunksize=2)) == [1, 2]
+
+
+def test_unknown_options_on_pool_map_name_pool_map_and_its_options() -> None:
+    with conveyor.Pool(workers=1) as pool:
+        with pytest.raises(TypeError) as info:
+            pool.map(abs, [1], orderd=False)  # type: ignore[call-overload]
+        message = str(info.value)
+        assert message.startswith("conveyor.Pool.map: unexpected option orderd=; did you "
+                                  "mean ordered=?")
+        assert "conveyor.Pool.map takes: ordered, window, batch," in message
+        assert "backend" not in message and "workers" not in message
+        for name in ("workers", "max_workers"):   # the stdlib's name: the same advice
+            with pytest.raises(TypeError, match=rf"option {name}=; workers= belongs to the "
+                                                r"pool: conveyor\.Pool\(workers=\.\.\.\)"):
+                pool.map(abs, [1], **{name: 3})  # type: ignore[call-overload]
+    with pytest.raises(TypeError, match=r"option max_workers=; did you mean workers=\?"):
+        conveyor.map(abs, [1], max_workers=3)  # type: ignore[call-overload]
+
+
+def test_unknown_options_on_map_and_starmap_name_the_call_and_its_options() -> None:
+    calls: dict[str, Callable[[], object]] = {
+        "map": lambda: conveyor.map(abs, [1], retires=3),  # type: ignore[call-overload]
+        "starmap": lambda: conveyor.starmap(abs, [[1]], retires=3),  # type: ignore[call-overload]
+    }
+    for name, call in calls.items():
+        where = rf"conveyor\.{name}"
+        with pytest.raises(TypeError, match=rf"^{where}: unexpected option retires=; did you "
+                                            rf"mean retries=\? {where} takes: ordered, window, "):
+            call()
+
 
 # -- str(stats) --------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from . import _api
 from ._outcomes import add_note
 from ._progress import Counted, Stats
 from ._results import Results, _aiterate
+from ._slips import unknown_options
 from ._zipped import length_of
 
 __all__ = ["Pipeline", "Stream", "stream"]
@@ -111,8 +112,7 @@ class Stream(Generic[T]):
         _api.check_fn(fn, where)
         unknown = set(options) - set(_STAGE_OPTIONS)
         if unknown:
-            raise TypeError(f"{where}: unexpected option(s) {sorted(unknown)}; a stage takes "
-                            f"the options of conveyor.map: {', '.join(_STAGE_OPTIONS)}")
+            raise unknown_options(where, unknown, ("name", *_STAGE_OPTIONS))
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{where}: name must be a string, got {name!r}")
         # Check the options now, while the pipeline is being described.
