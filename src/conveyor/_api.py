@@ -391,7 +391,8 @@ def starmap(fn: Callable[..., Any], items: Iterable[Iterable[Any]], /,
     not iterable fails its own task with a ``TypeError`` (whose note names
     the item's index), handled as ``on_error`` says.
     """
-    return Results(_start("conveyor.starmap", fn, (items,), options, star=True))
+    return Results(_start("conveyor.starmap", fn, (items,), options, star=True),
+                   where="conveyor.starmap")
 
 
 @overload
@@ -456,4 +457,4 @@ def astarmap(fn: Callable[..., Any],
     ``async for r in conveyor.astarmap(fetch, pairs): ...``."""
     loop = _running_loop("conveyor.astarmap", "conveyor.starmap")
     return AsyncResults(_start("conveyor.astarmap", fn, (items,), options, star=True,
-                               loop=loop))
+                               loop=loop), where="conveyor.astarmap")

@@ -219,7 +219,7 @@ class Pool(Executor):
                             where=where)
             run.keep = self    # a map keeps its pool alive (``for r in Pool().map(...)``)
             self._runs[run] = eager
-        return Results(run)
+        return Results(run, where=where)
 
     # -- single calls ----------------------------------------------------------
     @overload
