@@ -51,7 +51,8 @@ def test_close_is_prompt_and_final(backend: BackendName) -> None:
     results.close()
     assert time.monotonic() - t0 < 2
     assert not conveyor_threads()
-    assert list(results) == []
+    with pytest.raises(conveyor.errors.ResultsConsumed, match="closed"):
+        list(results)   # a closed Results hands out nothing more, and says so
     n = len(started)
     assert n <= 1 + 32 + 1
 

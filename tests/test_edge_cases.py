@@ -284,7 +284,8 @@ def test_amap_results_outliving_their_loop_do_not_strand_the_run() -> None:
     kept: list[object] = []   # the results outlive their loop (as in a traceback)
     with pytest.raises(RuntimeError, match="before consuming"):
         asyncio.run(main())
-    kept.clear()
+    with pytest.warns(conveyor.errors.UnreadResultsWarning):   # never read, indeed
+        kept.clear()
     gc.collect()
     assert not wait_no_conveyor_threads()
 
@@ -370,7 +371,8 @@ def test_loop_shutdown_during_an_expiry_does_not_hang_asyncio_run() -> None:
     with pytest.raises(RuntimeError, match="main fails"):
         asyncio.run(main())
     assert time.monotonic() - t0 < 5
-    kept.clear()
+    with pytest.warns(conveyor.errors.UnreadResultsWarning):   # never read, indeed
+        kept.clear()
 
 
 def test_async_input_generator_is_closed_after_a_failure() -> None:

@@ -77,13 +77,16 @@ def test_busy_fraction_reflects_work() -> None:
 
 
 def test_sync_map_of_coroutine_inside_running_loop() -> None:
-    """As in a Jupyter cell: a loop is running in this thread, and map still works."""
+    """A loop is running in this thread, and map still works. Inside a coroutine it
+    warns that it blocks the loop (at a notebook cell's top level it does not:
+    see test_results_habits)."""
     async def double(x: int) -> int:
         await asyncio.sleep(0.001)
         return 2 * x
 
     async def cell() -> list[int]:
-        return list(conveyor.map(double, range(50)))   # sync call inside the loop
+        with pytest.warns(conveyor.errors.BlockingCallWarning):
+            return list(conveyor.map(double, range(50)))   # sync call inside the loop
 
     assert asyncio.run(cell()) == [2 * x for x in range(50)]
 

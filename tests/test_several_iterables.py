@@ -96,7 +96,7 @@ def test_progress_total_is_the_least_known_length() -> None:
 def test_options_are_keyword_only_and_checked() -> None:
     with pytest.raises(TypeError, match=r"iterable 1 must be an iterable.*got bool"):
         conveyor.map(operator.add, [1], True)  # type: ignore[call-overload]
-    with pytest.raises(TypeError, match=r"unexpected option.*'chunksize'"):
+    with pytest.raises(TypeError, match=r"unexpected option chunksize=; did you mean batch="):
         conveyor.map(abs, [1], chunksize=4)  # type: ignore[call-overload]
     with pytest.raises(TypeError, match="no items given"):
         conveyor.map(abs)  # type: ignore[call-overload]

@@ -14,6 +14,7 @@ from ._options import RunOptions
 from ._progress import import_tqdm
 from ._results import AsyncResults, Results
 from ._scheduler import Options, Run
+from ._slips import unknown_options
 from ._source import AsyncSource, Source, ThreadSource, reads_directly
 from ._worker import Star
 from ._zipped import AsyncZipped, Zipped, length_of
@@ -221,11 +222,9 @@ _RUN_DEFAULTS: dict[str, Any] = {**MAP_DEFAULTS, "backend": None, "workers": Non
 
 def _run_options(where: str, options: dict[str, Any]) -> dict[str, Any]:
     """Every option of a map, its defaults filled in; a TypeError for unknown names."""
-    unknown = sorted(set(options) - set(_RUN_DEFAULTS))
+    unknown = set(options) - set(_RUN_DEFAULTS)
     if unknown:
-        names = ", ".join(repr(name) for name in unknown)
-        raise TypeError(f"{where}: unexpected option(s) {names}; the options are "
-                        f"{', '.join(_RUN_DEFAULTS)}")
+        raise unknown_options(where, unknown, list(_RUN_DEFAULTS))
     return {**_RUN_DEFAULTS, **options}
 
 
@@ -404,7 +403,8 @@ def starmap(fn: Callable[..., Any], items: Iterable[Iterable[Any]], /,
     not iterable fails its own task with a ``TypeError`` (whose note names
     the item's index), handled as ``on_error`` says.
     """
-    return Results(_start("conveyor.starmap", fn, (items,), options, star=True))
+    return Results(_start("conveyor.starmap", fn, (items,), options, star=True),
+                   where="conveyor.starmap")
 
 
 @overload
@@ -469,4 +469,4 @@ def astarmap(fn: Callable[..., Any],
     ``async for r in conveyor.astarmap(fetch, pairs): ...``."""
     loop = _running_loop("conveyor.astarmap", "conveyor.starmap")
     return AsyncResults(_start("conveyor.astarmap", fn, (items,), options, star=True,
-                               loop=loop))
+                               loop=loop), where="conveyor.astarmap")

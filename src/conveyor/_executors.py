@@ -97,6 +97,7 @@ class _StdlibMap(Pool):
         else:
             results = self._map(fn, iterables, _options(max(buffersize, chunksize), chunksize),
                                 where, defer_errors=True)
+            results._silence()   # as the stdlib's: no warning when it is never read
         return _deliver(results, deadline)
 
     def __exit__(self, *exc: Any) -> None:

@@ -15,20 +15,28 @@ Ending: the consumer's loop ending (the last result, ``break``, an exception,
 ``close()``, Ctrl-C) closes every stage's run, last first. A stage's failure
 (``on_error="raise"``) travels down the chain as the next stages' input error
 and reaches the consumer with a note naming the stage.
+
+Warnings: the stages' runs are conveyor's own (they warn about nothing); the
+pipeline warns as a ``Results`` does (``UnreadResultsWarning`` when it is
+dropped unread, ``BlockingCallWarning`` for a sync loop inside a coroutine),
+and so does a ``Stream`` with stages that is dropped without ever being run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
+import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
 from . import _api
 from ._outcomes import add_note
 from ._progress import Counted, Stats
-from ._results import Results, _aiterate
+from ._results import Results, _aiterate, _consumed
+from ._slips import Usage, unknown_options, warn_if_blocking, warn_unread
 from ._zipped import length_of
 
 __all__ = ["Pipeline", "Stream", "stream"]
@@ -94,6 +102,11 @@ class Stream(Generic[T]):
     Every stage takes the options of :func:`conveyor.map` (its own backend,
     workers, window, ordered, timeout, retries, on_error, rate...) and a
     ``name`` for messages and stats (default: the function's name).
+
+    A stream runs only when it is iterated (or ``wait()``/``to_list()``); one
+    with stages that is dropped without ever being run, nor extended with
+    another stage, warns :class:`~conveyor.errors.UnreadResultsWarning` at the
+    line that added its last stage.
     """
 
     def __init__(self, items: Iterable[Any], stages: tuple[_Stage, ...] = (),
@@ -101,8 +114,12 @@ class Stream(Generic[T]):
         self._items = items
         self._stages = stages
         self._progress = progress
+        self._usage = Usage("conveyor.stream")
+        if stages:
+            weakref.finalize(self, _never_run, self._usage, [s.name for s in stages])
 
     def _add(self, stage: _Stage) -> Stream[Any]:
+        self._usage.quiet = True   # the longer stream is the one to run
         return Stream(self._items, (*self._stages, stage), self._progress)
 
     def _task_stage(self, kind: str, fn: Callable[[Any], Any], name: str | None,
@@ -111,8 +128,7 @@ class Stream(Generic[T]):
         _api.check_fn(fn, where)
         unknown = set(options) - set(_STAGE_OPTIONS)
         if unknown:
-            raise TypeError(f"{where}: unexpected option(s) {sorted(unknown)}; a stage takes "
-                            f"the options of conveyor.map: {', '.join(_STAGE_OPTIONS)}")
+            raise unknown_options(where, unknown, ("name", *_STAGE_OPTIONS))
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{where}: name must be a string, got {name!r}")
         # Check the options now, while the pipeline is being described.
@@ -171,6 +187,7 @@ class Stream(Generic[T]):
 
     def open(self) -> Pipeline[T]:
         """Start every stage; iterate the returned pipeline for the results."""
+        self._usage.quiet = True
         stages = self._stages
         if self._progress:   # one bar per task stage, labelled with its name
             stages = tuple(
@@ -190,6 +207,21 @@ class Stream(Generic[T]):
         with self.open() as pipeline:
             return list(pipeline)
 
+    def wait(self) -> dict[str, Stats]:
+        """Run the pipeline to the end, discarding its results; each stage's final stats.
+
+        See :meth:`Pipeline.wait` for who raises what.
+        """
+        with self.open() as pipeline:
+            return pipeline.wait()
+
+
+def _never_run(usage: Usage, stages: list[str]) -> None:
+    if usage.unread:
+        warn_unread(usage, f"a stream ({', '.join(stages)})",
+                    "A stream runs when it is iterated: iterate it (for x in s: ...), or "
+                    "call s.wait() to run it and discard the results.", ran=None)
+
 
 def stream(items: Iterable[T], *, progress: bool = False) -> Stream[T]:
     """Start describing a pipeline over ``items`` (any iterable, read lazily).
@@ -204,9 +236,20 @@ def stream(items: Iterable[T], *, progress: bool = False) -> Stream[T]:
 
 
 class Pipeline(Generic[T]):
-    """A running pipeline: iterate it once; ``close()`` stops every stage."""
+    """A running pipeline: iterate it once; ``close()`` stops every stage.
+
+    As a :class:`~conveyor.Results`: a loop left early goes on in the next
+    loop; once it has ended (or was closed) ``iter()`` raises
+    :class:`~conveyor.errors.ResultsConsumed`; dropped without ever being
+    iterated, waited for or closed, it warns
+    :class:`~conveyor.errors.UnreadResultsWarning`; a sync loop (or
+    ``wait()``) inside a coroutine warns
+    :class:`~conveyor.errors.BlockingCallWarning` (use ``async for``).
+    """
 
     def __init__(self, items: Iterable[Any], stages: tuple[_Stage, ...]) -> None:
+        self._usage = Usage("conveyor.stream")
+        self._closed = False
         self._runs: list[tuple[str, Results[Any]]] = []
         # What follows the last task stage (filter's keep, flat_map's expand,
         # batch, unbatch): `async for` applies it to that run's results itself.
@@ -225,7 +268,8 @@ class Pipeline(Generic[T]):
             raise
         # The generator holds the runs, never this object: `for x in stream(...)`
         # keeps only the generator, and dropping it (an early break) stops them.
-        self._gen = _iterate(it, self._runs)
+        self._gen = _iterate(it, self._runs, self._usage)
+        weakref.finalize(self, _dropped, self._usage, self._runs)
 
     def _open(self, stage: _Stage, it: Iterable[Any]) -> Iterable[Any]:
         if stage.kind == "batch":
@@ -245,6 +289,7 @@ class Pipeline(Generic[T]):
         options = dict(stage.options)
         options.setdefault("desc", stage.name)
         results = _api.map(fn, it, **options)
+        results._silence()
         self._runs.append((stage.name, results))
         self._tail = []
         out: Iterable[Any] = _named(results, stage.name)
@@ -257,11 +302,38 @@ class Pipeline(Generic[T]):
         return out
 
     def __iter__(self) -> Generator[T, None, None]:
+        self._begin()
         return self._gen
 
     def __next__(self) -> T:
+        if not self._usage.read:
+            self._begin()
         value: T = next(self._gen)
         return value
+
+    def _begin(self) -> None:
+        """A sync read: it must not have ended, and should not block a loop."""
+        usage = self._usage
+        if usage.ended:
+            raise _consumed("conveyor.stream", self._closed, "values = list(pipeline)")
+        if not usage.read:
+            usage.read = True
+            warn_if_blocking("conveyor.stream", "Use `async for x in conveyor.stream(...)` "
+                             "in async code.")
+
+    def wait(self) -> dict[str, Stats]:
+        """Run to the end, discarding the results; each task stage's final stats.
+
+        The error policy of each stage applies as when iterating: a stage's
+        failure with ``on_error="raise"`` is raised here (with a note naming
+        the stage) and every stage is stopped; ``"return"`` and ``"skip"``
+        raise nothing. On a pipeline that has ended, it returns the stats at
+        once. ``KeyboardInterrupt`` stops every stage and propagates.
+        """
+        if not self._usage.ended:
+            self._begin()
+            collections.deque(self._gen, maxlen=0)
+        return self.stats
 
     def __enter__(self) -> Pipeline[T]:
         return self
@@ -286,6 +358,11 @@ class Pipeline(Generic[T]):
         item); what follows it (filter, flat_map, batch, unbatch) is applied
         here. Closing the stages at the end happens in a helper thread.
         """
+        usage = self._usage
+        if usage.ended:
+            raise _consumed("conveyor.stream", self._closed,
+                            "values = [x async for x in pipeline]")
+        usage.read = True
         if not self._runs:   # no task stage: the items themselves may block
             end: Any = object()
             try:
@@ -295,7 +372,8 @@ class Pipeline(Generic[T]):
                         return
                     yield x
             finally:
-                await asyncio.to_thread(self.close)
+                usage.ended = True
+                await asyncio.to_thread(_close, self._runs)
         name, results = self._runs[-1]
         out: AsyncGenerator[Any, None] = _anamed(results, name)
         for op, size in self._tail:
@@ -304,11 +382,13 @@ class Pipeline(Generic[T]):
             async for x in out:
                 yield x
         finally:
+            usage.ended = True
             await out.aclose()
-            await asyncio.to_thread(self.close)
+            await asyncio.to_thread(_close, self._runs)
 
     def close(self) -> None:
         """Stop every stage (the last first) and wait until they have stopped."""
+        self._usage.quiet = self._usage.ended = self._closed = True
         _close(self._runs)
 
     @property
@@ -321,8 +401,21 @@ class Pipeline(Generic[T]):
         return out
 
 
-def _iterate(it: Iterable[Any],
-             runs: list[tuple[str, Results[Any]]]) -> Generator[Any, None, None]:
+def _dropped(usage: Usage, runs: list[tuple[str, Results[Any]]]) -> None:
+    """The pipeline was dropped (or the interpreter exits): warn if nobody read it.
+    (Dropping its stages' results stops them.)"""
+    if usage.unread and runs:
+        name, first = runs[0]
+        s = first.stats
+        warn_unread(usage, f"a pipeline (its first stage {name!r})",
+                    "Iterate it (for x in pipeline: ...), or call pipeline.wait() to run it "
+                    "to the end; close() it (or use `with`) to stop it on purpose.",
+                    ran=s.done + s.failed, failed=s.failed, total=first._run.total,
+                    finished=all(results._run.finished for _, results in runs))
+
+
+def _iterate(it: Iterable[Any], runs: list[tuple[str, Results[Any]]],
+             usage: Usage) -> Generator[Any, None, None]:
     wait = True
     try:
         yield from it
@@ -330,6 +423,7 @@ def _iterate(it: Iterable[Any],
         wait = False   # Ctrl-C: stop every stage, without waiting for thread calls
         raise
     finally:
+        usage.ended = True
         _close(runs, wait=wait)
 
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 from . import _backends
 from ._api import (
     MAP_DEFAULTS,
+    WORKER_OPTIONS,
     check_fn,
     check_options,
     check_worker_options,
@@ -39,6 +40,7 @@ from ._calls import PLAIN, CallOptions, Calls
 from ._options import MapOptions
 from ._results import Results
 from ._scheduler import Run
+from ._slips import unknown_options
 from ._worker import Apply
 from .errors import NotPicklable, PoolClosed
 
@@ -206,8 +208,10 @@ class Pool(Executor):
             call = spread(call)
         unknown = set(options) - set(MAP_DEFAULTS)
         if unknown:
-            raise TypeError(f"{where}: unexpected option(s) {sorted(unknown)}; "
-                            "backend and workers belong to the Pool itself")
+            pool = f"conveyor.{type(self).__name__}"
+            raise unknown_options(where, unknown, list(MAP_DEFAULTS), {
+                name: f"{name}= belongs to the pool: {pool}({name}=...)"
+                for name in ("backend", "workers", *WORKER_OPTIONS)})
         opts = check_options(where, **{**MAP_DEFAULTS, **options})
         if defer_errors:   # each error in its result's place, raised as it is consumed
             opts = dataclasses.replace(opts, on_error="defer")
@@ -217,7 +221,7 @@ class Pool(Executor):
                             where=where)
             run.keep = self    # a map keeps its pool alive (``for r in Pool().map(...)``)
             self._runs[run] = eager
-        return Results(run)
+        return Results(run, where=where)
 
     # -- single calls ----------------------------------------------------------
     @overload

@@ -32,6 +32,10 @@ class Stats:
     tasks divided by ``wall_time * workers`` (1.0: every worker busy all along).
     ``batches``: how many batches the items travelled in (adaptive batching at
     work: far fewer than the items for tiny tasks, one per item for long ones).
+
+    ``str(stats)`` is one short line with rounded numbers, e.g. ``1,000 done,
+    3 failed, 2 retried in 4.2 s (238/s) on 8 threads, 91% busy; 5 in
+    flight.``; the ``repr`` has every field, unrounded.
     """
 
     backend: str
@@ -48,6 +52,56 @@ class Stats:
     throughput: float
     busy_fraction: float
     batches: int
+
+    def __str__(self) -> str:
+        failed = f"{self.failed:,} failed"
+        why = [f"{n:,} {what}" for n, what in ((self.skipped, "skipped"),
+                                               (self.timed_out, "timed out")) if n]
+        if why:
+            failed += f" ({', '.join(why)})"
+        parts = [f"{self.done:,} done", failed]
+        if self.retried:
+            parts.append(f"{self.retried:,} retried")
+        text = (f"{', '.join(parts)} in {_seconds(self.wall_time)} "
+                f"({_rate(self.throughput)}/s) on {_workers(self.backend, self.workers)}, "
+                f"{self.busy_fraction:.0%} busy")
+        if self.in_flight:
+            text += f"; {self.in_flight:,} in flight"
+        if self.cancelled:
+            text += f"; {self.cancelled:,} cancelled"
+        return text + "."
+
+
+_WORKER_NOUNS = {"thread": ("thread", "threads"), "process": ("process", "processes"),
+                 "asyncio": ("coroutine", "coroutines"),
+                 "dask": ("dask worker thread", "dask worker threads")}
+
+
+def _workers(backend: str, n: int) -> str:
+    one, many = _WORKER_NOUNS.get(backend, (f"{backend} worker", f"{backend} workers"))
+    return f"{n:,} {one if n == 1 else many}"
+
+
+def _seconds(t: float) -> str:
+    """``0.42`` -> "420 ms", ``4.24`` -> "4.2 s", ``125`` -> "2 min 5 s", hours as "1 h 2 min"."""
+    if t < 0.9995:
+        return f"{t * 1000:.0f} ms" if t >= 0.001 else "< 1 ms"
+    if t < 59.95:
+        return f"{t:.1f} s" if t < 9.95 else f"{t:.0f} s"
+    m, sec = divmod(round(t), 60)
+    if m < 60:
+        return f"{m} min {sec} s" if sec else f"{m} min"
+    h, m = divmod(m, 60)
+    return f"{h} h {m} min" if m else f"{h} h"
+
+
+def _rate(per_second: float) -> str:
+    """Three significant digits at most: "238", "12,345", "23.8", "2.38", "0.004"."""
+    if per_second >= 100:
+        return f"{per_second:,.0f}"
+    if per_second >= 10:
+        return f"{per_second:.1f}"
+    return f"{per_second:.3g}" if per_second >= 0.001 else "0"
 
 
 class Counters:

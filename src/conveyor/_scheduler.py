@@ -214,6 +214,11 @@ class Run(Outcomes):
     def finished(self) -> bool:
         return not self._thread.is_alive()
 
+    @property
+    def total(self) -> int | None:
+        """The input's length, where it has one."""
+        return self._total
+
     # -- dispatcher thread ---------------------------------------------------
     def _main(self) -> None:
         complete = False

@@ -9,6 +9,11 @@ traceback attached as ``__cause__``.
 
 Argument checks raise the ordinary ``TypeError`` / ``ValueError`` (those are
 the user's mistakes, not failures of a run), before any work starts.
+
+Warnings: :class:`UnreadResultsWarning` (a map whose results were never read)
+and :class:`BlockingCallWarning` (a sync map consumed inside a coroutine), both
+``RuntimeWarning`` subclasses, so that Python shows them by default and a
+filter can name exactly one of them.
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 __all__ = [
+    "BlockingCallWarning",
     "ConveyorError",
     "NotPicklable",
     "PoolClosed",
     "RemoteTraceback",
+    "ResultsConsumed",
     "TaskTimeout",
+    "UnreadResultsWarning",
     "WorkerCrashed",
     "WorkerInitError",
     "item_index",
@@ -124,6 +132,46 @@ def _rebuild_not_picklable(message: str, type_name: str | None) -> NotPicklable:
 
 class PoolClosed(ConveyorError, RuntimeError):
     """Raised by :class:`conveyor.Pool` methods called after ``close()``."""
+
+
+class ResultsConsumed(ConveyorError, RuntimeError):
+    """Raised by ``iter()`` (a ``for`` loop) on results that have already ended.
+
+    A :class:`~conveyor.Results`, :class:`~conveyor.AsyncResults` or running
+    :class:`~conveyor.Pipeline` hands each result out once: once it has been
+    iterated to its end (or ended with an error, or was closed), a new loop
+    over it would silently get nothing, so it raises this instead. Keep the
+    values if you need them twice (``values = list(conveyor.map(...))``). A
+    loop left early (``break``) is not an end: the next loop goes on where it
+    stopped, as with a generator or a file.
+    """
+
+
+class UnreadResultsWarning(RuntimeWarning):
+    """Warned when a map's results are dropped without ever being read.
+
+    A map runs at most ``window`` items ahead of what is read, so a
+    ``conveyor.map(save, items)`` whose results nobody reads stops after a
+    window, and dropping it (garbage collection, or the interpreter's exit)
+    stops the run. Warned, at the line that called ``map``/``amap``/
+    ``Pool.map``/``stream``, for a :class:`~conveyor.Results`,
+    :class:`~conveyor.AsyncResults` or pipeline that was never iterated,
+    waited for (``wait()``) or closed (``close()``, a ``with`` block). A
+    ``RuntimeWarning``, as Python's own "coroutine ... was never awaited":
+    shown by default, unlike a ``ResourceWarning``.
+    """
+
+
+class BlockingCallWarning(RuntimeWarning):
+    """Warned when a sync map is consumed inside a coroutine: it blocks the event loop.
+
+    Iterating a :class:`~conveyor.Results` (or a pipeline, or calling
+    ``wait()``) waits in the calling thread; inside a coroutine, that thread
+    runs the event loop, whose other tasks then stand still. Use
+    ``async for r in conveyor.amap(...)`` there. Not warned at the top level
+    of a notebook cell (or of the ``python -m asyncio`` REPL), where blocking
+    the kernel's loop for the cell's duration is what a cell does anyway.
+    """
 
 
 class RemoteTraceback(Exception):
