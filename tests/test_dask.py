@@ -173,6 +173,14 @@ def test_early_exit_cancels_the_runs_tasks_on_the_cluster(client: Any) -> None:
         conveyor_tasks(client)
     gate.set()
     assert tally.count("started") <= 4
+    # The calls that were running end now; none is left on a worker thread to
+    # hold up the next test's tasks.
+    assert wait_until(lambda: not any(client.run(_executing).values())), \
+        client.run(_executing)
+
+
+def _executing(dask_worker: Any) -> list[str]:
+    return [str(ts.key) for ts in dask_worker.state.executing]
 
 
 def test_errors_follow_the_policy_with_the_worker_side_traceback(client: Any) -> None:
