@@ -19,7 +19,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -36,17 +35,8 @@ from conveyor.errors import (
     item_index,
 )
 
+from ._executor_util import wait_until
 from .conftest import conveyor_threads, wait_no_conveyor_threads
-
-
-def _until(condition: Callable[[], bool], limit: float = 10.0) -> bool:
-    """Poll ``condition`` (a bounded wait for a state another thread reaches)."""
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.001)
-    return True
 
 
 def _ran(source: conveyor.Results[Any] | conveyor.Pipeline[Any], n: int) -> bool:
@@ -168,7 +158,7 @@ def test_wait_on_pools_and_pipelines() -> None:
 
 def test_results_dropped_unread_warn_at_the_callers_line_with_the_count() -> None:
     results = conveyor.map(abs, range(1000), window=8)   # unread-here
-    assert _until(functools.partial(_ran, results, 8))   # one window ran, then it waits
+    assert wait_until(functools.partial(_ran, results, 8))   # one window ran, then it waits
     with pytest.warns(UnreadResultsWarning) as seen:
         del results
     [w] = seen.list
@@ -188,7 +178,7 @@ def test_unread_results_that_ran_everything_still_warn() -> None:
     """Their values and errors were lost all the same; the warning does not depend
     on whether the run won the race against the drop."""
     results = conveyor.map(abs, range(3))
-    assert _until(lambda: not conveyor_threads())   # the run has ended on its own
+    assert wait_until(lambda: not conveyor_threads())   # the run has ended on its own
     with pytest.warns(UnreadResultsWarning, match="ran 3 of 3 items.*nobody saw"):
         del results
 
@@ -257,7 +247,7 @@ def test_pipelines_and_streams_dropped_unread_warn() -> None:
     assert seen.list[0].lineno == _line_of("# stream-statement")
 
     pipeline = conveyor.stream(range(1000)).map(abs, window=8).open()
-    assert _until(functools.partial(_ran, pipeline, 8))
+    assert wait_until(functools.partial(_ran, pipeline, 8))
     with pytest.warns(UnreadResultsWarning, match=r"a pipeline \(its first stage 'map abs'\)"
                                                   r".*ran 8 of 1,000 items"):
         del pipeline

@@ -26,12 +26,11 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from concurrent import futures
 from typing import Any, TypeVar
 
-from ._api import check_fn, resolve_backend
+from ._api import check_fn, resolve_backend, spread
 from ._backends import default_workers
 from ._outcomes import Raised
 from ._pool import Pool
 from ._results import Results
-from ._worker import Star
 
 __all__ = ["ProcessPoolExecutor", "ThreadPoolExecutor"]
 
@@ -91,7 +90,7 @@ class _StdlibMap(Pool):
             # Room for every item and one more: the run reads past the last
             # item to see the input end, and so ends without being consumed.
             window = len(args) + 1
-            results = self._map(Star(fn), (args,), _options(window, min(chunksize, window)),
+            results = self._map(spread(fn), (args,), _options(window, min(chunksize, window)),
                                 where, eager=True, defer_errors=True)
             results.keep_running()   # dropped unread, it still runs every item
         else:
