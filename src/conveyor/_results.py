@@ -362,7 +362,10 @@ async def _wait_stopped(run: Run) -> None:
                 done.set_result(None)
 
         def wake() -> None:
-            loop.call_soon_threadsafe(settle)
+            # RuntimeError: the loop closed while this wait was cancelled (the
+            # end of asyncio.run): nobody is left to wake.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(settle)
 
         if run.on_exit(wake):
             await done
