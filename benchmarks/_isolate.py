@@ -149,8 +149,11 @@ def run_isolated(measure: Callable[[], dict[str, Any]], *, timeout: float,
 
 
 def growth_mib(answer: dict[str, Any]) -> float:
-    """The peak RSS growth of a run :func:`run_isolated` answered for (MiB)."""
-    return float(answer["peak_kib"] - answer["base_kib"]) / 1024
+    """The peak RSS growth of a run :func:`run_isolated` answered for (MiB).
+
+    A run that grew nothing can read a little below its baseline (the kernel's
+    high-water mark and the current RSS are separate counters): that is 0."""
+    return max(0, int(answer["peak_kib"]) - int(answer["base_kib"])) / 1024
 
 
 def failure_cell(text: str, limit: int) -> str:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import conveyor
-from _harness import fmt_ratio, fmt_us, md_table, missing_modules, progress
+from _harness import fmt_ratio, fmt_s, fmt_us, md_table, missing_modules, progress
 from _isolate import failure_cell, growth_mib, run_isolated
 from workloads import ainc, inc
 
@@ -128,7 +128,8 @@ def cost_row(case: CostCase, sizes: tuple[int, ...], repeats: int, *, quick: boo
         if failed:   # a smaller size failed: this one would too
             cells.append("-")
         elif predicted is not None and predicted > budget:
-            cells.append(f"not run: ~{predicted / 60:.0f} min predicted (budget {budget:g} s)")
+            about = f"{predicted / 60:.0f} min" if predicted >= 120 else fmt_s(predicted)
+            cells.append(f"not run: ~{about} predicted (budget {budget:g} s)")
         else:
             runs = 1 if predicted is not None and predicted > ONE_RUN_S else repeats
             timeout = 120.0 if predicted is None else max(60.0, 4 * predicted)

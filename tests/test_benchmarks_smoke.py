@@ -191,7 +191,9 @@ def test_scale_table_sets_conveyor_beside_hand_written() -> None:
             continue
         # µs/item at both sizes, their ratio, the RSS growth at both sizes
         assert len(row) == 7 and all(NUMBER.match(c) for c in row[2:]), row
-        assert number(row[4]) == pytest.approx(number(row[3]) / number(row[2]), rel=0.05)
+        # the ratio of the two costs (the cells are rounded: "0.009" for 0.0094)
+        assert number(row[4]) == pytest.approx(number(row[3]) / number(row[2]), rel=0.05,
+                                               abs=0.001), row
 
 
 def load_headline(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
