@@ -22,11 +22,11 @@ Output
     headline from the tables already stored in the page.
 
 Run (from the project root)
-    python benchmarks/run_all.py                  # full run (~20 min on 2 cores)
+    python benchmarks/run_all.py                  # full run (~25-30 min on 2 cores)
     python benchmarks/run_all.py --quick --no-readme   # smoke run (CI), ~1 min
     python benchmarks/run_all.py --only overhead  # one table: overhead|sleep|cpu|memory|
-                                                  # failure|pipeline (or 1-6); repeatable,
-                                                  # or comma-separated
+                                                  # failure|pipeline|scale (or 1-7);
+                                                  # repeatable, or comma-separated
     python benchmarks/run_all.py --render         # re-render from docs/benchmarks.md
     python benchmarks/run_all.py --render --check # exit 1 if that would change a file
 """
@@ -71,6 +71,12 @@ Regenerate every table (this page and the README's headline) with:
 `--only TABLE` re-measures one table and keeps the others; `--render` rebuilds
 this page and the README's headline from the tables stored here, measuring
 nothing. This page is generated: edit `benchmarks/run_all.py`, not the page.
+
+Table 7 (scale) sets conveyor's asyncio runs at thousands of workers beside
+hand-written worker coroutines, and the per-item cost of every backend from
+10^4 to 10^7 items; each of its runs is a fresh process of its own.
+Re-measure it alone with `.venv/bin/python benchmarks/run_all.py --only scale`
+(4 to 8 minutes on 2 cores).
 """
 
 
@@ -94,6 +100,7 @@ TABLES = [
           ("5", "table5", "failure_behaviour", "failure_behaviour.py")),
     Table("pipeline", "pipeline_makespan.py",
           ("6", "table6", "pipeline_makespan", "pipeline_makespan.py")),
+    Table("scale", "scale.py", ("7", "table7", "scale.py")),
 ]
 
 
@@ -130,12 +137,24 @@ def between_markers(text: str, start: str = START, end: str = END) -> tuple[int,
     return i + len(start), j
 
 
-def build_block(new: dict[str, str], old_block: str, summary: str) -> str:
-    """The text to put between the markers: new sections, plus kept old ones."""
+def unmeasured(table: Table) -> str:
+    """The page's section for a table it holds no measurement of (a new table)."""
+    return (f"### Table {table.aliases[0]} - {table.name}: not measured yet\n\n"
+            f"_This page holds no run of `benchmarks/{table.script}` yet: measure it with "
+            f"`.venv/bin/python benchmarks/run_all.py --only {table.name}` from the project "
+            "root._")
+
+
+def build_block(new: dict[str, str], old_block: str, summary: str, *,
+                placeholders: bool = False) -> str:
+    """The text to put between the markers: new sections, plus kept old ones
+    (``placeholders``: and a "not measured yet" section for every other table)."""
     old = parse_sections(old_block)
     parts = [summary]
     for t in TABLES:
         body = new.get(t.name, old.get(t.name))
+        if body is None and placeholders:
+            body = unmeasured(t)
         if body is not None:
             parts.append(section(t.name, body))
     return "\n\n" + "\n\n".join(parts) + "\n\n"
@@ -250,18 +269,19 @@ def write_outputs(new: dict[str, str], summary: str, *, readme: bool,
         print(f"run_all.py: wrote {output}", file=sys.stderr)
     if not page:
         return
-    block = build_block(new, stored_block(PAGE), summary)
+    block = build_block(new, stored_block(PAGE), summary, placeholders=True)
     for name in publish(block, readme=readme):
         print(f"run_all.py: updated {name}", file=sys.stderr)
 
 
 def render(*, readme: bool, check: bool) -> int:
     """``--render``: the page and the headline again from the stored tables."""
-    block = stored_block(PAGE)
-    if not parse_sections(block):
+    stored = stored_block(PAGE)
+    if not parse_sections(stored):
         print(f"run_all.py: {PAGE.relative_to(ROOT)} holds no tables to render; run the "
               "benchmarks first.", file=sys.stderr)
         return 1
+    block = build_block({}, stored, stored_summary(stored), placeholders=True)
     changed = publish(block, readme=readme, check=check)
     verb = "out of date" if check else "updated"
     for name in changed:
@@ -276,8 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--quick", action="store_true",
                     help="smoke run: small N, 1 repeat, expensive peer rows skipped (CI)")
     ap.add_argument("--only", action="append", default=[], metavar="TABLE",
-                    help="run only this table: overhead|sleep|cpu|memory|failure|pipeline "
-                         "(or 1-6); repeatable, or comma-separated")
+                    help="run only this table: overhead|sleep|cpu|memory|failure|pipeline|"
+                         "scale (or 1-7); repeatable, or comma-separated")
     ap.add_argument("--no-readme", action="store_true",
                     help="do not touch README.md")
     ap.add_argument("--output", type=Path, default=None,

@@ -81,9 +81,10 @@ def table(found: dict[str, list[list[str]]], prefix: str) -> list[list[str]]:
 @pytest.mark.timeout(180)
 def test_quick_run_all_measures_every_conveyor_row() -> None:
     # Only conveyor's rows (and the baselines they are measured against): what
-    # is asserted below. The peers' rows run in the full benchmark run.
-    proc = run([str(BENCH / "run_all.py"), "--quick", "--no-readme", "--rows", "conveyor"],
-               timeout=170)
+    # is asserted below. The peers' rows run in the full benchmark run. Table 7
+    # (scale) has a smoke test of its own below.
+    proc = run([str(BENCH / "run_all.py"), "--quick", "--no-readme", "--rows", "conveyor",
+                "--only", "overhead,sleep,cpu,memory,failure,pipeline"], timeout=170)
     assert proc.returncode == 0, proc.stderr[-3000:]
     found = tables(proc.stdout)
     titles = sorted(found)
@@ -133,7 +134,7 @@ def test_new_tables_run_alone_with_a_row_filter(name: str) -> None:
 def test_run_all_knows_every_table() -> None:
     proc = run([str(BENCH / "run_all.py"), "--only", "nope"], timeout=30)
     assert proc.returncode != 0
-    for name in ("overhead", "sleep", "cpu", "memory", "failure", "pipeline"):
+    for name in ("overhead", "sleep", "cpu", "memory", "failure", "pipeline", "scale"):
         assert name in proc.stderr, proc.stderr
 
 
@@ -154,6 +155,45 @@ def test_missing_peers_give_not_installed_rows(tmp_path: Path) -> None:
             assert row[3].startswith("not installed"), row
         else:
             assert NUMBER.search(row[3]) and "ERROR" not in row[3], row
+
+
+def number(cell: str) -> float:
+    return float(cell.split(" ")[0].replace(",", ""))
+
+
+# Table 7 at its smoke sizes (a few seconds): every measurement in a child of
+# its own, conveyor's rows beside the hand-written reference of the same run.
+@pytest.mark.timeout(60)
+def test_scale_table_sets_conveyor_beside_hand_written() -> None:
+    proc = run([str(BENCH / "scale.py"), "--quick"], timeout=50)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    found = tables(proc.stdout)
+    assert "ERROR" not in proc.stdout, proc.stdout
+    groups: dict[str, list[list[str]]] = {}
+    for row in table(found, "Table 7 -"):
+        groups.setdefault(row[0], []).append(row)
+    assert sorted(groups) == ["A", "B", "C"], groups
+    for key, rows in groups.items():
+        reference = [r for r in rows if r[1].startswith("hand-written")]
+        assert len(reference) == 1 and reference[0][5] == "1.000", rows
+        mine = conveyor_rows(rows)
+        assert len(mine) == (1 if key == "C" else 2), rows   # C: the warm Pool only
+        for row in mine + reference:
+            # sleeps take their time: no system beats ceil(n / k) sleeps in a row
+            assert number(row[4]) >= 0.99, row
+            assert number(row[5]) > 0 and NUMBER.search(row[6]), row
+        assert all(r[7] == "not judged (--quick)" for r in mine), mine
+    cost = table(found, "Table 7b")
+    assert {r[0] for r in cost} == {"thread", "asyncio", "process", "dask"}, cost
+    for row in cost:
+        if row[0] == "dask":   # a LocalCluster per size: the full run measures it
+            assert row[2] in ("skipped by --quick", "not installed (distributed)"), row
+            continue
+        # µs/item at both sizes, their ratio, the RSS growth at both sizes
+        assert len(row) == 7 and all(NUMBER.match(c) for c in row[2:]), row
+        # the ratio of the two costs (the cells are rounded: "0.009" for 0.0094)
+        assert number(row[4]) == pytest.approx(number(row[3]) / number(row[2]), rel=0.05,
+                                               abs=0.001), row
 
 
 def load_headline(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
