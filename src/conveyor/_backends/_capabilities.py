@@ -9,7 +9,6 @@ backend is one module: its class and these few lines. ``Backend`` (in
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import os
 from collections.abc import Callable
 from typing import ClassVar
@@ -72,6 +71,8 @@ class Capabilities:
     @classmethod
     def installed(cls) -> bool:
         """Whether the modules it needs are there (found, not imported)."""
+        import importlib.util
+
         return all(importlib.util.find_spec(m) is not None for m in cls.requires)
 
     @classmethod
