@@ -1055,6 +1055,6 @@ class _HelperCluster:
 
 
 def _default_workers() -> int:
-    from ._capabilities import usable_cpus
+    from . import usable_cpus
 
     return usable_cpus()
