@@ -125,11 +125,11 @@ def conveyor_has_backend(name: str) -> bool:
     import conveyor
 
     if name == "dask":   # a Pool would start a cluster: ask the registry instead
-        from conveyor._backends import BACKENDS
+        from conveyor._backends import known
 
-        return name in BACKENDS
+        return known(name)
     try:
-        pool = conveyor.Pool(backend=name, workers=1)  # type: ignore[arg-type]
+        pool = conveyor.Pool(backend=name, workers=1)
     except ValueError:  # "unknown backend ..."
         return False
     pool.close()

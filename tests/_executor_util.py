@@ -39,7 +39,7 @@ def make(kind: str, workers: int, **options: Any) -> Executor:
         return conveyor.ProcessPoolExecutor(workers, **options)
     backend = kind.removeprefix("Pool-")
     assert backend in ("thread", "process"), kind
-    return conveyor.Pool(backend, workers, **options)   # type: ignore[arg-type]
+    return conveyor.Pool(backend, workers, **options)
 
 
 def make_stdlib(kind: str, workers: int,

@@ -8,24 +8,30 @@ import contextlib
 import importlib.util
 import threading
 import time
+import typing
 from collections.abc import Callable, Iterator
-from typing import Any, Literal
+from typing import Any
 
 import psutil
 import pytest
+
+from conveyor import _backends
+from conveyor._options import BackendName
 
 from ._crossproc import Gate
 
 __all__ = ["BACKENDS", "BackendName", "Gate", "Sleepers", "child_processes", "task",
            "wait_no_child_processes", "wait_no_conveyor_threads", "waiting_task"]
 
-BackendName = Literal["thread", "asyncio", "process", "dask"]
 #: dask where it is installed (the dev extra has it; CI's extra Pythons install
 #: only the test extra, and run the other backends' tests)
 HAS_DASK = importlib.util.find_spec("distributed") is not None
-BACKENDS: list[BackendName] = ["thread", "asyncio", "process"]
-if HAS_DASK:
-    BACKENDS.append("dask")
+#: The built-in backends whose modules are installed, from the registry (each
+#: class says what it requires). Backends registered by tests are tested in
+#: their own files: the contract tests need timeouts, stealing and the rest.
+BACKENDS: list[BackendName] = [
+    typing.cast(BackendName, name) for name in _backends.builtin()
+    if _backends.backend_class(name).installed()]
 
 #: The session's dask cluster (started by the first test that needs it).
 _dask: dict[str, Any] = {}

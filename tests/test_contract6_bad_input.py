@@ -90,7 +90,7 @@ def test_pool_bad_input() -> None:
     with pytest.raises(ValueError, match="workers must be >= 1"):
         conveyor.Pool(workers=0)
     with pytest.raises(ValueError, match="unknown backend"):
-        conveyor.Pool(backend="fork")  # type: ignore[arg-type]
+        conveyor.Pool(backend="fork")
     with conveyor.Pool(workers=2) as pool:
         with pytest.raises(TypeError, match="unexpected option"):
             pool.map(record, range(3), workers=3)  # type: ignore[call-overload]

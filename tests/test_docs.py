@@ -116,6 +116,15 @@ def test_benchmark_headline_is_derived_from_the_stored_tables() -> None:
     assert "up to date" in proc.stderr
 
 
+def test_the_options_table_is_generated_from_the_options() -> None:
+    from conveyor._options import with_table
+
+    page = (ROOT / "docs" / "guide" / "map.md").read_text(encoding="utf-8")
+    assert with_table(page) == page, (
+        "docs/guide/map.md's options table is not conveyor._options.OPTIONS': regenerate it "
+        "with python -c \"import conveyor._options as o; o.rewrite('docs/guide/map.md')\"")
+
+
 def public_names() -> list[tuple[ModuleType, str]]:
     names = [(conveyor, n) for n in conveyor.__all__
              # a version string has no docstring of its own to give

@@ -207,7 +207,7 @@ def run_cell(backend: str, where: str, how: str, maker: Callable[[], Any], expec
         init = {"initializer": _faults.init_with, "initargs": (maker(),)}
     if expect.scope == "refused" and where == "initarg":
         try:
-            conveyor.Pool(backend, workers, cluster=cluster, **init).close()  # type: ignore[arg-type]
+            conveyor.Pool(backend, workers, cluster=cluster, **init).close()
         except BaseException as exc:
             return _check(exc, expect, "Pool()", None)
         return ["Pool() accepted an initializer argument that cannot be pickled"]
@@ -218,7 +218,7 @@ def run_cell(backend: str, where: str, how: str, maker: Callable[[], Any], expec
         fn = functools.partial(_faults.produce, maker, BAD)
     elif where == "raised":
         fn = functools.partial(_faults.throw, maker, BAD)
-    with conveyor.Pool(backend, workers, cluster=cluster, **init) as pool:  # type: ignore[arg-type]
+    with conveyor.Pool(backend, workers, cluster=cluster, **init) as pool:
         every = expect.scope in ("all", "refused")
         if how == "submit":
             arg = maker() if where == "item" else BAD

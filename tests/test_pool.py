@@ -149,7 +149,7 @@ def test_idle_workers_hold_no_results(backend: str) -> None:
         return make(x)
 
     fn: Any = amake if backend == "asyncio" else make
-    with conveyor.Pool(backend=backend, workers=8) as pool:  # type: ignore[arg-type]
+    with conveyor.Pool(backend=backend, workers=8) as pool:
         n = 0
         for _ in pool.map(fn, range(10_000)):
             n += 1

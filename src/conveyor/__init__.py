@@ -27,6 +27,7 @@ from ._api import amap as amap
 from ._api import astarmap as astarmap
 from ._api import map as map
 from ._api import starmap as starmap
+from ._backends import register_backend as register_backend
 from ._executors import ProcessPoolExecutor as ProcessPoolExecutor
 from ._executors import ThreadPoolExecutor as ThreadPoolExecutor
 from ._loop import run_coroutine as run_coroutine
@@ -59,6 +60,7 @@ __all__ = (
     "astarmap",
     "errors",
     "map",
+    "register_backend",
     "run_coroutine",
     "starmap",
     "stream",

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import operator
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _backends
 from ._backends._base import Backend
-from ._options import RunOptions
-from ._progress import import_tqdm
+from ._options import RunOptions, by_kind, map_fields, positive_int
 from ._results import AsyncResults, Results
 from ._scheduler import Options, Run
 from ._slips import unknown_options
@@ -33,11 +31,11 @@ R = TypeVar("R")
 
 #: The per-run options of ``map`` (beside backend, workers and the worker
 #: options) with their defaults: ``Pool.map`` and pipeline stages take the same.
-MAP_DEFAULTS: dict[str, Any] = dict(
-    ordered=True, window=None, batch="auto", timeout=None, retries=0, retry_on=(Exception,),
-    backoff=0.1, on_error="raise", rate=None, progress=False, desc=None)
-WORKER_OPTIONS = ("initializer", "initargs", "max_tasks_per_worker", "cluster", "forward_logs")
-_ERROR_POLICIES = ("raise", "return", "skip")
+MAP_DEFAULTS: dict[str, Any] = {o.name: o.default for o in by_kind("map")}
+#: The options that say how the workers are made (``map``, stages, ``Pool``).
+WORKER_OPTIONS = tuple(o.name for o in by_kind("worker"))
+#: Every option of ``map``, in the order its error messages list them.
+_RUN_OPTIONS = [o.name for o in by_kind("map", "run", "worker")]
 
 
 def is_async_fn(fn: object) -> bool:
@@ -58,111 +56,41 @@ def check_fn(fn: object, where: str) -> None:
 
 
 def resolve_backend(backend: str | None, fn: object, where: str) -> str:
+    """The backend's name, ``fn`` checked against what its class can run.
+
+    Raises ``ValueError`` for an unknown name (naming the registered ones) and
+    ``TypeError`` for a function the backend cannot run (its class's message).
+    """
+    coroutine = is_async_fn(fn)
     if backend is None:
-        return "asyncio" if is_async_fn(fn) else "thread"
-    if not isinstance(backend, str) or backend not in _backends.BACKENDS:
-        choices = ", ".join(repr(b) for b in _backends.BACKENDS)
+        return _backends.default_for(coroutine)
+    if not _backends.known(backend):
+        choices = ", ".join(repr(b) for b in _backends.names())
         raise ValueError(f"{where}: unknown backend {backend!r}; choose one of {choices} "
-                         "(or leave it out: coroutine functions run on 'asyncio', "
-                         "others on 'thread').")
-    if backend == "thread" and is_async_fn(fn):
-        raise TypeError(
-            f"{where}: {_name(fn)} is a coroutine function, which the 'thread' backend "
-            "cannot run; use backend='asyncio' (the default for coroutine functions).")
-    if backend == "process" and is_async_fn(fn):
-        raise TypeError(
-            f"{where}: {_name(fn)} is a coroutine function; the 'process' backend runs "
-            "plain functions. Use backend='asyncio', or wrap it: "
-            "def run(x): return asyncio.run(fn(x)).")
-    if backend == "dask" and is_async_fn(fn):
-        raise TypeError(
-            f"{where}: {_name(fn)} is a coroutine function; the 'dask' backend runs plain "
-            "functions. Wrap it: def run(x): return asyncio.run(fn(x)).")
-    if backend == "asyncio" and not is_async_fn(fn):
-        raise TypeError(
-            f"{where}: {_name(fn)} is not a coroutine function (async def), so the "
-            "'asyncio' backend cannot await it; use backend='thread' for blocking code.")
+                         f"(or leave it out: coroutine functions run on "
+                         f"{_backends.default_for(True)!r}, others on "
+                         f"{_backends.default_for(False)!r}).")
+    assert isinstance(backend, str)
+    cls = _backends.backend_class(backend)
+    if not (cls.runs_coroutines if coroutine else cls.runs_functions):
+        raise TypeError(cls.refusal(_name(fn), where, coroutine=coroutine,
+                                    instead=_backends.default_for(coroutine)))
     return backend
 
 
-def _positive_int(value: object, name: str, where: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        try:
-            value = operator.index(value)  # type: ignore[arg-type]
-        except TypeError:
-            raise TypeError(f"{where}: {name} must be an int, got {value!r}") from None
-    if value < minimum:
-        raise ValueError(f"{where}: {name} must be >= {minimum}, got {value}")
-    return value
-
-
-def _positive_number(value: object, name: str, where: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{where}: {name} must be a number of seconds, got {value!r}")
-    if not value > 0:
-        raise ValueError(f"{where}: {name} must be > 0, got {value!r}")
-    return float(value)
-
-
-def check_options(where: str, *, ordered: bool, window: int | None, batch: int | str,
-                  timeout: float | None, retries: int,
-                  retry_on: type[BaseException] | tuple[type[BaseException], ...],
-                  backoff: float, on_error: str, rate: float | None,
-                  progress: bool | dict[str, Any], desc: str | None) -> Options:
-    """Validate every option before any work starts; return them normalised."""
-    if not isinstance(ordered, bool):
-        raise TypeError(f"{where}: ordered must be True or False, got {ordered!r}")
-    win = None if window is None else _positive_int(window, "window", where)
-    if batch == "auto":
-        fixed = None
-    elif isinstance(batch, str):
-        raise ValueError(f"{where}: batch must be 'auto' or an int >= 1, got {batch!r}")
-    else:
-        fixed = _positive_int(batch, "batch", where)
-    tmo = None if timeout is None else _positive_number(timeout, "timeout", where)
-    n_retries = _positive_int(retries, "retries", where, minimum=0)
-    if isinstance(retry_on, type):
-        retry_on = (retry_on,)
-    if not isinstance(retry_on, tuple) or not all(
-            isinstance(c, type) and issubclass(c, BaseException) for c in retry_on):
-        raise TypeError(f"{where}: retry_on must be an exception class or a tuple of them, "
-                        f"got {retry_on!r}")
-    if isinstance(backoff, bool) or not isinstance(backoff, (int, float)) or backoff < 0:
-        raise ValueError(f"{where}: backoff must be a number of seconds >= 0, got {backoff!r}")
-    if on_error not in _ERROR_POLICIES:
-        raise ValueError(f"{where}: on_error must be one of 'raise', 'return', 'skip'; "
-                         f"got {on_error!r}")
-    rt = None if rate is None else _positive_number(rate, "rate", where)
-    if rt is not None and fixed is not None and fixed > 1:
-        raise ValueError(f"{where}: rate= spaces task starts evenly, one item per batch; it "
-                         f"conflicts with batch={fixed}. Leave batch='auto' with rate=.")
-    if win is not None and fixed is not None and fixed > win:
-        raise ValueError(f"{where}: batch={fixed} is larger than window={win}; a batch must "
-                         "fit in the window. Raise window or lower batch.")
-    if isinstance(progress, dict):
-        progress_options = tuple(progress.items())
-        show = True
-    elif isinstance(progress, bool):
-        progress_options, show = (), progress
-    else:
-        raise TypeError(f"{where}: progress must be True/False or a dict of tqdm options, "
-                        f"got {progress!r}")
-    if show:
-        import_tqdm(where)   # not installed: say so before any work starts
-    if desc is not None and not isinstance(desc, str):
-        raise TypeError(f"{where}: desc must be a string, got {desc!r}")
-    return Options(ordered=ordered, window=win, batch=fixed, timeout=tmo, retries=n_retries,
-                   retry_on=retry_on, backoff=float(backoff), on_error=on_error, rate=rt,
-                   progress=show, progress_options=progress_options, desc=desc)
+def check_options(where: str, **options: Any) -> Options:
+    """Validate every ``map`` option before any work starts; return them normalised
+    (the ones not given take their defaults)."""
+    return Options(**map_fields(where, options))
 
 
 def _backend_and_workers(where: str, backend: str | None, fn: object,
                          workers: int | None) -> tuple[str, int | None]:
-    """The backend's name and its workers (None for dask: the cluster's threads)."""
+    """The backend's name and its workers (None: the backend counts them, as dask does)."""
     name = resolve_backend(backend, fn, where)
     if workers is None:
-        return name, None if name == "dask" else _backends.default_workers(name)
-    return name, _positive_int(workers, "workers", where)
+        return name, _backends.default_workers(name)
+    return name, positive_int(workers, "workers", where)
 
 
 def check_items(items: object, where: str, *, allow_async: bool = False) -> None:
@@ -179,53 +107,44 @@ def _name(fn: object) -> str:
     return getattr(fn, "__qualname__", None) or repr(fn)
 
 
-def check_worker_options(where: str, name: str, initializer: object, initargs: object,
-                         max_tasks_per_worker: object, cluster: object = None,
-                         forward_logs: object = True) -> dict[str, Any]:
-    """The worker options as keyword arguments for ``_backends.create``."""
-    if name == "dask":
-        from ._backends.dask import import_distributed
+def check_worker_options(where: str, name: str, given: dict[str, Any], *,
+                         pool: bool = False) -> dict[str, Any]:
+    """The worker options ``given`` for backend ``name``, checked, as keyword
+    arguments for ``_backends.create``: those its class takes (see
+    ``Capabilities.options``), the defaults filled in.
 
-        import_distributed()   # not installed: say how, before anything else
-    if cluster is not None and name != "dask":
-        raise ValueError(f"{where}: cluster= names the dask cluster to run on; it needs "
-                         f"backend='dask' (got backend={name!r}).")
-    if initializer is not None:
-        check_fn(initializer, where + " initializer")
-    if isinstance(initargs, (str, bytes)) or not isinstance(initargs, Sequence):
-        raise TypeError(f"{where}: initargs must be a sequence of the initializer's "
-                        f"arguments, e.g. (x,) or [x, y]; got {initargs!r}")
-    options: dict[str, Any] = {"initializer": initializer, "initargs": tuple(initargs)}
-    if max_tasks_per_worker is not None:
-        if name != "process":
-            raise ValueError(f"{where}: max_tasks_per_worker replaces worker processes "
-                             f"after that many tasks; backend={name!r} has none. Use "
-                             "backend='process', or leave it out.")
-        options["max_tasks_per_worker"] = _positive_int(max_tasks_per_worker,
-                                                        "max_tasks_per_worker", where)
-    if cluster is not None:
-        options["cluster"] = cluster
-    if not isinstance(forward_logs, bool):
-        raise TypeError(f"{where}: forward_logs must be True (the workers' log records are "
-                        "handled by this process's logging) or False, got "
-                        f"{forward_logs!r}")
-    if not forward_logs and name in ("process", "dask"):   # elsewhere tasks log here anyway
-        options["forward_logs"] = False
-    return options
+    Raises ``ImportError`` if the backend's modules are missing, and
+    ``ValueError`` for an option given that the backend does not take, naming
+    the backends that do. ``pool``: ``Pool``'s own options are allowed too.
+    """
+    cls = _backends.backend_class(name)
+    cls.check_available()   # not installed: say how, before anything else
+    out: dict[str, Any] = {}
+    for o in by_kind("worker", "pool") if pool else by_kind("worker"):
+        value = given.get(o.name, o.default)
+        takes = o.name in cls.options
+        if not takes and not o.everywhere:
+            if value is not o.default and value != o.default:
+                raise _not_taken(where, o.name, o.summary, name)
+            continue
+        value = o.check(value, o.name, where)
+        if takes:
+            out[o.name] = value
+    return out
 
 
-_RUN_DEFAULTS: dict[str, Any] = {**MAP_DEFAULTS, "backend": None, "workers": None,
-                                 "initializer": None, "initargs": (),
-                                 "max_tasks_per_worker": None, "cluster": None,
-                                 "forward_logs": True}
+def _not_taken(where: str, option: str, summary: str, name: str) -> ValueError:
+    others = " or ".join(repr(b) for b in _backends.taking(option)) or "none of them"
+    return ValueError(f"{where}: {option}= {summary}; it needs backend={others} (got "
+                      f"backend={name!r}). Use one of them, or leave {option}= out.")
 
 
 def _run_options(where: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Every option of a map, its defaults filled in; a TypeError for unknown names."""
-    unknown = set(options) - set(_RUN_DEFAULTS)
+    """Every option of a map, as given; a TypeError for unknown names."""
+    unknown = set(options) - set(_RUN_OPTIONS)
     if unknown:
-        raise unknown_options(where, unknown, list(_RUN_DEFAULTS))
-    return {**_RUN_DEFAULTS, **options}
+        raise unknown_options(where, unknown, _RUN_OPTIONS)
+    return options
 
 
 class _AsyncStar(Star):
@@ -295,13 +214,12 @@ def _start(where: str, fn: Callable[..., Any], iterables: tuple[Any, ...],
     call, items = zip_items(fn, iterables, where, allow_async=loop is not None)
     if star:
         call = spread(call)
-    name, n_workers = _backend_and_workers(where, opts["backend"], fn, opts["workers"])
-    checked = check_options(where, **{k: opts[k] for k in MAP_DEFAULTS})
-    extra = check_worker_options(where, name, opts["initializer"], opts["initargs"],
-                                 opts["max_tasks_per_worker"], opts["cluster"],
-                                 opts["forward_logs"])
-    if loop is not None and name == "asyncio":
-        extra["loop"] = loop
+    name, n_workers = _backend_and_workers(where, opts.get("backend"), fn,
+                                           opts.get("workers"))
+    checked = check_options(where, **{k: v for k, v in opts.items() if k in MAP_DEFAULTS})
+    extra = check_worker_options(where, name, opts)
+    if loop is not None and "loop" in _backends.backend_class(name).options:
+        extra["loop"] = loop   # amap: coroutines run on the caller's loop
     be = _backends.create(name, n_workers, **extra)
     if loop is not None:
         be.start()

@@ -27,7 +27,6 @@ from concurrent import futures
 from typing import Any, TypeVar
 
 from ._api import check_fn, resolve_backend, spread
-from ._backends import default_workers
 from ._outcomes import Raised
 from ._pool import Pool
 from ._results import Results
@@ -144,13 +143,13 @@ class ThreadPoolExecutor(_StdlibMap, futures.ThreadPoolExecutor):
     def __init__(self, max_workers: int | None = None, thread_name_prefix: str = "",
                  initializer: Callable[..., object] | None = None,
                  initargs: Iterable[Any] = ()) -> None:
-        workers = _check_max_workers(max_workers) or default_workers("thread")
+        workers = _check_max_workers(max_workers)   # None: the backend's default
         _check_initializer(initializer)
         if not isinstance(thread_name_prefix, str):
             raise TypeError(f"thread_name_prefix must be a str, got {thread_name_prefix!r}")
         super().__init__("thread", workers, initializer=initializer, initargs=initargs,
                          thread_name_prefix=thread_name_prefix)
-        self._max_workers = workers
+        self._max_workers = self.workers
 
 
 class ProcessPoolExecutor(_StdlibMap, futures.ProcessPoolExecutor):
@@ -170,7 +169,7 @@ class ProcessPoolExecutor(_StdlibMap, futures.ProcessPoolExecutor):
                  initializer: Callable[..., object] | None = None,
                  initargs: Iterable[Any] = (), *,
                  max_tasks_per_child: int | None = None) -> None:
-        workers = _check_max_workers(max_workers) or default_workers("process")
+        workers = _check_max_workers(max_workers)   # None: the backend's default
         _check_initializer(initializer)
         if mp_context is not None and not callable(getattr(mp_context, "get_start_method",
                                                            None)):
@@ -185,5 +184,5 @@ class ProcessPoolExecutor(_StdlibMap, futures.ProcessPoolExecutor):
         self._mp_context = mp_context
         super().__init__("process", workers, initializer=initializer, initargs=initargs,
                          max_tasks_per_worker=max_tasks_per_child)
-        self._max_workers = workers
+        self._max_workers = self.workers
 

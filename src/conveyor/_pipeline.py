@@ -32,7 +32,8 @@ import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, TypeVar, overload
 
-from . import _api
+from . import _api, _backends
+from ._options import by_kind, positive_int
 from ._outcomes import add_note
 from ._progress import Counted, Stats
 from ._results import Results, _aiterate, _consumed
@@ -44,7 +45,7 @@ __all__ = ["Pipeline", "Stream", "stream"]
 T = TypeVar("T")
 R = TypeVar("R")
 
-_STAGE_OPTIONS = ("backend", "workers", *_api.MAP_DEFAULTS, *_api.WORKER_OPTIONS)
+_STAGE_OPTIONS = tuple(o.name for o in (*by_kind("run"), *by_kind("map"), *by_kind("worker")))
 
 
 class _Stage:
@@ -132,13 +133,12 @@ class Stream(Generic[T]):
         if name is not None and not isinstance(name, str):
             raise TypeError(f"{where}: name must be a string, got {name!r}")
         # Check the options now, while the pipeline is being described.
-        checked = {k: v for k, v in options.items() if k in _api.MAP_DEFAULTS}
-        _api.check_options(where, **{**_api.MAP_DEFAULTS, **checked})
+        _api.check_options(where, **{k: v for k, v in options.items() if k in _api.MAP_DEFAULTS})
         backend, _ = _api._backend_and_workers(where, options.get("backend"), fn,
                                                options.get("workers"))
-        if backend == "asyncio" and kind not in ("map", "starmap"):
+        if not _backends.backend_class(backend).runs_functions and kind not in ("map", "starmap"):
             raise TypeError(f"{where}: {kind} stages run plain functions (on threads or "
-                            "processes); use map with a coroutine function for asyncio")
+                            f"processes); use map with a coroutine function for {backend}")
         label = name or getattr(fn, "__qualname__", None) or repr(fn)
         return self._add(_Stage(kind, fn, f"{kind} {label}", dict(options)))
 
@@ -178,7 +178,7 @@ class Stream(Generic[T]):
 
     def batch(self, n: int) -> Stream[list[T]]:
         """Group consecutive items into lists of ``n`` (the last may be shorter)."""
-        size = _api._positive_int(n, "n", "conveyor.stream(...).batch")
+        size = positive_int(n, "n", "conveyor.stream(...).batch")
         return self._add(_Stage("batch", None, f"batch {size}", {}, size))
 
     def unbatch(self) -> Stream[Any]:

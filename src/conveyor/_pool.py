@@ -21,15 +21,15 @@ import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Executor, Future
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _backends
 from ._api import (
     MAP_DEFAULTS,
-    WORKER_OPTIONS,
     check_fn,
     check_options,
     check_worker_options,
+    is_async_fn,
     resolve_backend,
     spread,
     start_run,
@@ -37,7 +37,7 @@ from ._api import (
 )
 from ._backends._base import Backend
 from ._calls import PLAIN, CallOptions, Calls
-from ._options import MapOptions
+from ._options import BackendName, MapOptions, PoolOptions, by_kind
 from ._results import Results
 from ._scheduler import Run
 from ._slips import unknown_options
@@ -47,7 +47,7 @@ from .errors import NotPicklable, PoolClosed
 if TYPE_CHECKING:
     from typing_extensions import Self, Unpack
 
-__all__ = ["MapOptions", "Pool"]
+__all__ = ["MapOptions", "Pool", "PoolOptions"]
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -76,8 +76,10 @@ threading._register_atexit(_at_exit)   # type: ignore[attr-defined]  # as concur
 class Pool(Executor):
     """Reusable workers: ``map`` as often as you like, ``submit`` single calls.
 
-    ``Pool(backend="thread", workers=None, initializer=None, initargs=(),
-    max_tasks_per_worker=None)``. ``initializer(*initargs)`` runs once in each
+    ``Pool(backend="thread", workers=None, **options)``: the worker options of
+    :func:`conveyor.map` (those the backend takes: an option it does not take
+    raises ``ValueError`` naming the backends that do), and the pool's own
+    (``loop``, ``thread_name_prefix``). ``initializer(*initargs)`` runs once in each
     worker as it starts (for the asyncio backend: once per worker coroutine,
     awaited if it is a coroutine function); it can keep what the tasks need in
     :func:`conveyor.worker_state`. If it raises, every task given to that
@@ -111,29 +113,26 @@ class Pool(Executor):
 
     _map_window: int | None = None   # executors: a map's window unless buffersize is given
 
-    def __init__(self, backend: Literal["thread", "asyncio", "process", "dask"] = "thread",
-                 workers: int | None = None, *,
-                 initializer: Callable[..., object] | None = None,
-                 initargs: Iterable[Any] = (),
-                 max_tasks_per_worker: int | None = None, cluster: Any = None,
-                 forward_logs: bool = True, **backend_options: Any) -> None:
+    def __init__(self, backend: BackendName | str = "thread", workers: int | None = None,
+                 **options: Unpack[PoolOptions]) -> None:
         where = f"conveyor.{type(self).__name__}"
         self._closed = True   # until the backend is up: __del__ and shutdown see a closed pool
-        if backend not in _backends.BACKENDS:
-            choices = ", ".join(repr(b) for b in _backends.BACKENDS)
+        if not _backends.known(backend):
+            choices = ", ".join(repr(b) for b in _backends.names())
             raise ValueError(f"{where}: unknown backend {backend!r}; choose one of {choices}.")
-        worker_options = check_worker_options(where, backend, initializer, initargs,
-                                              max_tasks_per_worker, cluster, forward_logs)
+        valid = [o.name for o in by_kind("worker", "pool")]
+        unknown = set(options) - set(valid)
+        if unknown:
+            raise unknown_options(where, unknown, ["backend", "workers", *valid])
+        worker_options = check_worker_options(where, backend, dict(options), pool=True)
         if workers is None:
-            if backend != "dask":   # dask: the cluster's threads
-                workers = _backends.default_workers(backend)
+            workers = _backends.default_workers(backend)   # None: the backend counts them
         elif isinstance(workers, bool) or not isinstance(workers, int):
             raise TypeError(f"{where}: workers must be an int, got {workers!r}")
         elif workers < 1:
             raise ValueError(f"{where}: workers must be >= 1, got {workers}")
         self.backend_name = backend
-        self._backend: Backend = _backends.create(backend, workers, **worker_options,
-                                                  **backend_options)
+        self._backend: Backend = _backends.create(backend, workers, **worker_options)
         self.workers = self._backend.workers
         self._backend.start()
         self._backend.warm_up()
@@ -211,7 +210,7 @@ class Pool(Executor):
             pool = f"conveyor.{type(self).__name__}"
             raise unknown_options(where, unknown, list(MAP_DEFAULTS), {
                 name: f"{name}= belongs to the pool: {pool}({name}=...)"
-                for name in ("backend", "workers", *WORKER_OPTIONS)})
+                for name in (o.name for o in by_kind("run", "worker", "pool"))})
         opts = check_options(where, **{**MAP_DEFAULTS, **options})
         if defer_errors:   # each error in its result's place, raised as it is consumed
             opts = dataclasses.replace(opts, on_error="defer")
@@ -275,10 +274,9 @@ class Pool(Executor):
         check_fn(fn, where)
         resolve_backend(self.backend_name, fn, where)
         self._check_open(what)
-        wrapper = _AsyncApply(fn) if self.backend_name == "asyncio" else Apply(fn)
-        if self.backend_name == "process":
-            from ._backends.process import check_arguments
-
+        wrapper = _AsyncApply(fn) if is_async_fn(fn) else Apply(fn)
+        check_arguments = type(self._backend).check_arguments
+        if check_arguments is not None:
             # As the stdlib's executors do, a function or an argument that
             # cannot be sent fails the call's future, not submit itself.
             try:

@@ -29,9 +29,9 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from . import _api
+from . import _api, _backends
 from ._jsonl import AsyncLineCall, LineCall, count_lines, error_record, message_of, read_items
-from ._options import BackendName
+from ._options import OPTIONS
 from ._progress import Counted
 from ._results import Results
 from .errors import item_index
@@ -61,29 +61,7 @@ class _Usage(Exception):
     """The command cannot start: say why on one line and exit with status 2."""
 
 
-def _count(minimum: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-    return parse
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text!r}")
-    return value
-
-
-def add_run_parser(commands: Any, backends: list[str]) -> None:
+def add_run_parser(commands: Any) -> None:
     run = commands.add_parser(
         "run", help="map MODULE:FUNCTION over a JSON Lines file",
         description=__doc__.split("\n\n", 1)[1] if __doc__ else None,
@@ -98,26 +76,16 @@ def add_run_parser(commands: Any, backends: list[str]) -> None:
     run.add_argument("--star", action="store_true",
                      help="spread each line over the function's arguments: a JSON array "
                           "as positional arguments, an object as keyword arguments")
-    run.add_argument("--backend", choices=backends, default=None,
-                     help="default: asyncio for a coroutine function, else thread")
-    run.add_argument("--cluster", default=None, metavar="ADDRESS",
-                     help="with --backend dask: the scheduler's address (default: a "
-                          "LocalCluster for the run)")
-    run.add_argument("--workers", type=_count(1), default=None, metavar="N",
-                     help="threads, coroutines or processes (default: the backend's)")
-    run.add_argument("--unordered", action="store_true",
-                     help="write results as they complete, not in input order")
-    run.add_argument("--window", type=_count(1), default=None, metavar="N",
-                     help="items in flight or waiting to be written, at most")
-    run.add_argument("--timeout", type=_seconds, default=None, metavar="SECONDS",
-                     help="per task: an overdue task fails with TaskTimeout")
-    run.add_argument("--retries", type=_count(0), default=0, metavar="N",
-                     help="extra attempts for a failed task (default: 0)")
-    run.add_argument("--on-error", choices=["raise", "return", "skip"], default="raise",
-                     help="what a failed item does (default: raise; see above)")
-    run.add_argument("--rate", type=_seconds, default=None, metavar="PER_SECOND",
-                     help="task starts per second, at most")
-    run.add_argument("--progress", action="store_true", help="a progress bar on stderr")
+    for o in OPTIONS:   # the options' own flags: dest is the option's name
+        flag = o.cli
+        if flag is None:
+            continue
+        extra: dict[str, Any] = {"action": flag.action} if flag.action else {
+            "type": flag.type, "metavar": flag.metavar}
+        if flag.choices is not None:
+            extra["choices"] = flag.choices()
+        run.add_argument(flag.flag, dest=o.name, default=o.default, help=flag.help,
+                         **{k: v for k, v in extra.items() if v is not None})
     run.add_argument("--traceback", action="store_true",
                      help="print the failed task's traceback (with --on-error raise), or "
                           "the full traceback of a run that could not start")
@@ -154,17 +122,38 @@ def _load(target: str) -> Callable[..., Any]:
     return fn
 
 
-def _backend(target: str, fn: object, chosen: BackendName | None) -> BackendName:
+def _backend(target: str, fn: object, chosen: str | None) -> str:
     coroutine = _api.is_async_fn(fn)
+    default = _backends.default_for(coroutine)
     if chosen is None:
-        return "asyncio" if coroutine else "thread"
-    if coroutine and chosen != "asyncio":
+        return default
+    cls = _backends.backend_class(chosen)
+    if coroutine and not cls.runs_coroutines:
         raise _Usage(f"{target} is a coroutine function (async def): run it with "
-                     f"--backend asyncio (the default for one), not --backend {chosen}")
-    if not coroutine and chosen == "asyncio":
+                     f"--backend {default} (the default for one), not --backend {chosen}")
+    if not coroutine and not cls.runs_functions:
+        others = [b for b in _backends.builtin() if _backends.backend_class(b).runs_functions]
         raise _Usage(f"{target} is not a coroutine function (async def), which --backend "
-                     "asyncio needs: leave --backend out, or use thread or process")
+                     f"{chosen} needs: leave --backend out, or use {' or '.join(others)}")
     return chosen
+
+
+def _options(args: argparse.Namespace, backend: str) -> dict[str, Any]:
+    """The options of the run, from their flags; a worker option the backend does
+    not take is a usage error, before any file is opened."""
+    takes = _backends.backend_class(backend).options
+    options = {}
+    for o in OPTIONS:
+        if o.cli is None or o.name == "backend":
+            continue
+        value = getattr(args, o.name)
+        if o.kind == "worker" and o.name not in takes and not o.everywhere:
+            if value != o.default:
+                needs = " or ".join(_backends.taking(o.name))
+                raise _Usage(f"{o.cli.flag} {o.summary}: it needs --backend {needs}")
+            continue
+        options[o.name] = value
+    return options
 
 
 def _open_files(args: argparse.Namespace, stack: contextlib.ExitStack
@@ -202,10 +191,9 @@ def _start(args: argparse.Namespace, stack: contextlib.ExitStack
            ) -> tuple[Results[Any], int]:
     fn = _load(args.target)
     backend = _backend(args.target, fn, args.backend)
-    if args.cluster is not None and backend != "dask":
-        raise _Usage("--cluster names a dask scheduler: it needs --backend dask")
+    options = _options(args, backend)
     src, dst = _open_files(args, stack)
-    call = (AsyncLineCall if backend == "asyncio" else LineCall)(fn, args.star)
+    call = (AsyncLineCall if _api.is_async_fn(fn) else LineCall)(fn, args.star)
     name = "input" if args.input == "-" else args.input
     items: Iterable[Any] = read_items(src, name, args.star)
     if args.progress and args.input != "-":
@@ -213,11 +201,7 @@ def _start(args: argparse.Namespace, stack: contextlib.ExitStack
         if total is not None:
             items = Counted(items, total)   # the bar shows a total and an ETA
     try:
-        results = _api.map(
-            call, items, backend=backend, workers=args.workers,
-            ordered=not args.unordered, window=args.window, timeout=args.timeout,
-            retries=args.retries, on_error=args.on_error, rate=args.rate,
-            progress=args.progress, cluster=args.cluster)
+        results = _api.map(call, items, backend=backend, **options)
     except Exception as exc:   # refused before any work started (a dask cluster away...)
         text = _one_line(exc).replace("conveyor.map: ", "", 1)
         raise _Usage(f"the run could not start: {text}") from exc

@@ -3,29 +3,19 @@
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 
 __all__ = ["build_parser", "main"]
 
 
-def _scale(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
-    from ._backends import BACKENDS
+    from ._backends import names
     from ._demo import QUICK_SCALE
+    from ._options import cli_seconds
     from ._runcmd import EXIT_STATUS, add_run_parser
 
-    backends = list(BACKENDS)
+    backends = names()
     parser = argparse.ArgumentParser(
         prog="conveyor",
         description="Run many tasks at once: on threads, asyncio, worker processes or a\n"
@@ -43,10 +33,10 @@ def build_parser() -> argparse.ArgumentParser:
     speed.add_argument("--quick", action="store_const", dest="scale", const=QUICK_SCALE,
                        help=f"scale every duration down to finish in seconds "
                             f"(same as --scale {QUICK_SCALE:g})")
-    speed.add_argument("--scale", type=_scale, metavar="FLOAT",
+    speed.add_argument("--scale", type=cli_seconds, metavar="FLOAT",
                        help="multiply every duration by FLOAT (default: 1)")
     demo.set_defaults(scale=1.0)
-    add_run_parser(commands, backends)
+    add_run_parser(commands)
     return parser
 
 

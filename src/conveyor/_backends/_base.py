@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 from .._worker import Apply, Star
+from ._capabilities import Capabilities
 
 REMEMBERED = 64   # functions whose per-item time a backend keeps (the oldest go first)
 
@@ -114,8 +115,9 @@ class Running:
         self.since = since          # time.monotonic() when the item started
 
 
-class Backend(ABC):
-    """Runs batches on a set of workers. Subclasses hold mechanism only."""
+class Backend(Capabilities, ABC):
+    """Runs batches on a set of workers. Subclasses hold mechanism only; what they
+    can do is declared on the class (see ``_capabilities.Capabilities``)."""
 
     name: ClassVar[str]
     #: True if :meth:`steal` can take back the unstarted tail of a running batch.

@@ -66,9 +66,15 @@ class _Worker:
 
 class AsyncioBackend(Backend):
     name = "asyncio"
+    runs_coroutines, runs_functions = True, False
+    options = Backend.options | {"loop"}
     can_steal = True
     batch_target = 0.002
     max_batch = 4096
+
+    @classmethod
+    def default_workers(cls) -> int:
+        return 100
 
     def __init__(self, workers: int, *, loop: asyncio.AbstractEventLoop | None = None,
                  initializer: Callable[..., object] | None = None,

@@ -317,10 +317,19 @@ class _Split:
 
 class DaskBackend(Backend):
     name = "dask"
+    options = Backend.options | {"cluster", "forward_logs"}
+    requires = ("distributed",)
+    check_available = staticmethod(import_distributed)
+    cannot_run = ("{where}: {fn} is a coroutine function; the {name!r} backend runs plain "
+                  "functions. Wrap it: def run(x): return asyncio.run(fn(x)).")
     batch_target = 0.25     # dask costs ~1.6 ms a task, plus a round trip: batches of ~250 ms
     max_batch = 16384
     times_items = False     # a task's items cannot be timed one by one: timed batches are 1 item
     batches_per_worker = 2  # both on the cluster: later ones get the size batching has learned
+
+    @classmethod
+    def default_workers(cls) -> None:
+        return None   # the cluster's threads, counted again as the run goes
 
     def __init__(self, workers: int | None, *,
                  initializer: Callable[..., object] | None = None,

@@ -87,6 +87,7 @@ from ._base import (
     underlying,
     wait_event,
 )
+from ._capabilities import usable_cpus
 
 __all__ = ["ProcessBackend", "check_arguments", "pickle_function"]
 
@@ -381,9 +382,18 @@ class _Unstarted:
 
 class ProcessBackend(Backend):
     name = "process"
+    options = Backend.options | {"max_tasks_per_worker", "forward_logs"}
+    check_arguments = staticmethod(check_arguments)
+    cannot_run = ("{where}: {fn} is a coroutine function; the {name!r} backend runs plain "
+                  "functions. Use backend={instead!r}, or wrap it: "
+                  "def run(x): return asyncio.run(fn(x)).")
     can_steal = True
     batch_target = 0.02     # a pipe round trip costs ~100 us: batches of tens of ms
     max_batch = 16384
+
+    @classmethod
+    def default_workers(cls) -> int:
+        return usable_cpus()
 
     def __init__(self, workers: int, *, initializer: Callable[..., object] | None = None,
                  initargs: tuple[Any, ...] = (), max_tasks_per_worker: int | None = None,

@@ -20,6 +20,13 @@ interrupted, so an expired item is *abandoned*: the worker is marked, a
 replacement thread starts at once, and the old thread exits as soon as the
 call returns, its result discarded.
 
+What one worker thread does -- set up, run batches, tear down -- is a
+:class:`WorkerContext`, as in CPython's ``concurrent.futures.thread`` (whose
+``WorkerContext`` its ``InterpreterPoolExecutor`` subclasses): a variant of
+this backend (a sub-interpreter per worker, settings of a free-threaded
+build) is a subclass of it, named by a ``ThreadBackend`` subclass's
+``context``, and keeps this file's queue, growth, timeouts and stealing.
+
 Threads start lazily (another one whenever a batch is left waiting in the
 queue, up to ``workers``) and are daemon threads, so an abandoned call can never keep
 the interpreter from exiting; :meth:`close` joins every thread that is not
@@ -33,7 +40,7 @@ import threading
 import time
 from collections.abc import Callable
 from queue import SimpleQueue
-from typing import Any
+from typing import Any, ClassVar
 
 from .._worker import set_thread_state
 from ._base import (
@@ -50,7 +57,7 @@ from ._base import (
     take_unstarted,
 )
 
-__all__ = ["ThreadBackend"]
+__all__ = ["ThreadBackend", "WorkerContext"]
 
 _counter = itertools.count(1)
 
@@ -70,8 +77,47 @@ class _Worker:
         return self.abandoned
 
 
+class WorkerContext:
+    """One worker thread's life: :meth:`initialize`, batches, :meth:`finalize`.
+
+    Made in the worker thread, one per thread. Override to change what a
+    worker is: :meth:`run` and :meth:`run_timed` run one batch and return its
+    completion (the prefix rule of ``_base``), :meth:`finalize` releases what
+    :meth:`initialize` made.
+    """
+
+    def __init__(self, initializer: Callable[..., object] | None,
+                 initargs: tuple[Any, ...]) -> None:
+        self.initializer = initializer
+        self.initargs = initargs
+
+    def initialize(self) -> None:
+        """Before the first batch; what it raises fails every task of this worker
+        (``WorkerInitError``)."""
+        set_thread_state()   # conveyor.worker_state(): this thread's own dict
+        if self.initializer is not None:
+            self.initializer(*self.initargs)
+
+    def run(self, batch: Batch) -> Completion:
+        """Run ``batch`` (not timed): the fast path, a call and an append per item."""
+        return _run(batch)
+
+    def run_timed(self, batch: Batch, worker: _Worker) -> Completion | None:
+        """Run a batch of a run with ``timeout=``, recording in ``worker`` which item
+        runs since when; None if the worker was abandoned (``expire`` reported it)."""
+        return _run_timed(batch, worker)
+
+    def finalize(self) -> None:
+        """After the last batch, in the worker thread (also after an abandoned call
+        returns, or a failed :meth:`initialize`)."""
+        return
+
+
 class ThreadBackend(Backend):
     name = "thread"
+    options = Backend.options | {"thread_name_prefix"}
+    #: What each worker thread is (see :class:`WorkerContext`).
+    context: ClassVar[type[WorkerContext]] = WorkerContext
     can_steal = True
     batch_target = 0.002
     max_batch = 4096
@@ -179,11 +225,10 @@ class ThreadBackend(Backend):
         t.start()
 
     def _work(self, w: _Worker) -> None:
-        set_thread_state()   # conveyor.worker_state(): this thread's own dict
+        ctx = self.context(self._initializer, self._initargs)
         init_error: BaseException | None = None
         try:
-            if self._initializer is not None:
-                self._initializer(*self._initargs)
+            ctx.initialize()
         except BaseException as exc:
             init_error = initializer_failed(self._initializer, exc)
         queue = self._queue
@@ -199,7 +244,7 @@ class ThreadBackend(Backend):
                 if batch is None:
                     return
                 if not settle_unrunnable(batch, init_error):
-                    done = _run_timed(batch, w) if batch.timed else _run(batch)
+                    done = ctx.run_timed(batch, w) if batch.timed else ctx.run(batch)
                     if done is None:
                         return  # abandoned: expire() reported and replaced us
                     batch.sink(done)
@@ -213,6 +258,7 @@ class ThreadBackend(Backend):
             with self._lock:
                 if w in self._live:
                     self._live.remove(w)
+            ctx.finalize()
 
 
 def _run(batch: Batch) -> Completion:
