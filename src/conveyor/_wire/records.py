@@ -207,11 +207,6 @@ class Failure:
         """The same failure, for position ``pos``."""
         return Failure(pos, self.kind, self.exc, self.type_name, self.message, self.tb)
 
-    def without_exc(self) -> Failure:
-        failure = self.at(self.pos)
-        failure.exc = None
-        return failure
-
 
 class Outcomes(tuple):  # type: ignore[type-arg]
     """``(values, packed, failures)``: see ``pickles.pack_outcomes``.
