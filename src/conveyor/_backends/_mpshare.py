@@ -39,6 +39,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import _worker
+from .._wire import pickles
+from .._wire.functions import pickle_function
 from ..errors import NotPicklable
 
 __all__ = ["NotShareable", "Shared", "classes", "cloudpickle_dumps", "pickle_initargs",
@@ -193,10 +195,10 @@ _sharing: Any = None
 
 
 def cloudpickle_dumps(obj: object, spawning: _Spawning | None = None) -> bytes:
-    """``_worker.cloudpickle_dumps``, with multiprocessing's objects seen to (``reduce``)."""
+    """``pickles.cloudpickle_dumps``, with multiprocessing's objects seen to (``reduce``)."""
     global _sharing
     if _sharing is None:
-        class Sharing(_worker.cloudpickler()):  # type: ignore[misc]
+        class Sharing(pickles.cloudpickler()):  # type: ignore[misc]
             shared: tuple[type, ...] = ()
             spawning: _Spawning | None = None
 
@@ -236,8 +238,6 @@ def pickle_initargs(initializer: Callable[..., object], initargs: tuple[Any, ...
     Raises ``NotPicklable`` (at ``Pool(...)``) naming the argument that
     cannot be sent, and for an object of multiprocessing's, what to do.
     """
-    from .process import pickle_function
-
     if not shared_types():   # no multiprocessing loaded: nothing of its can be in there
         return pickle_function((initializer, initargs), WHAT), None
     with _spawning() as spawning:
