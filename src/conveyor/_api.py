@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _backends
 from ._backends._base import Backend
+from ._engine import Options, Run
 from ._options import RunOptions
 from ._progress import import_tqdm
 from ._results import AsyncResults, Results
-from ._scheduler import Options, Run
 from ._slips import unknown_options
 from ._source import AsyncSource, Source, ThreadSource, reads_directly
 from ._worker import Star

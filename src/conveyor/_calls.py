@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._backends._base import WAIT_SLICE, Backend, Batch, Completion
-from ._outcomes import backoff_delay
+from ._engine.policy import backoff_delay
 from .errors import PoolClosed, TaskTimeout
 
 __all__ = ["CallOptions", "Calls"]

@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 
 from ._api import check_fn, resolve_backend, spread
 from ._backends import default_workers
-from ._outcomes import Raised
+from ._engine.policy import Raised
 from ._pool import Pool
 from ._results import Results
 

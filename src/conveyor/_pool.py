@@ -37,9 +37,9 @@ from ._api import (
 )
 from ._backends._base import Backend
 from ._calls import PLAIN, CallOptions, Calls
+from ._engine import Run
 from ._options import MapOptions
 from ._results import Results
-from ._scheduler import Run
 from ._slips import unknown_options
 from ._worker import Apply
 from .errors import NotPicklable, PoolClosed

@@ -3,7 +3,7 @@
 A backend is *mechanism only*: it runs a batch's items through a function and
 reports what happened. Everything that is policy (ordering, the window,
 retries, the error policy, timeouts' deadlines, rate, progress, stats) lives
-once, in ``conveyor._scheduler``.
+once, in the engine (``conveyor._engine``).
 
 The unit of work is a :class:`Batch`: a function and a list of items. The
 backend reports a :class:`Completion` through ``batch.sink`` (a thread-safe
