@@ -100,12 +100,15 @@ class Ordering:
         """Ordered mode: hand out finished groups in order (and the head's prefix).
         Returns the failure to raise once the results before it are out."""
         ready = self._ready
+        moved = False
         while True:
             g = ready.pop(self.next_emit, None)
             if g is None:
-                if self._head_dirty:
+                # A new head may hold a finished prefix recorded while it waited.
+                if self._head_dirty or moved:
                     self._emit_head_prefix()
                 return None
+            moved = True
             self.next_emit += 1
             self._live.pop(g.seq, None)
             values = g.values
