@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _backends
 from ._backends._base import Backend
-from ._engine import Options, Run
+from ._engine import Options, Run, new_run
 from ._options import RunOptions
 from ._progress import import_tqdm
 from ._results import AsyncResults, Results
@@ -275,7 +275,7 @@ def start_run(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any
         else:
             source = ThreadSource(items)
         # e.g. tqdm refusing the progress options
-        run = Run(fn, source, length_of(items), backend, owns_backend=owns_backend,
+        run = new_run(fn, source, length_of(items), backend, owns_backend=owns_backend,
                   options=options)
     except BaseException:
         if owns_backend:

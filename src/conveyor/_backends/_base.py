@@ -38,9 +38,12 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._worker import Apply, Star
+
+if TYPE_CHECKING:
+    import asyncio
 
 REMEMBERED = 64   # functions whose per-item time a backend keeps (the oldest go first)
 
@@ -132,6 +135,9 @@ class Backend(ABC):
     #: the small sizes adaptive batching starts with, would otherwise fill the
     #: whole window and set the run's pace.
     batches_per_worker: ClassVar[int | None] = None
+    #: True if every completion may be reported on one event loop's thread
+    #: (:meth:`event_loop`): the run's core can then run on that loop.
+    loop_driven: ClassVar[bool] = False
 
     workers: int
 
@@ -224,6 +230,12 @@ class Backend(ABC):
         values = out[start:end]
         errors = [p for p in errs if start <= p < end] if errs else []
         return values, errors
+
+    def event_loop(self) -> asyncio.AbstractEventLoop | None:
+        """Once started: the loop whose thread runs the workers and reports every
+        completion, if the run's core may run there too (the event-loop driver);
+        None: the run needs a dispatcher thread of its own."""
+        return None
 
     def poll(self) -> None:
         """Report (as lost) batches that can no longer run, e.g. because the

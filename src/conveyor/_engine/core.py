@@ -69,6 +69,9 @@ class Core:
         #: Called when every worker has a batch and more are being prepared
         #: (the thread driver releases the GIL there, so the workers start).
         self.pause: Callable[[], None] | None = None
+        self._remembered = False
+        self._rebalance_at = 0.0    # when to look at the batches in flight again
+        self._starved = False       # ... or when the run runs out of new work
 
     # -- events ------------------------------------------------------------------
     def step(self) -> None:
@@ -122,11 +125,16 @@ class Core:
         if intake.wants_start():
             wake = min(wake, intake.next_start)
         if self.in_flight:
-            idle = intake.workers - len(self.in_flight)
+            # A look at every batch in flight: not at every step, but when the
+            # oldest may have run long, or the input has just ended.
             starved = intake.closed or intake.window.held() >= intake.limit()
-            wake = min(wake, self.timers.rebalance(
-                now, self.in_flight, idle, starved, self.ordering.is_head, self._harvest,
-                self._submit, self._is_stopping))
+            if now >= self._rebalance_at or starved != self._starved:
+                self._starved = starved
+                idle = intake.workers - len(self.in_flight)
+                self._rebalance_at = self.timers.rebalance(
+                    now, self.in_flight, idle, starved, self.ordering.is_head,
+                    self._harvest, self._submit, self._is_stopping)
+            wake = min(wake, self._rebalance_at)
         return wake
 
     def stats(self) -> Stats:
@@ -136,6 +144,7 @@ class Core:
     def _submit(self, items: list[Any], group: Group, start: int, attempt: int = 0) -> None:
         b = Batch(self.fn, items, self.sink, owner=self, group=group, start=start,
                   attempt=attempt, timed=self.options.timeout is not None)
+        self._young()
         self.in_flight[b] = None
         self.counters.batches += 1
         self.backend.submit(b)
@@ -169,6 +178,7 @@ class Core:
         timed = self.options.timeout is not None
         rated = self.options.rate is not None
         pause = self.pause
+        n0 = len(in_flight)
         short = plan.refill   # the first turn waits for that much room; later ones fill it
         intake.window.want_room = False   # set again by room() if still short of room
         while True:
@@ -188,6 +198,8 @@ class Core:
             b = Batch(fn, items, sink, owner=self, group=g, timed=timed)
             in_flight[b] = None
             submit(b)
+            if n0 == len(in_flight) - 1:
+                self._young()
             if intake.done:
                 return
             if pause is not None and len(in_flight) == workers:
@@ -199,6 +211,9 @@ class Core:
         b = c.batch
         self.in_flight.pop(b, None)
         self.timers.forget(b)
+        # A worker is free, and a batch waiting for one may have started: look
+        # at the batches in flight again (at most once per `after`).
+        self._young()
         self.counters.busy += c.busy
         if self.stopping:
             self._count_discarded(c)
@@ -228,8 +243,13 @@ class Core:
             return
         if not c.errors and not done:
             batcher = self.intake.batcher
+            size = batcher.size
             batcher.observe(n, c.busy)
-            if batcher.per_item is not None and batcher.fixed is None:
+            # The backend keeps the estimate for its next map of fn (a weak
+            # mapping: costly per batch): told when the size it gives changes.
+            if batcher.per_item is not None and batcher.fixed is None \
+                    and (batcher.size != size or not self._remembered):
+                self._remembered = True
                 self.backend.remember(self.fn, batcher.per_item)
         values = c.values if not done else c.values[done:]
         errors = c.errors if not done or not c.errors else [p - done for p in c.errors
@@ -302,6 +322,12 @@ class Core:
     def _end(self, error: BaseException | None) -> None:
         if self.end is None:
             self.end = End(error)
+
+    def _young(self) -> None:
+        """A batch starts (or may start) now: look at it once it may have run long."""
+        at = self.clock.now() + self.timers.after
+        if at < self._rebalance_at:
+            self._rebalance_at = at
 
     def _is_stopping(self) -> bool:
         return self.stopping

@@ -28,18 +28,16 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 from .._backends._base import Backend, Completion, join
-from .._outbox import Outbox
-from .._progress import ProgressBar, Stats
-from .._source import CHUNK_POLL, Source
+from .._source import Source
 from .core import Core
+from .facade import Run
 from .options import Options
 
-__all__ = ["FLUSH_EVERY", "POLL_EVERY", "Run"]
+__all__ = ["POLL_EVERY", "ThreadRun"]
 
 _STOP = object()         # event: the consumer asked the run to stop
 _INPUT = object()        # event: an async input has items again
 
-FLUSH_EVERY = 0.001     # seconds: most often results are handed over while busy
 POLL_EVERY = 1.0        # seconds without news before asking the backend for lost work
 
 
@@ -52,31 +50,19 @@ class _Stop:
         self.error = error
 
 
-class Run:
-    """One map: owns the dispatcher thread, the outbox, and (maybe) a backend."""
+class ThreadRun(Run):
+    """One map whose core runs in a dispatcher thread of its own."""
 
     def __init__(self, fn: Callable[[Any], Any], items: Iterator[Any] | Source,
                  total: int | None, backend: Backend, *, owns_backend: bool,
                  options: Options) -> None:
-        self.backend = backend
-        self.outbox = Outbox()
         self.events: SimpleQueue[Any] = SimpleQueue()
-        self.core = core = Core(fn, items, total, backend, options, sink=self.events.put)
+        core = Core(fn, items, total, backend, options, sink=self.events.put)
+        super().__init__(core, total, options)
         # Every worker has a batch: let them start (release the GIL once)
         # before preparing the batches that will queue up.
         core.pause = _yield_gil
-        self._window = core.intake.window
         self._owns_backend = owns_backend
-        self._last_flush = 0.0
-        self._end_sent = False
-        self._bar: ProgressBar | None = None
-        if options.progress:
-            self._bar = ProgressBar(core.counters, total, options.desc,
-                                    dict(options.progress_options))
-        self.keep: object = None        # what must live as long as the run (its Pool)
-        self._exit_callbacks: list[Callable[[], None]] = []
-        self._exit_lock = threading.Lock()
-        self._exited = False
         self._thread = threading.Thread(target=self._main, name="conveyor-scheduler",
                                         daemon=True)
 
@@ -87,9 +73,6 @@ class Run:
             events = self.events
             source.start(lambda: events.put(_INPUT))
         self._thread.start()
-
-    def stats(self) -> Stats:
-        return self.core.stats()
 
     def took(self, n: int) -> None:
         """The consumer took ``n`` items from the outbox: free window space.
@@ -108,24 +91,10 @@ class Run:
         """
         self.events.put(_STOP if error is None else _Stop(error))
 
-    def cancel_batches(self) -> None:
-        """From any thread: mark the batches in flight cancelled, so that a worker
-        taking one now drops it (``stop`` then cancels them properly)."""
-        for b in list(self.core.in_flight):   # one C-level copy: safe while the dispatcher runs
-            b.cancelled = True
-
     def close(self, *, wait: bool = True, error: BaseException | None = None) -> None:
         self.stop(error)
         if wait and self._thread.is_alive() and threading.current_thread() is not self._thread:
             join(self._thread)   # in slices: Ctrl-C must land
-
-    def on_exit(self, callback: Callable[[], None]) -> bool:
-        """Call ``callback`` (in the dispatcher thread) when it ends; False if it has."""
-        with self._exit_lock:
-            if self._exited:
-                return False
-            self._exit_callbacks.append(callback)
-            return True
 
     def wait_finished(self) -> None:
         """Wait (interruptibly) until the dispatcher thread has ended."""
@@ -135,11 +104,6 @@ class Run:
     @property
     def finished(self) -> bool:
         return not self._thread.is_alive()
-
-    @property
-    def total(self) -> int | None:
-        """The input's length, where it has one."""
-        return self.core.intake.total
 
     # -- dispatcher thread ---------------------------------------------------
     def _main(self) -> None:
@@ -162,16 +126,7 @@ class Run:
             finally:
                 if self._owns_backend:
                     self.backend.close(cancel=True)
-                core.counters.ended = time.perf_counter()
-                if self._bar is not None:
-                    self._bar.close(complete=complete)
-                core.stop()
-                self._hand_over(force=True)
-                with self._exit_lock:
-                    self._exited = True
-                    callbacks = self._exit_callbacks[:]
-                for cb in callbacks:
-                    cb()
+                self._exit(complete)
 
     def _loop(self) -> None:
         core = self.core
@@ -186,21 +141,7 @@ class Run:
                 return
             now = clock.now()
             wake = core.wake_at(now)
-            if core.end is not None:
-                self._hand_over(force=True)
-            elif core.ordering.out:
-                # Hand results over at most every FLUSH_EVERY seconds while
-                # more are coming: each hand-over wakes the consumer's thread,
-                # and under a burst of completions those wake-ups would take
-                # the GIL from the workers. An idle run hands over at once.
-                due = self._last_flush + FLUSH_EVERY
-                if due <= now or not core.in_flight:
-                    self._hand_over()
-                else:
-                    wake = min(wake, due)
-            src = core.intake.source
-            if src is not None and src.chunk > 1:
-                wake = min(wake, now + CHUNK_POLL)   # the pump reads a chunk: look meanwhile
+            wake = self._hand_over_due(now, wake)
             if core.in_flight:
                 # No completion for POLL_EVERY seconds (timers may have woken us
                 # meanwhile): is work stranded, e.g. on a closed event loop?
@@ -246,21 +187,6 @@ class Run:
         elif type(ev) is _Stop:
             self.core.stop(ev.error)
         # _INPUT and 0 need no handling: waking up makes the loop fill again.
-
-    def _hand_over(self, *, force: bool = False) -> None:
-        """Hand the pending chunks to the consumer in one entry (one wake-up), and
-        then the end, once it is known."""
-        core = self.core
-        out = core.ordering.out
-        if out:
-            self._last_flush = core.clock.now()
-            chunks = core.ordering.take()
-            self.outbox.put(chunks[0] if len(chunks) == 1 else tuple(chunks))
-        end = core.end
-        if force and end is not None and not self._end_sent:
-            self._end_sent = True
-            self.outbox.put(end)
-
 
 def _yield_gil() -> None:
     time.sleep(0)

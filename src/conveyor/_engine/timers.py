@@ -30,6 +30,8 @@ class Timers:
         self.backend = backend
         self.timeout = timeout
         self.owner = owner          # the batches whose deadlines are ours
+        self.after = 4 * backend.batch_target   # a batch running this long is looked at
+        self.poll = max(self.after, 0.05)       # ... and again this often
         self._expired: dict[Batch, set[int]] = {}
 
     def forget(self, b: Batch) -> None:
@@ -68,8 +70,8 @@ class Timers:
         ``is_head(group)``), and hand their unstarted items to ``idle`` workers when
         the run is ``starved`` of other work (steal). Returns when to look again."""
         backend = self.backend
-        after = 4 * backend.batch_target
-        poll = max(after, 0.05)
+        after = self.after
+        poll = self.poll
         can_steal = backend.can_steal and starved
         wake = math.inf
         for b in list(in_flight):
