@@ -44,3 +44,27 @@ def test_a_pool_on_asyncio_has_no_dispatcher_thread_and_keeps_its_guarantees() -
 def test_a_sync_map_on_threads_keeps_its_dispatcher_thread() -> None:
     seen = [_dispatchers() for _ in conveyor.map(abs, range(3), backend="thread")]
     assert seen[0] == ["conveyor-scheduler"]
+
+
+def test_amap_of_coroutines_runs_its_engine_on_the_callers_loop() -> None:
+    async def fn(x: int) -> int:
+        await asyncio.sleep(0)
+        return x + 1
+
+    async def main() -> tuple[list[int], list[list[str]]]:
+        out, seen = [], []
+        async for r in conveyor.amap(fn, range(100), workers=5, window=10):
+            out.append(r)
+            seen.append(_dispatchers())
+        return out, seen
+
+    out, seen = asyncio.run(main())
+    assert out == list(range(1, 101))
+    assert all(names == [] for names in seen)
+
+
+def test_amap_of_a_sync_function_keeps_its_dispatcher_thread() -> None:
+    async def main() -> list[list[str]]:
+        return [_dispatchers() async for _ in conveyor.amap(abs, range(3))]
+
+    assert asyncio.run(main())[0] == ["conveyor-scheduler"]

@@ -7,9 +7,10 @@
                                                  |  out.append(await fn(x)) per item
     engine <--batch.sink(Completion)-------------+
 
-On conveyor's shared loop the run's core runs on the loop too (the engine's
-event-loop driver: ``event_loop``), so submitting and reporting are direct
-calls; otherwise a dispatcher thread submits across threads.
+On conveyor's shared loop and under ``amap`` the run's core runs on the loop
+too (the engine's event-loop driver: ``event_loop``), so submitting and
+reporting are direct calls; otherwise a dispatcher thread submits across
+threads.
 
 The loop is the caller's for ``conveyor.amap``, one given as ``loop=``
 (``Pool(backend="asyncio", loop=...)``), or else conveyor's own loop, shared
@@ -122,14 +123,17 @@ class AsyncioBackend(Backend):
             self._loop = shared_loop()
 
     def event_loop(self) -> asyncio.AbstractEventLoop | None:
-        # conveyor's shared loop only, which runs until the interpreter exits. A
-        # caller's loop (amap, loop=) may close under a run, and a loop of the
-        # backend's own is stopped (and its thread joined) by a blocking close():
-        # those runs keep a dispatcher thread.
+        # conveyor's shared loop, which runs until the interpreter exits, and the
+        # loop running in this thread (amap's: the caller's). A loop of the
+        # backend's own is stopped (and its thread joined) by a blocking close(),
+        # and a loop given to a Pool may not be running yet: those runs keep a
+        # dispatcher thread.
         loop = self._loop
-        if loop is None or loop.is_closed() or loop is not current_shared_loop():
+        if loop is None or loop.is_closed():
             return None
-        return loop
+        if loop is current_shared_loop() or self._in_loop():
+            return loop
+        return None
 
     def _in_loop(self) -> bool:
         loop = self.loop

@@ -8,9 +8,10 @@
       (call_soon_       │ next wake-up: loop.call_later           │◀─sink─── (a direct call:
        threadsafe)      └─────────────────────────────────────────┘           same thread)
 
-For the asyncio backend on conveyor's own loop (a sync ``conveyor.map`` of a
-coroutine function, a ``Pool(backend="asyncio")``): the workers report on the
-loop, so a completion is a direct call that queues it and, once per burst,
+For the asyncio backend on conveyor's shared loop (a sync ``conveyor.map`` of
+a coroutine function, a ``Pool(backend="asyncio")``) and on the caller's loop
+(``conveyor.amap`` of a coroutine function): the workers report on the loop,
+so a completion is a direct call that queues it and, once per burst,
 schedules one step of the core with ``call_soon``. There is no dispatcher
 thread and no hop between threads per batch. The consumer's ``took`` and
 ``stop`` and the input's pump come from other threads: they wake the loop
@@ -18,8 +19,9 @@ with one ``call_soon_threadsafe``, and only when no step is pending.
 
 The core's wake-up time is armed with ``call_later``, and re-armed only when
 the core wants an earlier one (a timer that fires early just steps again).
-If the loop has closed (the interpreter exits), whoever tries to wake it
-runs what is left in its own thread: the backend reports the batches it
+If the loop has closed (the interpreter exits, or ``asyncio.run`` ended
+under an ``amap``), whoever tries to wake it (the results' finaliser, at the
+latest) runs what is left in its own thread: the backend reports the batches it
 stranded as lost, and the run ends.
 """
 
