@@ -164,6 +164,8 @@ class LoopRun(Run):
                 self._finish()
             else:
                 self._plan()
+            if not isinstance(exc, Exception):
+                raise   # Ctrl-C on the caller's loop: the loop's own handling goes on
 
     def _plan(self) -> None:
         """Hand results over, and arm the timer for the core's next wake-up."""
@@ -184,6 +186,8 @@ class LoopRun(Run):
             self._step()
 
     def _finish(self) -> None:
+        if self._ending:
+            return
         self._ending = True
         core = self.core
         complete = not core.stopping and core.intake.error is None
