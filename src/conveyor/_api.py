@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _backends
 from ._backends._base import Backend
+from ._engine import Options, Run, new_run
 from ._options import RunOptions, by_kind, map_fields, positive_int
 from ._results import AsyncResults, Results
-from ._scheduler import Options, Run
 from ._slips import unknown_options
 from ._source import AsyncSource, Source, ThreadSource, reads_directly
 from ._worker import Star
@@ -194,7 +194,7 @@ def start_run(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any
         else:
             source = ThreadSource(items)
         # e.g. tqdm refusing the progress options
-        run = Run(fn, source, length_of(items), backend, owns_backend=owns_backend,
+        run = new_run(fn, source, length_of(items), backend, owns_backend=owns_backend,
                   options=options)
     except BaseException:
         if owns_backend:

@@ -16,7 +16,7 @@ Items travel to workers in batches (fewer hand-offs per item). The rule:
 * A batch that took longer than twice the target shrinks the size at once to
   what the estimate says (one item for a task slower than the target): long
   tasks are never grouped, so the load stays balanced.
-* The scheduler (``_scheduler.Run._fill``) caps each batch further: at most
+* The engine (``_engine.intake``) caps each batch further: at most
   ``remaining items / workers`` when the input has a length, so the tail of a
   run spreads over all workers; with ``window=`` given, at most
   ``window / (2 * workers)``. Where batches wait on the workers (dask: two per

@@ -10,7 +10,7 @@
     watch thread (only while a call has timeout= or waits to be retried):
         expires overdue calls (Backend.expire), sends retries when due
 
-This is the policy of single calls, as ``_scheduler`` is the policy of maps:
+This is the policy of single calls, as ``_engine`` is the policy of maps:
 a timeout is a deadline on what ``Backend.running()`` reports, retries follow
 ``retry_on`` with the backoff of ``conveyor.map``. No lock of this module is
 held while it calls the backend or completes a future, so a backend may
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._backends._base import WAIT_SLICE, Backend, Batch, Completion
-from ._outcomes import backoff_delay
+from ._engine.policy import backoff_delay
 from .errors import PoolClosed, TaskTimeout
 
 __all__ = ["CallOptions", "Calls"]

@@ -27,7 +27,7 @@ from concurrent import futures
 from typing import Any, TypeVar
 
 from ._api import check_fn, resolve_backend, spread
-from ._outcomes import Raised
+from ._engine.policy import Raised
 from ._pool import Pool
 from ._results import Results
 

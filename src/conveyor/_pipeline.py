@@ -33,8 +33,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iter
 from typing import Any, Generic, TypeVar, overload
 
 from . import _api, _backends
+from ._engine.policy import add_note
 from ._options import by_kind, positive_int
-from ._outcomes import add_note
 from ._progress import Counted, Stats
 from ._results import Results, _aiterate, _consumed
 from ._slips import Usage, unknown_options, warn_if_blocking, warn_unread

@@ -4,7 +4,7 @@ A ``concurrent.futures.Executor``: ``submit``, ``map``, ``shutdown`` and the
 ``with`` block behave as the executor contract says, with conveyor's
 streaming ``map`` (see ``_executors`` for the drop-in classes with the
 stdlib's eager ``map``). Single calls live in ``_calls``; maps are runs of
-the engine (``_scheduler``) on the pool's backend.
+the engine (``_engine``) on the pool's backend.
 
 **Lifetimes.** A pool is released like a ``ThreadPoolExecutor``: dropped
 without ``shutdown``, its workers finish the calls given to it and exit. A
@@ -37,9 +37,9 @@ from ._api import (
 )
 from ._backends._base import Backend
 from ._calls import PLAIN, CallOptions, Calls
+from ._engine import Run
 from ._options import BackendName, MapOptions, PoolOptions, by_kind
 from ._results import Results
-from ._scheduler import Run
 from ._slips import unknown_options
 from ._worker import Apply
 from .errors import NotPicklable, PoolClosed

@@ -12,9 +12,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from types import AsyncGeneratorType, GeneratorType, TracebackType
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar
 
+from ._engine import Run
 from ._outbox import End
 from ._progress import Stats
-from ._scheduler import Run
 from ._slips import Usage, warn_if_blocking, warn_unread
 from .errors import ResultsConsumed
 

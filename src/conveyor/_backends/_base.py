@@ -3,7 +3,7 @@
 A backend is *mechanism only*: it runs a batch's items through a function and
 reports what happened. Everything that is policy (ordering, the window,
 retries, the error policy, timeouts' deadlines, rate, progress, stats) lives
-once, in ``conveyor._scheduler``.
+once, in the engine (``conveyor._engine``).
 
 The unit of work is a :class:`Batch`: a function and a list of items. The
 backend reports a :class:`Completion` through ``batch.sink`` (a thread-safe
@@ -38,10 +38,13 @@ import time
 import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from .._worker import Apply, Star
 from ._capabilities import Capabilities
+
+if TYPE_CHECKING:
+    import asyncio
 
 REMEMBERED = 64   # functions whose per-item time a backend keeps (the oldest go first)
 
@@ -134,6 +137,9 @@ class Backend(Capabilities, ABC):
     #: the small sizes adaptive batching starts with, would otherwise fill the
     #: whole window and set the run's pace.
     batches_per_worker: ClassVar[int | None] = None
+    #: True if every completion may be reported on one event loop's thread
+    #: (:meth:`event_loop`): the run's core can then run on that loop.
+    loop_driven: ClassVar[bool] = False
 
     workers: int
 
@@ -226,6 +232,12 @@ class Backend(Capabilities, ABC):
         values = out[start:end]
         errors = [p for p in errs if start <= p < end] if errs else []
         return values, errors
+
+    def event_loop(self) -> asyncio.AbstractEventLoop | None:
+        """Once started: the loop whose thread runs the workers and reports every
+        completion, if the run's core may run there too (the event-loop driver);
+        None: the run needs a dispatcher thread of its own."""
+        return None
 
     def poll(self) -> None:
         """Report (as lost) batches that can no longer run, e.g. because the

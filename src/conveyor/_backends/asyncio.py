@@ -2,10 +2,15 @@
 
 ::
 
-    scheduler --call_soon_threadsafe--> deque[Batch] / waiting workers
-                                          |  worker task 1..N (on the loop)
-                                          |  out.append(await fn(x)) per item
-    scheduler <--batch.sink(Completion)---+
+    engine --submit (on the loop: direct;  --> deque[Batch] / waiting workers
+             else call_soon_threadsafe)          |  worker task 1..N (on the loop)
+                                                 |  out.append(await fn(x)) per item
+    engine <--batch.sink(Completion)-------------+
+
+On conveyor's shared loop and under ``amap`` the run's core runs on the loop
+too (the engine's event-loop driver: ``event_loop``), so submitting and
+reporting are direct calls; otherwise a dispatcher thread submits across
+threads.
 
 The loop is the caller's for ``conveyor.amap``, one given as ``loop=``
 (``Pool(backend="asyncio", loop=...)``), or else conveyor's own loop, shared
@@ -33,7 +38,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from .._loop import LoopThread, on_shared_loop, shared_loop
+from .._loop import LoopThread, current_shared_loop, on_shared_loop, shared_loop
 from .._worker import set_thread_state
 from ._base import (
     WAIT_SLICE,
@@ -71,6 +76,7 @@ class AsyncioBackend(Backend):
     can_steal = True
     batch_target = 0.002
     max_batch = 4096
+    loop_driven = True
 
     @classmethod
     def default_workers(cls) -> int:
@@ -122,6 +128,19 @@ class AsyncioBackend(Backend):
         else:
             self._loop = shared_loop()
 
+    def event_loop(self) -> asyncio.AbstractEventLoop | None:
+        # conveyor's shared loop, which runs until the interpreter exits, and the
+        # loop running in this thread (amap's: the caller's). A loop of the
+        # backend's own is stopped (and its thread joined) by a blocking close(),
+        # and a loop given to a Pool may not be running yet: those runs keep a
+        # dispatcher thread.
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            return None
+        if loop is current_shared_loop() or self._in_loop():
+            return loop
+        return None
+
     def _in_loop(self) -> bool:
         loop = self.loop
         try:
@@ -139,6 +158,9 @@ class AsyncioBackend(Backend):
             self.poll()
 
     def submit(self, batch: Batch) -> None:
+        if self._in_loop():   # the run's core runs on the loop: no hop
+            self._enqueue(batch)
+            return
         # Batches submitted in a burst cross to the loop together: one
         # call_soon_threadsafe (one wake-up of the loop) per burst, not per batch.
         self._inbox.append(batch)
