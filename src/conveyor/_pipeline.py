@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import itertools
 import weakref
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterable, Iterator
 from typing import Any, Generic, TypeVar, overload
@@ -38,6 +37,7 @@ from ._options import by_kind, positive_int
 from ._progress import Counted, Stats
 from ._results import Results, _aiterate, _consumed
 from ._slips import Usage, unknown_options, warn_if_blocking, warn_unread
+from ._stages import ATAIL, Expand, Keep, Stage, batched, flatten, stage_total
 from ._zipped import length_of
 
 __all__ = ["Pipeline", "Stream", "stream"]
@@ -46,54 +46,6 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 _STAGE_OPTIONS = tuple(o.name for o in (*by_kind("run"), *by_kind("map"), *by_kind("worker")))
-
-
-class _Stage:
-    __slots__ = ("fn", "kind", "name", "options", "size")
-
-    def __init__(self, kind: str, fn: Callable[[Any], Any] | None, name: str,
-                 options: dict[str, Any], size: int = 0) -> None:
-        self.kind = kind  # "map", "starmap", "filter", "flat_map", "batch", "unbatch"
-        self.fn = fn
-        self.name = name
-        self.options = options
-        self.size = size
-
-
-def _stage_total(stage: _Stage, total: int | None) -> int | None:
-    """How many items come out of ``stage`` for ``total`` going in, where known."""
-    if total is None:
-        return None
-    if stage.kind in ("map", "starmap"):   # one result per item
-        # on_error="skip" drops failures: then how many come out is not known
-        return None if stage.options.get("on_error") == "skip" else total
-    if stage.kind == "batch":
-        return -(-total // stage.size)
-    return None   # filter, flat_map, unbatch: known only once it has run
-
-
-class _Keep:
-    """A filter stage's task: ``(pred(x), x)``, so the predicate runs on the workers."""
-
-    __slots__ = ("pred",)
-
-    def __init__(self, pred: Callable[[Any], Any]) -> None:
-        self.pred = pred
-
-    def __call__(self, x: Any) -> tuple[bool, Any]:
-        return (bool(self.pred(x)), x)
-
-
-class _Expand:
-    """A flat_map stage's task: the items ``fn(x)`` returns, as a list (made on the worker)."""
-
-    __slots__ = ("fn",)
-
-    def __init__(self, fn: Callable[[Any], Iterable[Any]]) -> None:
-        self.fn = fn
-
-    def __call__(self, x: Any) -> list[Any]:
-        return list(self.fn(x))
 
 
 class Stream(Generic[T]):
@@ -110,7 +62,7 @@ class Stream(Generic[T]):
     line that added its last stage.
     """
 
-    def __init__(self, items: Iterable[Any], stages: tuple[_Stage, ...] = (),
+    def __init__(self, items: Iterable[Any], stages: tuple[Stage, ...] = (),
                  progress: bool = False) -> None:
         self._items = items
         self._stages = stages
@@ -119,7 +71,7 @@ class Stream(Generic[T]):
         if stages:
             weakref.finalize(self, _never_run, self._usage, [s.name for s in stages])
 
-    def _add(self, stage: _Stage) -> Stream[Any]:
+    def _add(self, stage: Stage) -> Stream[Any]:
         self._usage.quiet = True   # the longer stream is the one to run
         return Stream(self._items, (*self._stages, stage), self._progress)
 
@@ -140,7 +92,7 @@ class Stream(Generic[T]):
             raise TypeError(f"{where}: {kind} stages run plain functions (on threads or "
                             f"processes); use map with a coroutine function for {backend}")
         label = name or getattr(fn, "__qualname__", None) or repr(fn)
-        return self._add(_Stage(kind, fn, f"{kind} {label}", dict(options)))
+        return self._add(Stage(kind, fn, f"{kind} {label}", dict(options)))
 
     @overload
     def map(self, fn: Callable[[T], Awaitable[R]], *, name: str | None = ...,
@@ -179,11 +131,11 @@ class Stream(Generic[T]):
     def batch(self, n: int) -> Stream[list[T]]:
         """Group consecutive items into lists of ``n`` (the last may be shorter)."""
         size = positive_int(n, "n", "conveyor.stream(...).batch")
-        return self._add(_Stage("batch", None, f"batch {size}", {}, size))
+        return self._add(Stage("batch", None, f"batch {size}", {}, size))
 
     def unbatch(self) -> Stream[Any]:
         """Each item (an iterable) becomes its items."""
-        return self._add(_Stage("unbatch", None, "unbatch", {}))
+        return self._add(Stage("unbatch", None, "unbatch", {}))
 
     def open(self) -> Pipeline[T]:
         """Start every stage; iterate the returned pipeline for the results."""
@@ -192,7 +144,7 @@ class Stream(Generic[T]):
         if self._progress:   # one bar per task stage, labelled with its name
             stages = tuple(
                 s if s.kind in ("batch", "unbatch") or "progress" in s.options
-                else _Stage(s.kind, s.fn, s.name, {**s.options, "progress": True}, s.size)
+                else Stage(s.kind, s.fn, s.name, {**s.options, "progress": True}, s.size)
                 for s in stages)
         return Pipeline(self._items, stages)
 
@@ -247,7 +199,7 @@ class Pipeline(Generic[T]):
     :class:`~conveyor.errors.BlockingCallWarning` (use ``async for``).
     """
 
-    def __init__(self, items: Iterable[Any], stages: tuple[_Stage, ...]) -> None:
+    def __init__(self, items: Iterable[Any], stages: tuple[Stage, ...]) -> None:
         self._usage = Usage("conveyor.stream")
         self._closed = False
         self._runs: list[tuple[str, Results[Any]]] = []
@@ -262,7 +214,7 @@ class Pipeline(Generic[T]):
                         and total is not None:
                     it = Counted(it, total)   # the stage's bar (and last batches) know it
                 it = self._open(stage, it)
-                total = _stage_total(stage, total)
+                total = stage_total(stage, total)
         except BaseException:
             self.close()
             raise
@@ -271,19 +223,19 @@ class Pipeline(Generic[T]):
         self._gen = _iterate(it, self._runs, self._usage)
         weakref.finalize(self, _dropped, self._usage, self._runs)
 
-    def _open(self, stage: _Stage, it: Iterable[Any]) -> Iterable[Any]:
+    def _open(self, stage: Stage, it: Iterable[Any]) -> Iterable[Any]:
         if stage.kind == "batch":
             self._tail.append(("batch", stage.size))
-            return _batched(it, stage.size)
+            return batched(it, stage.size)
         if stage.kind == "unbatch":
             self._tail.append(("flatten", 0))
-            return _flatten(it)
+            return flatten(it)
         assert stage.fn is not None
         fn: Callable[[Any], Any] = stage.fn
         if stage.kind == "filter":
-            fn = _Keep(fn)
+            fn = Keep(fn)
         elif stage.kind == "flat_map":
-            fn = _Expand(fn)
+            fn = Expand(fn)
         elif stage.kind == "starmap":
             fn = _api.spread(fn)
         options = dict(stage.options)
@@ -298,7 +250,7 @@ class Pipeline(Generic[T]):
             out = (x for keep, x in out if keep)
         elif stage.kind == "flat_map":
             self._tail.append(("flatten", 0))
-            out = _flatten(out)
+            out = flatten(out)
         return out
 
     def __iter__(self) -> Generator[T, None, None]:
@@ -377,7 +329,7 @@ class Pipeline(Generic[T]):
         name, results = self._runs[-1]
         out: AsyncGenerator[Any, None] = _anamed(results, name)
         for op, size in self._tail:
-            out = _ATAIL[op](out, size)
+            out = ATAIL[op](out, size)
         try:
             async for x in out:
                 yield x
@@ -472,65 +424,3 @@ async def _anamed(results: Results[Any], name: str) -> AsyncGenerator[Any, None]
         raise
     finally:
         await agen.aclose()
-
-
-async def _akeep(it: AsyncGenerator[Any, None], _: int) -> AsyncGenerator[Any, None]:
-    try:
-        async for keep, x in it:
-            if keep:
-                yield x
-    finally:
-        await it.aclose()
-
-
-async def _aflatten(it: AsyncGenerator[Any, None], _: int) -> AsyncGenerator[Any, None]:
-    try:
-        async for group in it:
-            for x in group:
-                yield x
-    finally:
-        await it.aclose()
-
-
-async def _abatched(it: AsyncGenerator[Any, None], n: int) -> AsyncGenerator[Any, None]:
-    try:
-        chunk: list[Any] = []
-        async for x in it:
-            chunk.append(x)
-            if len(chunk) == n:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-    finally:
-        await it.aclose()
-
-
-_ATAIL: dict[str, Callable[[AsyncGenerator[Any, None], int], AsyncGenerator[Any, None]]] = {
-    "keep": _akeep, "flatten": _aflatten, "batch": _abatched,
-}
-
-
-def _batched(it: Iterable[Any], n: int) -> Generator[list[Any], None, None]:
-    source = iter(it)
-    try:
-        while True:
-            chunk = list(itertools.islice(source, n))
-            if not chunk:
-                return
-            yield chunk
-    finally:
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
-
-
-def _flatten(it: Iterable[Any]) -> Generator[Any, None, None]:
-    source = iter(it)
-    try:
-        for group in source:
-            yield from group
-    finally:
-        close = getattr(source, "close", None)
-        if close is not None:
-            close()
