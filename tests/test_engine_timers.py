@@ -93,3 +93,21 @@ def test_an_idle_run_wants_no_wake_up() -> None:
     e = Engine(range(1), workers=1, batch=1)
     e.step()
     assert e.core.wake_at(e.clock.now()) == math.inf
+
+
+def test_a_batch_no_worker_has_started_yet_is_looked_at_again() -> None:
+    # The core looks at the batches in flight before a worker has taken the
+    # long one: it must still come back to harvest it once it runs long.
+    e = Engine(range(8), workers=2, batch=8)
+    e.step()
+    (b,) = e.batches
+    now = e.clock.now()
+    assert e.core.wake_at(now) < math.inf   # not taken yet: look again later
+    e.backend.work(b, 2)          # now a worker runs it: two done, stuck on the third
+    e.next = next(b.it)  # type: ignore[arg-type, attr-defined]
+    for _ in range(3):
+        e.clock.advance(4 * e.backend.batch_target)
+        wake = e.core.wake_at(e.clock.now())
+        assert wake < math.inf
+        e.step()
+    assert e.results == [value(0), value(1)]   # harvested

@@ -78,7 +78,12 @@ class Timers:
             if stopping():
                 break
             it = b.it
-            if it is None or b.cancelled or b.limit < 2:
+            if b.cancelled or b.limit < 2:
+                continue
+            if it is None:
+                # No worker has taken it yet, and none says when it does: look
+                # again once it may have run long, or it is never harvested.
+                wake = min(wake, now + after)
                 continue
             if now - b.started < after:
                 wake = min(wake, b.started + after)
