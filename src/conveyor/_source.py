@@ -37,6 +37,7 @@ _DIRECT = (list, tuple, range, dict, set, frozenset, str, bytes, bytearray)
 MAX_CHUNK = 1024       # items a thread pump reads in one C-level call, at most
 FAST_CHUNK = 0.001     # seconds: a chunk read faster than this doubles the next one
 CHUNK_POLL = 0.005     # seconds between the dispatcher's looks while a chunk is read
+READ_GRACE = 0.1       # seconds close() waits for a pump inside a read of the input
 
 
 def _popleft(buf: collections.deque[Any], n: int) -> list[Any]:
@@ -118,6 +119,7 @@ class ThreadSource(Source):
         super().__init__()
         self._it: Iterator[Any] = iter(items)
         self._more = threading.Event()
+        self._reading = False   # inside a read of the input, which may block
         self._thread = threading.Thread(target=self._pump, name="conveyor-input",
                                         daemon=True)
 
@@ -132,10 +134,11 @@ class ThreadSource(Source):
         closed the input (a generator's ``finally`` has run) and ended. A pump
         inside a read is not waited for: the input may block for as long as it
         likes, and the pump ends at its next item."""
-        parked = self._idle
         super().close()
-        if parked:
-            self.join()
+        if self._reading:
+            self.join(READ_GRACE)   # a quick read ends now; a blocked one is not waited for
+        else:
+            self.join()   # it sees the stop before it reads again
 
     def _pump(self) -> None:
         it = self._it
@@ -160,11 +163,16 @@ class ThreadSource(Source):
                 # looks at the buffer every few ms instead of waiting for a wake-up.
                 k = min(chunk, room)
                 counter = itertools.count()
+                self._reading = True
+                if self._stopping():   # close() looks at _reading after setting _stop
+                    self._reading = False
+                    continue
                 self.chunk = k
                 t0 = time.monotonic()
                 extend(map(second, zip(counter, itertools.islice(it, k), strict=False)))
                 took = time.monotonic() - t0
                 self.chunk = 1
+                self._reading = False
                 got = next(counter) - 1   # zip takes one more count than items
                 self._pumped += got
                 if self._want:
@@ -183,6 +191,9 @@ class ThreadSource(Source):
             error = exc
         finally:
             self._end(error)
+
+    def _stopping(self) -> bool:
+        return self._stop   # read again: close() may have set it since the loop's test
 
     def join(self, timeout: float | None = None) -> None:
         if self._thread.is_alive() and threading.current_thread() is not self._thread:
