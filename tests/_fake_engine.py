@@ -66,6 +66,13 @@ class FakeBackend(Backend):
             batch.out.append(value(next(batch.it)))
 
 
+class FakeSharedBackend(FakeBackend):
+    """A backend whose workers draw the items of one batch one by one (asyncio's)."""
+
+    shares_batches = True
+    can_steal = False
+
+
 def value(x: Any) -> Any:
     """What the fake workers 'compute' for an item, unless a test says otherwise."""
     return ("done", x)
@@ -75,9 +82,10 @@ class Engine:
     """A core over ``items`` on a fake backend: the test plays the workers and the consumer."""
 
     def __init__(self, items: Iterable[Any], *, workers: int = 2, total: int | None = None,
-                 **options: Any) -> None:
+                 shared: bool = False, **options: Any) -> None:
         self.clock = FakeClock()
-        self.backend = FakeBackend(workers, self.clock)
+        kind = FakeSharedBackend if shared else FakeBackend
+        self.backend = kind(workers, self.clock)
         self.reported: list[Completion] = []
         self.pulled = 0
         self.core = Core(value, self._count(items), total, self.backend, Options(**options),
@@ -107,6 +115,13 @@ class Engine:
             values = [value(x) for x in batch.items[:batch.limit]]
         self.backend.current.pop(batch, None)
         self.core.completed(Completion(batch, values, errors, busy, rerun=rerun))
+        self.step()
+
+    def report(self, batch: Batch, at: int, values: list[Any], errors: list[int] | None = None,
+               *, more: bool = True, busy: float = 0.0) -> None:
+        """Outcomes of ``batch.items[at:at + len(values)]``; ``more``: the batch still runs
+        (a backend that shares batches reports runs of outcomes as they finish)."""
+        self.core.completed(Completion(batch, values, errors, busy, offset=at, more=more))
         self.step()
 
     def fail(self, batch: Batch, at: int, error: BaseException) -> None:

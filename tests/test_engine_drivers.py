@@ -42,7 +42,18 @@ def test_a_pool_on_asyncio_has_no_dispatcher_thread_and_keeps_its_guarantees() -
 
 
 def test_a_sync_map_on_threads_keeps_its_dispatcher_thread() -> None:
-    seen = [_dispatchers() for _ in conveyor.map(abs, range(3), backend="thread")]
+    # Item 1 waits until the consumer has looked, so the run is still going then.
+    looked = threading.Event()
+
+    def fn(x: int) -> int:
+        if x == 1:
+            assert looked.wait(10)
+        return x
+
+    seen = []
+    for _ in conveyor.map(fn, range(2), backend="thread", workers=2, ordered=False):
+        seen.append(_dispatchers())
+        looked.set()
     assert seen[0] == ["conveyor-scheduler"]
 
 
@@ -64,7 +75,18 @@ def test_amap_of_coroutines_runs_its_engine_on_the_callers_loop() -> None:
 
 
 def test_amap_of_a_sync_function_keeps_its_dispatcher_thread() -> None:
+    looked = threading.Event()   # as above: the run is still going when we look
+
+    def fn(x: int) -> int:
+        if x == 1:
+            assert looked.wait(10)
+        return x
+
     async def main() -> list[list[str]]:
-        return [_dispatchers() async for _ in conveyor.amap(abs, range(3))]
+        seen = []
+        async for _ in conveyor.amap(fn, range(2), workers=2, ordered=False):
+            seen.append(_dispatchers())
+            looked.set()
+        return seen
 
     assert asyncio.run(main())[0] == ["conveyor-scheduler"]

@@ -92,14 +92,21 @@ class Batch:
 class Completion:
     """What a worker reports for a batch: outcomes of a prefix of its items."""
 
-    __slots__ = ("batch", "busy", "errors", "lost", "rerun", "values")
+    __slots__ = ("batch", "busy", "errors", "lost", "more", "offset", "rerun", "values")
 
     def __init__(self, batch: Batch, values: list[Any], errors: list[int] | None,
                  busy: float, *, lost: bool = False,
-                 rerun: tuple[int, int] | None = None) -> None:
+                 rerun: tuple[int, int] | None = None, offset: int = 0,
+                 more: bool = False) -> None:
         self.batch = batch
-        self.values = values        # outcome of batch.items[i] for i < len(values)
-        self.errors = errors        # positions whose value is an exception
+        self.values = values        # outcome of batch.items[offset + i]
+        self.errors = errors        # positions in values that are exceptions
+        #: Where ``values`` start. Outcomes before ``offset`` were reported by
+        #: earlier completions of the batch (``more``) or are not to be recorded.
+        self.offset = offset
+        #: A report of some outcomes while the batch still runs: more follow,
+        #: and the batch ends only with a completion without ``more``.
+        self.more = more
         self.busy = busy            # seconds the worker spent on it
         self.lost = lost            # dropped because the backend shut down
         #: ``(a, z)``: items ``a`` to ``z - 1`` ran, but their outcomes died with
@@ -125,6 +132,10 @@ class Backend(Capabilities, ABC):
     name: ClassVar[str]
     #: True if :meth:`steal` can take back the unstarted tail of a running batch.
     can_steal: ClassVar[bool] = False
+    #: True if the items of one batch run on several workers at once (each free
+    #: worker draws the next item): batches are then no worker's queue, and a
+    #: batch reports its outcomes in runs as they finish (``Completion.more``).
+    shares_batches: ClassVar[bool] = False
     #: Default target duration of one batch, for adaptive batching (seconds).
     batch_target: ClassVar[float] = 0.002
     #: Largest batch adaptive batching may form.

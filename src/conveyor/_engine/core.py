@@ -209,6 +209,12 @@ class Core:
     def completed(self, c: Completion) -> None:
         """A batch reported (see ``Completion``: outcomes of a prefix of its items)."""
         b = c.batch
+        if c.more:   # some outcomes of a batch that still runs (``shares_batches``)
+            if self.stopping:
+                self._count_discarded(c)
+            else:
+                self._absorb(b, c.offset, c.values, c.errors)
+            return
         self.in_flight.pop(b, None)
         self.timers.forget(b)
         # A worker is free, and a batch waiting for one may have started: look
@@ -223,10 +229,11 @@ class Core:
                 f"the {self.backend.name} workers stopped before this map finished (the pool "
                 "was closed, or the event loop running them ended)"))
             return
-        n = len(c.values)
+        at = c.offset
+        n = at + len(c.values)
         if n < b.limit and not b.cancelled:  # the rest did not run: submit it again
             self._submit(b.items[n:b.limit], b.group, b.start + n, b.attempt)
-        done = b.harvested
+        done = max(b.harvested, at)
         if c.rerun is not None:
             # Items a..z-1 ran, but their outcomes died with the worker: run them
             # again (at least once: a task may run twice when its worker dies).
@@ -241,7 +248,7 @@ class Core:
                 done = z
         if n <= done:
             return
-        if not c.errors and not done:
+        if not c.errors and done == at and not b.harvested:
             batcher = self.intake.batcher
             size = batcher.size
             batcher.observe(n, c.busy)
@@ -251,9 +258,10 @@ class Core:
                     and (batcher.size != size or not self._remembered):
                 self._remembered = True
                 self.backend.remember(self.fn, batcher.per_item)
-        values = c.values if not done else c.values[done:]
-        errors = c.errors if not done or not c.errors else [p - done for p in c.errors
-                                                          if p >= done]
+        skip = done - at   # outcomes at the start of values that were recorded before
+        values = c.values if not skip else c.values[skip:]
+        errors = c.errors if not skip or not c.errors else [p - skip for p in c.errors
+                                                          if p >= skip]
         self._absorb(b, done, values, errors)
 
     def _count_discarded(self, c: Completion) -> None:

@@ -31,6 +31,7 @@ from .policy import add_note
 __all__ = ["DEFAULT_WINDOW_CAP", "Intake", "Round", "Window"]
 
 DEFAULT_WINDOW_CAP = 65_536
+SHARED_SPLIT = 16    # a backend that shares batches: workers per batch, at least
 _NONE: Any = object()    # next(iterator, _NONE): the iterator is exhausted
 
 
@@ -88,6 +89,7 @@ class Intake:
         self.halted = False               # a fatal failure: pull nothing more
         self.next_start = 0.0             # rate: the earliest next start
         self.workers = backend.workers
+        self.shared = backend.shares_batches
         self.batcher = Batcher(backend.batch_target, backend.max_batch, options.batch)
         if options.rate is not None or (options.timeout is not None
                                         and not backend.times_items):
@@ -115,12 +117,20 @@ class Intake:
         self.workers = workers
         window = self.limit()
         size = self.batcher.size
-        if self.options.window is not None:
+        if self.shared:
+            # Workers draw items one by one from the oldest batch, so a batch is
+            # no one worker's queue: size it for the bookkeeping it saves (one
+            # per SHARED_SPLIT workers), not for one worker's time. The window
+            # holds at least eight of them.
+            size = max(1, min(max(size, workers // SHARED_SPLIT), self.batcher.max_size,
+                              window // 8))
+        elif self.options.window is not None:
             size = min(size, max(1, self.options.window // (2 * workers)))
         # At most the items left over the batches that can wait on the workers
-        # at once. Where batches wait on the workers (dask), a task costs
-        # milliseconds: a last batch keeps at least an eighth of the learned size.
-        tail = workers if most is None else most
+        # at once (a shared batch does not wait on one worker: no cap). Where
+        # batches wait on the workers (dask), a task costs milliseconds: a last
+        # batch keeps at least an eighth of the learned size.
+        tail = 1 if self.shared else workers if most is None else most
         least = 1 if most is None else max(1, size // 8)
         refill = max(1, min(window // 4, max(size, window // 8)))
         return Round(window, size, tail, least, refill)

@@ -1,79 +1,51 @@
-"""backend="asyncio": worker coroutines on an event loop.
+"""The asyncio backend: worker coroutines drawing items on one event loop
+(see the package's docstring)."""
 
-::
-
-    engine --submit (on the loop: direct;  --> deque[Batch] / waiting workers
-             else call_soon_threadsafe)          |  worker task 1..N (on the loop)
-                                                 |  out.append(await fn(x)) per item
-    engine <--batch.sink(Completion)-------------+
-
-On conveyor's shared loop and under ``amap`` the run's core runs on the loop
-too (the engine's event-loop driver: ``event_loop``), so submitting and
-reporting are direct calls; otherwise a dispatcher thread submits across
-threads.
-
-The loop is the caller's for ``conveyor.amap``, one given as ``loop=``
-(``Pool(backend="asyncio", loop=...)``), or else conveyor's own loop, shared
-by every sync map and pool of the process (``conveyor._loop``: a helper
-thread, so a sync map works even when the calling thread already runs a loop,
-as in a Jupyter cell). The backend never stops a loop it did not start. Worker
-tasks start lazily, up to ``workers``; batches handed over while a worker
-waits go to it directly, without a queue.
-
-Timeouts and cancellation are real: the worker task awaiting the item is
-cancelled. The worker tells an expiry (the item fails with ``TaskTimeout``,
-the worker goes on with the batch) from a cancellation of the run (the batch is
-reported with the items finished so far) by a flag set on the loop before the
-cancel. A coroutine that blocks the loop (``time.sleep`` inside ``async def``)
-cannot be cancelled by anyone; use the thread backend for such code.
-"""
 
 from __future__ import annotations
 
 import asyncio
 import collections
 import concurrent.futures
+import contextlib
 import inspect
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
-from .._loop import LoopThread, current_shared_loop, on_shared_loop, shared_loop
-from .._worker import set_thread_state
-from ._base import (
+from ..._loop import LoopThread, current_shared_loop, on_shared_loop, shared_loop
+from ..._worker import set_thread_state
+from .._base import (
     WAIT_SLICE,
     Backend,
     Batch,
     Completion,
     Running,
-    begin,
     dropped,
+    init_failure,
     initializer_failed,
     running_items,
-    settle_unrunnable,
-    take_unstarted,
+)
+from .draw import (
+    Draw,
+    Worker,
+    cancel_once,
+    forget_cancels,
+    still_cancelled,
+    was_cancelled,
 )
 
 __all__ = ["AsyncioBackend"]
-
-
-class _Worker:
-    __slots__ = ("batch", "cancelling", "cancels", "current", "expired", "task")
-
-    def __init__(self) -> None:
-        self.task: asyncio.Task[None] | None = None
-        self.batch: Batch | None = None
-        self.current: tuple[Batch, int, float] | None = None
-        self.expired: BaseException | None = None
-        self.cancelling = False     # its batch is cancelled
-        self.cancels = 0            # task.cancel() calls made and not yet handled
 
 
 class AsyncioBackend(Backend):
     name = "asyncio"
     runs_coroutines, runs_functions = True, False
     options = Backend.options | {"loop"}
-    can_steal = True
+    # Workers draw the items of a batch one by one: a free worker takes the next
+    # item of the oldest batch, so no worker idles while another holds a queue
+    # of items, and nothing needs stealing back.
+    shares_batches = True
     batch_target = 0.002
     max_batch = 4096
     loop_driven = True
@@ -104,9 +76,11 @@ class AsyncioBackend(Backend):
         self._initializer = initializer
         self._initargs = initargs
         # Loop-side state: touched only from the loop's thread.
-        self._pending: collections.deque[Batch | None] = collections.deque()
-        self._waiters: collections.deque[asyncio.Future[Batch | None]] = collections.deque()
-        self._workers: list[_Worker] = []
+        self._pending: collections.deque[Draw] = collections.deque()   # items left to draw
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self._workers: list[Worker] = []
+        self._dirty: list[Draw] = []     # batches with something to report
+        self._report_due = False
         self._closing = False
         self._closed = False
         # Thread-safe hand-over from submit() (deque appends/pops are atomic).
@@ -177,20 +151,25 @@ class AsyncioBackend(Backend):
             return
         # A closed loop runs nothing again, and nothing else touches its state.
         self._closing = True
-        lost: list[Batch] = []
+        lost: dict[Batch, None] = {}
         while self._inbox:
-            lost.append(self._inbox.popleft())
+            lost[self._inbox.popleft()] = None
         while self._pending:
-            b = self._pending.popleft()
-            if b is not None:
-                lost.append(b)
+            lost[self._pending.popleft().batch] = None
         for w in self._workers:
-            if w.batch is not None:   # frozen mid-batch with its task
-                lost.append(w.batch)
+            if w.batch is not None:   # frozen mid-item with its task
+                lost[w.batch] = None
                 w.batch = None
+        for dirty in self._dirty:
+            lost[dirty.batch] = None
+        self._dirty.clear()
         for b in lost:
+            d = b.it
+            if isinstance(d, Draw):
+                if d.finished:
+                    continue
+                d.finished = True
             b.sink(dropped(b))
-
 
     def running(self) -> list[Running]:
         return running_items(self._workers)
@@ -199,13 +178,9 @@ class AsyncioBackend(Backend):
         self._call(self._expire, entry, error)
         return True
 
-    def steal(self, batch: Batch) -> int | None:
-        return take_unstarted(batch)
-
     def cancel(self, batch: Batch) -> None:
-        batch.cancelled = True
-        self.steal(batch)
-        self._call(self._cancel_running, batch)
+        batch.cancelled = True   # read by the next draw, if it comes first
+        self._call(self._cancel, batch)
 
     def close(self, *, cancel: bool, wait: bool = True) -> None:
         if self._loop is None or self._closed:
@@ -250,6 +225,7 @@ class AsyncioBackend(Backend):
         tasks = [w.task for w in self._workers if w.task is not None]
         if tasks:
             await asyncio.gather(*tasks, return_exceptions=True)
+        self._report()   # what the last items reported
         self._closed = True
 
     # -- loop side -------------------------------------------------------------
@@ -259,15 +235,17 @@ class AsyncioBackend(Backend):
         self._closing = True
         if cancel:
             while self._pending:
-                b = self._pending.popleft()
-                if b is not None:
-                    b.sink(dropped(b))
+                d = self._pending.popleft()
+                d.end = d.taken
+                if d.taken == 0:
+                    d.finished = True
+                    d.batch.sink(dropped(d.batch))
+                elif d.over:
+                    self._mark(d)
             for w in self._workers:
                 if w.task is not None:
                     w.task.cancel()
-        else:
-            self._pending.extend([None] * len(self._workers))
-        while self._waiters:
+        while self._waiters:   # idle workers: end (cancel=False: once nothing is left)
             fut = self._waiters.popleft()
             if not fut.done():
                 fut.set_result(None)
@@ -284,16 +262,76 @@ class AsyncioBackend(Backend):
         if self._closing:
             batch.sink(dropped(batch))
             return
-        while self._waiters:
-            fut = self._waiters.popleft()
+        d = batch.it = Draw(batch)
+        self._pending.append(d)
+        n = batch.limit   # wake (or start) a worker per item, as far as there are workers
+        waiters = self._waiters
+        while waiters and n > 0:
+            fut = waiters.popleft()
             if not fut.done():
-                fut.set_result(batch)
-                return
-        self._pending.append(batch)
-        if len(self._workers) < self.workers:
-            w = _Worker()
+                fut.set_result(None)
+                n -= 1
+        new = min(n, self.workers - len(self._workers))
+        for _ in range(new):
+            w = Worker()
             self._workers.append(w)
             w.task = self.loop.create_task(self._work(w))
+
+    def _mark(self, d: Draw) -> None:
+        """``d`` has outcomes to report, or has ended: report at the end of this burst."""
+        if d.dirty:
+            return
+        d.dirty = True
+        self._dirty.append(d)
+        if not self._report_due:
+            self._report_due = True
+            self.loop.call_soon(self._report)
+
+    def _report(self) -> None:
+        """Report the runs finished in this burst of the loop, a completion per run."""
+        self._report_due = False
+        dirty, self._dirty = self._dirty, []
+        for d in dirty:
+            d.dirty = False
+            if d.finished:
+                continue
+            b = d.batch
+            runs = d.runs
+            if d.run:
+                runs.append((d.run_at, d.run, d.errs))
+                d.run_at += len(d.run)
+                d.run, d.errs = [], []
+            d.runs = []
+            last = None
+            if d.over:
+                d.finished = True
+                # The last completion says where the batch ended: positions from
+                # there on did not run (cancelled before they were drawn).
+                last = runs.pop() if runs and runs[-1][0] + len(runs[-1][1]) == d.taken \
+                    else (d.taken, [], [])
+            for at, values, errs in runs:
+                b.sink(Completion(b, values, errs or None, 0.0, offset=at, more=True))
+            if last is not None:
+                b.sink(Completion(b, last[1], last[2] or None, d.busy, offset=last[0]))
+
+    def _ended(self, d: Draw, pos: int, value: Any, failed: bool, record: bool) -> None:
+        """The item at ``pos`` of ``d``'s batch ended (``record``: with this outcome)."""
+        d.running -= 1
+        if record:
+            run = d.run
+            if pos != d.run_at + len(run):   # not next to the run: start another
+                if run:
+                    d.runs.append((d.run_at, run, d.errs))
+                    d.run = run = []
+                    d.errs = []
+                d.run_at = pos
+            if failed:
+                d.errs.append(len(run))
+            run.append(value)
+        elif not d.over:
+            return
+        if not d.dirty:
+            self._mark(d)
 
     # Both run on the loop while the worker is suspended inside `await fn(x)`
     # (w.current / w.batch are set only there), so the CancelledError lands in
@@ -304,16 +342,25 @@ class AsyncioBackend(Backend):
             if cur is not None and cur[0] is entry.batch and cur[1] == entry.pos \
                     and w.task is not None and w.expired is None:
                 w.expired = error
-                _cancel_once(w)
+                cancel_once(w)
                 return
 
-    def _cancel_running(self, batch: Batch) -> None:
+    def _cancel(self, batch: Batch) -> None:
+        d = batch.it
+        if not isinstance(d, Draw) or d.finished:
+            return
+        if d.end > d.taken:   # nothing more is drawn from it
+            d.end = d.taken
+            with contextlib.suppress(ValueError):
+                self._pending.remove(d)
         for w in self._workers:
             if w.batch is batch and w.task is not None and not w.cancelling:
                 w.cancelling = True
-                _cancel_once(w)
+                cancel_once(w)
+        if d.over:
+            self._mark(d)
 
-    async def _work(self, w: _Worker) -> None:
+    async def _work(self, w: Worker) -> None:
         set_thread_state()   # conveyor.worker_state(): this worker coroutine's own dict
         loop = self.loop
         init_error: BaseException | None = None
@@ -324,20 +371,80 @@ class AsyncioBackend(Backend):
                     await r
         except Exception as exc:
             init_error = initializer_failed(self._initializer, exc)
+        pending = self._pending
+        monotonic = time.monotonic
+        task = w.task
         try:
             while True:
-                if self._pending:
-                    batch = self._pending.popleft()
-                else:
-                    fut: asyncio.Future[Batch | None] = loop.create_future()
+                if not pending:
+                    if self._closing:
+                        return
+                    fut: asyncio.Future[None] = loop.create_future()
                     self._waiters.append(fut)
-                    batch = await fut
-                if batch is None:
-                    return
-                if not settle_unrunnable(batch, init_error):
-                    await self._run(batch, w)
+                    await fut
+                    del fut
+                    continue
+                d = pending[0]
+                b = d.batch
+                pos = d.taken
+                if pos == 0 and not self._first_draw(b, d):
+                    continue
+                d.taken = pos + 1
+                if pos + 1 >= d.end:
+                    pending.popleft()
+                d.running += 1
+                if init_error is not None:
+                    # Every item this worker takes fails with its own WorkerInitError.
+                    self._ended(d, pos, init_failure(init_error), True, True)
+                    continue
+                x = b.items[pos]
+                w.batch = b
+                t = monotonic()
+                if b.timed:
+                    w.current = (b, pos, t)
+                value: Any = None
+                failed = False
+                record = False
+                try:
+                    try:
+                        value = await b.fn(x)
+                    except asyncio.CancelledError as exc:
+                        # Our own cancel() calls (an expiry, a cancelled batch; at
+                        # most one is issued at a time) are handled here.
+                        ours = w.cancels
+                        forget_cancels(w, task)
+                        if ours and still_cancelled(task):
+                            # Someone else cancelled too (the loop is shutting down):
+                            # both requests arrived as this one CancelledError.
+                            raise
+                        if w.cancelling and not self._closing:
+                            # Its batch was cancelled, not the worker: this item
+                            # did not finish; serve the next batch.
+                            continue
+                        if w.expired is not None:
+                            value, failed = w.expired, True
+                        elif self._closing or (not ours and was_cancelled(task)):
+                            raise   # the backend closes, or the loop is shutting down
+                        else:
+                            # Nobody cancelled us: the coroutine raised
+                            # CancelledError itself, a failure like any other.
+                            value, failed = exc, True
+                    except BaseException as exc:  # the task's own failure
+                        value, failed = exc, True
+                    if w.cancels:   # we cancelled, and the coroutine swallowed it
+                        forget_cancels(w, task)
+                        if w.expired is not None:
+                            value, failed = w.expired, True
+                    record = True
+                finally:
+                    d.busy += monotonic() - t
+                    w.current = None
+                    w.batch = None
+                    w.cancelling = False
+                    w.expired = None
+                    self._ended(d, pos, value, failed, record)
                 # Hold nothing while idle: a batch keeps its items and results alive.
-                batch = fut = None  # type: ignore[assignment]
+                del b, d, x, value
         except asyncio.CancelledError:
             if not self._closing:
                 # Cancelled by someone else: the loop is shutting down (the end
@@ -348,101 +455,14 @@ class AsyncioBackend(Backend):
             if w in self._workers:
                 self._workers.remove(w)
 
-    async def _run(self, batch: Batch, w: _Worker) -> None:
-        fn: Callable[[Any], Coroutine[Any, Any, Any]] = batch.fn
-        timed = batch.timed
-        t0, out, errors, it = begin(batch)
-        w.batch = batch
-        task = w.task
-        try:
-            for x in it:
-                if timed:
-                    w.current = (batch, len(out), time.monotonic())
-                failed = False
-                try:
-                    value = await fn(x)
-                except asyncio.CancelledError as exc:
-                    # Our own cancel() calls (an expiry, a cancelled batch; at
-                    # most one is issued at a time) are handled here.
-                    ours = w.cancels
-                    _forget_cancels(w, task)
-                    if ours and _still_cancelled(task):
-                        # Someone else cancelled too (the loop is shutting down):
-                        # both requests arrived as this one CancelledError.
-                        raise
-                    if w.cancelling and not self._closing:
-                        # This batch was cancelled, not the worker: stop here,
-                        # report the prefix, serve the next batch.
-                        w.cancelling = False
-                        w.expired = None
-                        break
-                    if w.expired is not None:
-                        value, failed = w.expired, True
-                        w.expired = None
-                    elif self._closing or (not ours and _was_cancelled(task)):
-                        raise   # the backend closes, or the loop is shutting down
-                    else:
-                        # Nobody cancelled us: the coroutine raised
-                        # CancelledError itself, a failure like any other.
-                        value, failed = exc, True
-                except BaseException as exc:  # the task's own failure
-                    value, failed = exc, True
-                if w.cancels:   # we cancelled, and the coroutine swallowed it
-                    _forget_cancels(w, task)
-                    if w.expired is not None:
-                        value, failed = w.expired, True
-                        w.expired = None
-                    if w.cancelling and not self._closing:
-                        w.cancelling = False
-                        if failed:
-                            errors.append(len(out))
-                        out.append(value)
-                        break
-                w.current = None
-                if failed:
-                    errors.append(len(out))
-                out.append(value)
-        finally:
-            w.current = None
-            w.batch = None
-            w.cancelling = False
-            w.expired = None
-            batch.sink(Completion(batch, out, errors or None, time.monotonic() - t0))
-
-
-def _cancel_once(w: _Worker) -> None:
-    if w.cancels == 0 and w.task is not None:
-        w.cancels = 1
-        w.task.cancel()
-
-
-def _forget_cancels(w: _Worker, task: asyncio.Task[Any] | None) -> None:
-    for _ in range(w.cancels):
-        _uncancel(task)
-    w.cancels = 0
-
-
-def _still_cancelled(task: asyncio.Task[Any] | None) -> bool:
-    """After forgetting our own cancel() calls: is a cancellation still requested?
-
-    Python 3.11+ counts the requests; 3.10 cannot tell, and we assume not (so
-    on 3.10 a loop shutdown that lands together with an expiry is missed and
-    the worker carries on: a documented limitation).
-    """
-    cancelling = getattr(task, "cancelling", None)
-    return cancelling is not None and bool(cancelling())
-
-
-def _was_cancelled(task: asyncio.Task[Any] | None) -> bool:
-    """Did someone call ``task.cancel()``? (Python 3.11+ can tell; 3.10: assume so.)"""
-    if task is None:
-        return False
-    cancelling = getattr(task, "cancelling", None)
-    return True if cancelling is None else bool(cancelling())
-
-
-def _uncancel(task: asyncio.Task[Any] | None) -> None:
-    # Python 3.11+: forget a cancellation we handled, so that the user's own
-    # asyncio.timeout() blocks in later items keep working.
-    if task is not None and hasattr(task, "uncancel"):
-        task.uncancel()
+    def _first_draw(self, b: Batch, d: Draw) -> bool:
+        """A worker takes the first item of ``b``: False if the batch must not run
+        (cancelled, or a ``Pool.submit`` future cancelled before it started)."""
+        b.started = time.monotonic()
+        on_start = b.on_start
+        if b.cancelled or (on_start is not None and not on_start()):
+            self._pending.popleft()
+            d.end = 0
+            self._mark(d)
+            return False
+        return True
