@@ -29,6 +29,12 @@ Items travel to workers in batches (fewer hand-offs per item). The rule:
   them every 50 ms once its batch has run 80 ms). One 10 s task does not hold
   100 short ones hostage.
 
+* On asyncio (``shares_batches``) a batch is no worker's queue: free workers
+  draw its items one by one, several at once. The size there is at least
+  one item per 16 workers however slow the items (a batch's bookkeeping is
+  shared by its items), at most an eighth of the window, and the tail rule
+  does not apply.
+
 ``batch=<int>`` fixes the size instead (still capped by the window). With
 ``timeout=`` on a backend that cannot time the items of a batch one by one
 (dask), batches hold one item.

@@ -20,6 +20,12 @@ submits them again. That single rule covers every way a batch can end early:
   of the items before it died with the worker, and ``rerun`` says so),
 * the batch was cancelled (:meth:`cancel`: usually an empty prefix).
 
+A backend whose workers share batches (``shares_batches``: asyncio's draw
+the items of one batch one by one, several at once) reports a batch in
+pieces instead: completions with ``more`` carry runs of outcomes at
+``offset`` while the batch runs, in any order, and the last one (without
+``more``) ends the batch, where items from its end on did not run.
+
 A worker that shares its outcome list as ``batch.out`` (threads, asyncio)
 also lets the scheduler :meth:`harvest` the outcomes of a long batch before it
 ends.
