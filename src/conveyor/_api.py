@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from . import _backends
 from ._backends._base import Backend
+from ._batching import Memory
 from ._engine import Options, Run, new_run
 from ._options import RunOptions, by_kind, map_fields, positive_int
 from ._results import AsyncResults, Results
@@ -181,8 +182,10 @@ def zip_items(fn: Callable[..., Any], iterables: tuple[Any, ...], where: str,
 
 def start_run(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any],
               backend: Backend, *, owns_backend: bool, options: Options,
-              where: str, loop: asyncio.AbstractEventLoop | None = None) -> Run:
-    """Start a run of ``fn`` over ``items`` (an async iterable: pumped on ``loop``)."""
+              where: str, loop: asyncio.AbstractEventLoop | None = None,
+              memory: Memory | None = None) -> Run:
+    """Start a run of ``fn`` over ``items`` (an async iterable: pumped on ``loop``;
+    ``memory``: the batch sizes a Pool learned)."""
     try:
         backend.prepare(fn, where)   # e.g. a function processes cannot receive: before any work
         source: Iterator[Any] | Source
@@ -195,7 +198,7 @@ def start_run(fn: Callable[[Any], Any], items: Iterable[Any] | AsyncIterable[Any
             source = ThreadSource(items)
         # e.g. tqdm refusing the progress options
         run = new_run(fn, source, length_of(items), backend, owns_backend=owns_backend,
-                  options=options)
+                      options=options, memory=memory)
     except BaseException:
         if owns_backend:
             backend.close(cancel=True)   # e.g. the cluster a dask backend started

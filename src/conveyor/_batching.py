@@ -42,7 +42,13 @@ Items travel to workers in batches (fewer hand-offs per item). The rule:
 
 from __future__ import annotations
 
-__all__ = ["Batcher"]
+import contextlib
+import weakref
+from typing import Any
+
+__all__ = ["REMEMBERED", "Batcher", "Memory"]
+
+REMEMBERED = 64   # functions whose per-item time a Pool keeps (the oldest go first)
 
 
 class Batcher:
@@ -84,3 +90,36 @@ class Batcher:
         self._per_item = est
         fits = int(self.target / est) if est > 0 else self.max_size
         self.size = max(1, min(fits, 2 * self.size, self.max_size))
+
+
+class Memory:
+    """The per-item time adaptive batching learned for each function, kept by a
+    ``Pool`` for its next map of it: that map starts at the learned batch size
+    instead of at one item (on dask, each of the ramp's small batches is a task).
+
+    Keyed weakly on the user's function (a pool must not keep the functions it
+    ran alive); a function that cannot be weakly referenced is not remembered.
+    Runs of one pool may use it from several threads: each call is one
+    dictionary operation.
+    """
+
+    __slots__ = ("_per_item",)
+
+    def __init__(self) -> None:
+        self._per_item: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()
+
+    def recall(self, fn: object) -> float | None:
+        try:
+            return self._per_item.get(fn)
+        except TypeError:   # an unhashable callable, or one without weak references
+            return None
+
+    def remember(self, fn: object, per_item: float) -> None:
+        memo = self._per_item
+        try:
+            memo[fn] = per_item
+        except TypeError:
+            return
+        if len(memo) > REMEMBERED:
+            with contextlib.suppress(RuntimeError, StopIteration, KeyError):
+                del memo[next(iter(memo))]

@@ -36,6 +36,7 @@ from ._api import (
     zip_items,
 )
 from ._backends._base import Backend
+from ._batching import Memory
 from ._calls import PLAIN, CallOptions, Calls
 from ._engine import Run
 from ._options import BackendName, MapOptions, PoolOptions, by_kind
@@ -137,6 +138,7 @@ class Pool(Executor):
         self._backend.start()
         self._backend.warm_up()
         self._calls = Calls(self._backend)
+        self._memory = Memory()   # batch sizes learned per function, for the next maps
         self._lock = threading.Lock()   # guards _closed and _runs; never held across a call out
         self._closed = False
         self._runs: weakref.WeakKeyDictionary[Run, bool] = weakref.WeakKeyDictionary()
@@ -217,7 +219,7 @@ class Pool(Executor):
         with self._lock:
             self._check_open("map")
             run = start_run(call, items, self._backend, owns_backend=False, options=opts,
-                            where=where)
+                            where=where, memory=self._memory)
             run.keep = self    # a map keeps its pool alive (``for r in Pool().map(...)``)
             self._runs[run] = eager
         return Results(run, where=where)

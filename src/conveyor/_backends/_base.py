@@ -38,10 +38,8 @@ a message per item.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -51,8 +49,6 @@ from ._capabilities import Capabilities
 
 if TYPE_CHECKING:
     import asyncio
-
-REMEMBERED = 64   # functions whose per-item time a backend keeps (the oldest go first)
 
 __all__ = ["Backend", "Batch", "Completion", "Running", "begin", "dropped", "init_failure",
            "initializer_failed", "join", "running_items", "settle_unrunnable",
@@ -159,29 +155,6 @@ class Backend(Capabilities, ABC):
     loop_driven: ClassVar[bool] = False
 
     workers: int
-
-    # The per-item time adaptive batching learned for a function, kept for the
-    # next map of it on this backend (a Pool's): that map starts at the learned
-    # batch size instead of at one item.
-    # Keyed weakly on the user's function (a pool must not keep the functions it
-    # ran alive); a function that cannot be weakly referenced is not remembered.
-    def recall(self, fn: object) -> float | None:
-        memo: weakref.WeakKeyDictionary[Any, float] | None = self.__dict__.get("_per_item_of")
-        try:
-            return None if memo is None else memo.get(underlying(fn))
-        except TypeError:   # an unhashable callable, or one without weak references
-            return None
-
-    def remember(self, fn: object, per_item: float) -> None:
-        memo: weakref.WeakKeyDictionary[Any, float] = self.__dict__.setdefault(
-            "_per_item_of", weakref.WeakKeyDictionary())
-        try:
-            memo[underlying(fn)] = per_item
-        except TypeError:
-            return
-        if len(memo) > REMEMBERED:
-            with contextlib.suppress(RuntimeError, StopIteration, KeyError):
-                del memo[next(iter(memo))]
 
     @abstractmethod
     def start(self) -> None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._backends._base import Backend
+from .._batching import Memory
 from .._source import Source
 from .evloop import LoopRun
 from .facade import Run
@@ -27,14 +28,17 @@ __all__ = ["Options", "Run", "new_run"]
 
 
 def new_run(fn: Callable[[Any], Any], items: Iterator[Any] | Source, total: int | None,
-            backend: Backend, *, owns_backend: bool, options: Options) -> Run:
+            backend: Backend, *, owns_backend: bool, options: Options,
+            memory: Memory | None = None) -> Run:
     """A run of ``fn`` over ``items`` (not started), with the driver that suits
-    ``backend``: on its event loop where it reports there, else in a thread."""
+    ``backend``: on its event loop where it reports there, else in a thread.
+    ``memory``: a Pool's batch sizes learned per function."""
     if backend.loop_driven:
         if owns_backend:
             backend.start()   # non-blocking for such a backend: it finds its loop
         loop = backend.event_loop()
         if loop is not None:
             return LoopRun(fn, items, total, backend, loop, owns_backend=owns_backend,
-                           options=options)
-    return ThreadRun(fn, items, total, backend, owns_backend=owns_backend, options=options)
+                           options=options, memory=memory)
+    return ThreadRun(fn, items, total, backend, owns_backend=owns_backend, options=options,
+                     memory=memory)

@@ -32,7 +32,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .._backends._base import Backend, Batch, Completion
+from .._backends._base import Backend, Batch, Completion, underlying
+from .._batching import Memory
 from .._outbox import End
 from .._progress import Counters, Stats
 from .._source import Source
@@ -52,14 +53,18 @@ class Core:
 
     def __init__(self, fn: Callable[[Any], Any], items: Iterator[Any] | Source,
                  total: int | None, backend: Backend, options: Options, *,
-                 sink: Callable[[Completion], None], clock: Clock = MONOTONIC) -> None:
+                 sink: Callable[[Completion], None], clock: Clock = MONOTONIC,
+                 memory: Memory | None = None) -> None:
         self.fn = fn
         self.backend = backend
         self.options = options
         self.clock = clock
         self.sink = sink
         self.counters = Counters()
-        self.intake = Intake(items, total, backend, fn, options)
+        #: A Pool's memory of the batch size learned per function (None: a
+        #: one-off map, whose backend ends with it).
+        self.memory = memory
+        self.intake = Intake(items, total, backend, fn, options, memory)
         self.ordering = Ordering(options.ordered, self.intake.window)
         self.policy = Policy(options, self.counters, backend.name, clock)
         self.timers = Timers(backend, options.timeout, self)
@@ -252,12 +257,14 @@ class Core:
             batcher = self.intake.batcher
             size = batcher.size
             batcher.observe(n, c.busy)
-            # The backend keeps the estimate for its next map of fn (a weak
+            # The Pool keeps the estimate for its next map of fn (a weak
             # mapping: costly per batch): told when the size it gives changes.
-            if batcher.per_item is not None and batcher.fixed is None \
+            memory = self.memory
+            if memory is not None and batcher.per_item is not None \
+                    and batcher.fixed is None \
                     and (batcher.size != size or not self._remembered):
                 self._remembered = True
-                self.backend.remember(self.fn, batcher.per_item)
+                memory.remember(underlying(self.fn), batcher.per_item)
         skip = done - at   # outcomes at the start of values that were recorded before
         values = c.values if not skip else c.values[skip:]
         errors = c.errors if not skip or not c.errors else [p - skip for p in c.errors

@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from .._backends._base import Backend, Completion, wait_event
+from .._batching import Memory
 from .._source import Source
 from .core import Core
 from .facade import Run
@@ -48,9 +49,9 @@ class LoopRun(Run):
 
     def __init__(self, fn: Callable[[Any], Any], items: Iterator[Any] | Source,
                  total: int | None, backend: Backend, loop: asyncio.AbstractEventLoop, *,
-                 owns_backend: bool, options: Options) -> None:
+                 owns_backend: bool, options: Options, memory: Memory | None = None) -> None:
         self._reports: collections.deque[Completion] = collections.deque()
-        core = Core(fn, items, total, backend, options, sink=self._report)
+        core = Core(fn, items, total, backend, options, sink=self._report, memory=memory)
         super().__init__(core, total, options)
         self._loop = loop
         self._owns_backend = owns_backend

@@ -21,8 +21,8 @@ import itertools
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from .._backends._base import Backend
-from .._batching import Batcher
+from .._backends._base import Backend, underlying
+from .._batching import Batcher, Memory
 from .._source import Source
 from ..errors import item_index
 from .options import Options
@@ -77,7 +77,7 @@ class Intake:
     """The input, the window, the rate and the batch size of one run."""
 
     def __init__(self, items: Iterator[Any] | Source, total: int | None, backend: Backend,
-                 fn: object, options: Options) -> None:
+                 fn: object, options: Options, memory: Memory | None = None) -> None:
         self.source = items if isinstance(items, Source) else None
         self._it: Iterator[Any] = iter(()) if isinstance(items, Source) else items
         self.total = total
@@ -94,8 +94,8 @@ class Intake:
         if options.rate is not None or (options.timeout is not None
                                         and not backend.times_items):
             self.batcher = Batcher(backend.batch_target, 1, 1)
-        else:   # a Pool's earlier map of fn learned its batch size: start there
-            known = backend.recall(fn)
+        elif memory is not None:   # a Pool's earlier map of fn learned its size: start there
+            known = memory.recall(underlying(fn))
             if known is not None:
                 self.batcher.prime(known)
 

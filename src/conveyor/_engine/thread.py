@@ -28,6 +28,7 @@ from queue import Empty, SimpleQueue
 from typing import Any
 
 from .._backends._base import Backend, Completion, join
+from .._batching import Memory
 from .._source import Source
 from .core import Core
 from .facade import Run
@@ -55,9 +56,9 @@ class ThreadRun(Run):
 
     def __init__(self, fn: Callable[[Any], Any], items: Iterator[Any] | Source,
                  total: int | None, backend: Backend, *, owns_backend: bool,
-                 options: Options) -> None:
+                 options: Options, memory: Memory | None = None) -> None:
         self.events: SimpleQueue[Any] = SimpleQueue()
-        core = Core(fn, items, total, backend, options, sink=self.events.put)
+        core = Core(fn, items, total, backend, options, sink=self.events.put, memory=memory)
         super().__init__(core, total, options)
         # Every worker has a batch: let them start (release the GIL once)
         # before preparing the batches that will queue up.
