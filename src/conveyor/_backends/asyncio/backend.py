@@ -314,22 +314,19 @@ class AsyncioBackend(Backend):
             if last is not None:
                 b.sink(Completion(b, last[1], last[2] or None, d.busy, offset=last[0]))
 
-    def _ended(self, d: Draw, pos: int, value: Any, failed: bool, record: bool) -> None:
-        """The item at ``pos`` of ``d``'s batch ended (``record``: with this outcome)."""
+    def _ended(self, d: Draw, pos: int, value: Any, failed: bool) -> None:
+        """The item at ``pos`` of ``d``'s batch ended with this outcome."""
         d.running -= 1
-        if record:
-            run = d.run
-            if pos != d.run_at + len(run):   # not next to the run: start another
-                if run:
-                    d.runs.append((d.run_at, run, d.errs))
-                    d.run = run = []
-                    d.errs = []
-                d.run_at = pos
-            if failed:
-                d.errs.append(len(run))
-            run.append(value)
-        elif not d.over:
-            return
+        run = d.run
+        if pos != d.run_at + len(run):   # not next to the run: start another
+            if run:
+                d.runs.append((d.run_at, run, d.errs))
+                d.run = run = []
+                d.errs = []
+            d.run_at = pos
+        if failed:
+            d.errs.append(len(run))
+        run.append(value)
         if not d.dirty:
             self._mark(d)
 
@@ -373,7 +370,6 @@ class AsyncioBackend(Backend):
             init_error = initializer_failed(self._initializer, exc)
         pending = self._pending
         monotonic = time.monotonic
-        task = w.task
         try:
             while True:
                 if not pending:
@@ -395,54 +391,40 @@ class AsyncioBackend(Backend):
                 d.running += 1
                 if init_error is not None:
                     # Every item this worker takes fails with its own WorkerInitError.
-                    self._ended(d, pos, init_failure(init_error), True, True)
+                    self._ended(d, pos, init_failure(init_error), True)
                     continue
-                x = b.items[pos]
+                # The hot path (one turn per item): no calls beyond the item's own.
+                timed = b.timed
                 w.batch = b
                 t = monotonic()
-                if b.timed:
+                if timed:
                     w.current = (b, pos, t)
-                value: Any = None
-                failed = False
-                record = False
+                failed: bool | None = False
                 try:
+                    value = await b.fn(x := b.items[pos])
+                except BaseException as exc:
                     try:
-                        value = await b.fn(x)
-                    except asyncio.CancelledError as exc:
-                        # Our own cancel() calls (an expiry, a cancelled batch; at
-                        # most one is issued at a time) are handled here.
-                        ours = w.cancels
-                        forget_cancels(w, task)
-                        if ours and still_cancelled(task):
-                            # Someone else cancelled too (the loop is shutting down):
-                            # both requests arrived as this one CancelledError.
-                            raise
-                        if w.cancelling and not self._closing:
-                            # Its batch was cancelled, not the worker: this item
-                            # did not finish; serve the next batch.
-                            continue
-                        if w.expired is not None:
-                            value, failed = w.expired, True
-                        elif self._closing or (not ours and was_cancelled(task)):
-                            raise   # the backend closes, or the loop is shutting down
-                        else:
-                            # Nobody cancelled us: the coroutine raised
-                            # CancelledError itself, a failure like any other.
-                            value, failed = exc, True
-                    except BaseException as exc:  # the task's own failure
-                        value, failed = exc, True
-                    if w.cancels:   # we cancelled, and the coroutine swallowed it
-                        forget_cancels(w, task)
-                        if w.expired is not None:
-                            value, failed = w.expired, True
-                    record = True
-                finally:
-                    d.busy += monotonic() - t
+                        value, failed = self._outcome(w, exc)
+                    except BaseException:   # the worker leaves (close, loop shutdown)
+                        self._left(w, d, t)
+                        raise
+                if w.cancels:   # we cancelled, and the coroutine swallowed it
+                    value, failed = self._swallowed(w, value, failed)
+                d.busy += monotonic() - t
+                w.batch = None
+                if timed:
                     w.current = None
-                    w.batch = None
-                    w.cancelling = False
-                    w.expired = None
-                    self._ended(d, pos, value, failed, record)
+                if failed is None:   # its batch was cancelled: this item did not finish
+                    self._left(w, d, t, busy=False)
+                    continue
+                run = d.run
+                if not failed and pos == d.run_at + len(run):
+                    d.running -= 1
+                    run.append(value)
+                    if not d.dirty:
+                        self._mark(d)
+                else:
+                    self._ended(d, pos, value, failed)
                 # Hold nothing while idle: a batch keeps its items and results alive.
                 del b, d, x, value
         except asyncio.CancelledError:
@@ -454,6 +436,56 @@ class AsyncioBackend(Backend):
         finally:
             if w in self._workers:
                 self._workers.remove(w)
+
+    def _outcome(self, w: Worker, exc: BaseException) -> tuple[Any, bool | None]:
+        """The outcome of an item that raised ``exc``: ``(value, failed)``, with
+        ``failed=None`` if the item did not finish (its batch was cancelled).
+        Raises to make the worker leave (the backend closes, the loop shuts down)."""
+        if not isinstance(exc, asyncio.CancelledError):
+            return exc, True   # the task's own failure
+        # Our own cancel() calls (an expiry, a cancelled batch; at most one is
+        # issued at a time) are handled here.
+        task = w.task
+        ours = w.cancels
+        forget_cancels(w, task)
+        if ours and still_cancelled(task):
+            # Someone else cancelled too (the loop is shutting down): both
+            # requests arrived as this one CancelledError.
+            raise exc
+        if w.cancelling and not self._closing:
+            w.cancelling = False
+            w.expired = None
+            return None, None   # its batch was cancelled, not the worker
+        if w.expired is not None:
+            error, w.expired = w.expired, None
+            return error, True
+        if self._closing or (not ours and was_cancelled(task)):
+            raise exc   # the backend closes, or the loop is shutting down
+        # Nobody cancelled us: the coroutine raised CancelledError itself, a
+        # failure like any other.
+        return exc, True
+
+    @staticmethod
+    def _swallowed(w: Worker, value: Any, failed: bool | None) -> tuple[Any, bool | None]:
+        """We cancelled the item, and its coroutine returned anyway."""
+        forget_cancels(w, w.task)
+        if w.expired is not None:
+            value, failed = w.expired, True
+        w.expired = None
+        w.cancelling = False   # the item finished: its outcome counts
+        return value, failed
+
+    def _left(self, w: Worker, d: Draw, t: float, *, busy: bool = True) -> None:
+        """The worker's item ends without an outcome."""
+        if busy:
+            d.busy += time.monotonic() - t
+        w.batch = None
+        w.current = None
+        w.cancelling = False
+        w.expired = None
+        d.running -= 1
+        if d.over and not d.dirty:
+            self._mark(d)
 
     def _first_draw(self, b: Batch, d: Draw) -> bool:
         """A worker takes the first item of ``b``: False if the batch must not run
