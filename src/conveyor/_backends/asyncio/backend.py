@@ -26,14 +26,7 @@ from .._base import (
     initializer_failed,
     running_items,
 )
-from .draw import (
-    Draw,
-    Worker,
-    cancel_once,
-    forget_cancels,
-    still_cancelled,
-    was_cancelled,
-)
+from .draw import Draw, Worker, cancel_once, outcome, swallowed
 
 __all__ = ["AsyncioBackend"]
 
@@ -404,12 +397,12 @@ class AsyncioBackend(Backend):
                     value = await b.fn(x := b.items[pos])
                 except BaseException as exc:
                     try:
-                        value, failed = self._outcome(w, exc)
+                        value, failed = outcome(w, exc, self._closing)
                     except BaseException:   # the worker leaves (close, loop shutdown)
                         self._left(w, d, t)
                         raise
                 if w.cancels:   # we cancelled, and the coroutine swallowed it
-                    value, failed = self._swallowed(w, value, failed)
+                    value, failed = swallowed(w, value, failed)
                 d.busy += monotonic() - t
                 w.batch = None
                 if timed:
@@ -436,44 +429,6 @@ class AsyncioBackend(Backend):
         finally:
             if w in self._workers:
                 self._workers.remove(w)
-
-    def _outcome(self, w: Worker, exc: BaseException) -> tuple[Any, bool | None]:
-        """The outcome of an item that raised ``exc``: ``(value, failed)``, with
-        ``failed=None`` if the item did not finish (its batch was cancelled).
-        Raises to make the worker leave (the backend closes, the loop shuts down)."""
-        if not isinstance(exc, asyncio.CancelledError):
-            return exc, True   # the task's own failure
-        # Our own cancel() calls (an expiry, a cancelled batch; at most one is
-        # issued at a time) are handled here.
-        task = w.task
-        ours = w.cancels
-        forget_cancels(w, task)
-        if ours and still_cancelled(task):
-            # Someone else cancelled too (the loop is shutting down): both
-            # requests arrived as this one CancelledError.
-            raise exc
-        if w.cancelling and not self._closing:
-            w.cancelling = False
-            w.expired = None
-            return None, None   # its batch was cancelled, not the worker
-        if w.expired is not None:
-            error, w.expired = w.expired, None
-            return error, True
-        if self._closing or (not ours and was_cancelled(task)):
-            raise exc   # the backend closes, or the loop is shutting down
-        # Nobody cancelled us: the coroutine raised CancelledError itself, a
-        # failure like any other.
-        return exc, True
-
-    @staticmethod
-    def _swallowed(w: Worker, value: Any, failed: bool | None) -> tuple[Any, bool | None]:
-        """We cancelled the item, and its coroutine returned anyway."""
-        forget_cancels(w, w.task)
-        if w.expired is not None:
-            value, failed = w.expired, True
-        w.expired = None
-        w.cancelling = False   # the item finished: its outcome counts
-        return value, failed
 
     def _left(self, w: Worker, d: Draw, t: float, *, busy: bool = True) -> None:
         """The worker's item ends without an outcome."""

@@ -16,8 +16,7 @@ from typing import Any
 
 from .._base import Batch
 
-__all__ = ["Draw", "Worker", "cancel_once", "forget_cancels", "still_cancelled",
-           "was_cancelled"]
+__all__ = ["Draw", "Worker", "cancel_once", "outcome", "swallowed"]
 
 
 class Worker:
@@ -67,6 +66,44 @@ class Draw(Iterator[Any]):
     def over(self) -> bool:
         """Nothing runs and nothing is left to draw."""
         return self.running == 0 and self.taken >= self.end
+
+
+def outcome(w: Worker, exc: BaseException, closing: bool) -> tuple[Any, bool | None]:
+    """The outcome of an item that raised ``exc``: ``(value, failed)``, with
+    ``failed=None`` if the item did not finish (its batch was cancelled).
+    Raises to make the worker leave (the backend is ``closing``, the loop shuts down)."""
+    if not isinstance(exc, asyncio.CancelledError):
+        return exc, True   # the task's own failure
+    # Our own cancel() calls (an expiry, a cancelled batch; at most one is
+    # issued at a time) are handled here.
+    task = w.task
+    ours = w.cancels
+    forget_cancels(w, task)
+    if ours and still_cancelled(task):
+        # Someone else cancelled too (the loop is shutting down): both
+        # requests arrived as this one CancelledError.
+        raise exc
+    if w.cancelling and not closing:
+        w.cancelling = False
+        w.expired = None
+        return None, None   # its batch was cancelled, not the worker
+    if w.expired is not None:
+        error, w.expired = w.expired, None
+        return error, True
+    if closing or (not ours and was_cancelled(task)):
+        raise exc   # the backend closes, or the loop is shutting down
+    # Nobody cancelled us: the coroutine raised CancelledError itself, a
+    # failure like any other.
+    return exc, True
+
+def swallowed(w: Worker, value: Any, failed: bool | None) -> tuple[Any, bool | None]:
+    """We cancelled the item, and its coroutine returned anyway."""
+    forget_cancels(w, w.task)
+    if w.expired is not None:
+        value, failed = w.expired, True
+    w.expired = None
+    w.cancelling = False   # the item finished: its outcome counts
+    return value, failed
 
 
 def cancel_once(w: Worker) -> None:
