@@ -4,8 +4,10 @@ batch is no worker's queue. Real event loops, real cancellation."""
 from __future__ import annotations
 
 import asyncio
+import gc
 
 import conveyor
+from conveyor._backends._base import Batch
 from conveyor.errors import TaskTimeout
 
 
@@ -89,3 +91,24 @@ def test_stopping_early_cancels_the_items_running_from_a_shared_batch() -> None:
         return cancelled
 
     assert asyncio.run(main()) == 7
+
+
+def test_a_finished_batch_is_freed_without_the_garbage_collector() -> None:
+    """No reference cycle keeps a batch (its items and outcomes) alive after it
+    ends: left to the collector, batches would pile up in its oldest generation
+    and a long map's memory would grow with its length."""
+    async def ainc(x: int) -> int:
+        return x + 1
+
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)   # what the collector finds stays in gc.garbage
+    try:
+        assert sum(conveyor.map(ainc, range(2000), workers=20, batch=10)) == 2001000
+        gc.collect()
+        stranded = [o for o in gc.garbage if isinstance(o, Batch)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert stranded == []

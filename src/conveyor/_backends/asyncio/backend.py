@@ -144,24 +144,23 @@ class AsyncioBackend(Backend):
             return
         # A closed loop runs nothing again, and nothing else touches its state.
         self._closing = True
-        lost: dict[Batch, None] = {}
-        while self._inbox:
-            lost[self._inbox.popleft()] = None
-        while self._pending:
-            lost[self._pending.popleft().batch] = None
+        lost = list(self._inbox)   # never enqueued: no worker saw them
+        self._inbox.clear()
+        draws: dict[Draw, None] = dict.fromkeys(self._pending)
+        self._pending.clear()
         for w in self._workers:
-            if w.batch is not None:   # frozen mid-item with its task
-                lost[w.batch] = None
+            b = w.batch
+            if b is not None:   # frozen mid-item with its task
                 w.batch = None
-        for dirty in self._dirty:
-            lost[dirty.batch] = None
+                if isinstance(b.it, Draw):
+                    draws[b.it] = None
+        draws.update(dict.fromkeys(self._dirty))
         self._dirty.clear()
+        for d in draws:
+            if not d.finished:
+                d.finish()
+                lost.append(d.batch)
         for b in lost:
-            d = b.it
-            if isinstance(d, Draw):
-                if d.finished:
-                    continue
-                d.finished = True
             b.sink(dropped(b))
 
     def running(self) -> list[Running]:
@@ -231,7 +230,7 @@ class AsyncioBackend(Backend):
                 d = self._pending.popleft()
                 d.end = d.taken
                 if d.taken == 0:
-                    d.finished = True
+                    d.finish()
                     d.batch.sink(dropped(d.batch))
                 elif d.over:
                     self._mark(d)
@@ -297,7 +296,7 @@ class AsyncioBackend(Backend):
             d.runs = []
             last = None
             if d.over:
-                d.finished = True
+                d.finish()
                 # The last completion says where the batch ended: positions from
                 # there on did not run (cancelled before they were drawn).
                 last = runs.pop() if runs and runs[-1][0] + len(runs[-1][1]) == d.taken \

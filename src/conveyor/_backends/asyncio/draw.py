@@ -62,6 +62,14 @@ class Draw(Iterator[Any]):
     def __length_hint__(self) -> int:
         return max(0, self.end - self.taken)
 
+    def finish(self) -> None:
+        """Its last completion is being reported."""
+        self.finished = True
+        # batch.it -> draw -> batch is a cycle: left to the garbage collector,
+        # finished batches (their items and outcomes) would pile up in its
+        # oldest generation, and a long map's memory would grow with its length.
+        self.batch.it = None
+
     @property
     def over(self) -> bool:
         """Nothing runs and nothing is left to draw."""
