@@ -375,7 +375,7 @@ class AsyncioBackend(Backend):
                 d = pending[0]
                 b = d.batch
                 pos = d.taken
-                if pos == 0 and not self._first_draw(b, d):
+                if (pos == 0 or b.cancelled) and not self._may_draw(b, d, pos):
                     continue
                 d.taken = pos + 1
                 if pos + 1 >= d.end:
@@ -441,14 +441,17 @@ class AsyncioBackend(Backend):
         if d.over and not d.dirty:
             self._mark(d)
 
-    def _first_draw(self, b: Batch, d: Draw) -> bool:
-        """A worker takes the first item of ``b``: False if the batch must not run
-        (cancelled, or a ``Pool.submit`` future cancelled before it started)."""
-        b.started = time.monotonic()
+    def _may_draw(self, b: Batch, d: Draw, pos: int) -> bool:
+        """A worker takes the first item of ``b``, or ``b`` was marked cancelled:
+        False if nothing more of it may run (cancelled, or a ``Pool.submit``
+        future cancelled before it started)."""
         on_start = b.on_start
-        if b.cancelled or (on_start is not None and not on_start()):
+        if pos == 0:
+            b.started = time.monotonic()
+        if b.cancelled or (pos == 0 and on_start is not None and not on_start()):
             self._pending.popleft()
-            d.end = 0
-            self._mark(d)
+            d.end = pos
+            if d.over:
+                self._mark(d)
             return False
         return True
