@@ -251,9 +251,9 @@ class Core:
                                  [p - done for p in c.errors if done <= p < a]
                                  if c.errors else None)
                 done = z
-        if n <= done:
-            return
-        if not c.errors and done == at and not b.harvested:
+        # A batch whose last completion carries no values (shared: its last
+        # item to finish was not its last) still teaches the batch size.
+        if not c.errors and done == at and not b.harvested and n:
             batcher = self.intake.batcher
             size = batcher.size
             batcher.observe(n, c.busy)
@@ -265,6 +265,8 @@ class Core:
                     and (batcher.size != size or not self._remembered):
                 self._remembered = True
                 memory.remember(underlying(self.fn), batcher.per_item)
+        if n <= done:
+            return
         skip = done - at   # outcomes at the start of values that were recorded before
         values = c.values if not skip else c.values[skip:]
         errors = c.errors if not skip or not c.errors else [p - skip for p in c.errors

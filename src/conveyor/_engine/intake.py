@@ -117,7 +117,7 @@ class Intake:
         self.workers = workers
         window = self.limit()
         size = self.batcher.size
-        if self.shared:
+        if self.shared and self.batcher.fixed is None:
             # Workers draw items one by one from the oldest batch, so a batch is
             # no one worker's queue: size it for the bookkeeping it saves (one
             # per SHARED_SPLIT workers), not for one worker's time. The window

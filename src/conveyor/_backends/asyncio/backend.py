@@ -277,7 +277,8 @@ class AsyncioBackend(Backend):
         self._dirty.append(d)
         if not self._report_due:
             self._report_due = True
-            self.loop.call_soon(self._report)
+            with contextlib.suppress(RuntimeError):   # closed: poll() reports what is left
+                self.loop.call_soon(self._report)
 
     def _report(self) -> None:
         """Report the runs finished in this burst of the loop, a completion per run."""
@@ -295,15 +296,24 @@ class AsyncioBackend(Backend):
                 d.run, d.errs = [], []
             d.runs = []
             last = None
+            lost = False
             if d.over:
                 d.finish()
+                # Items that ended without an outcome in a batch nobody cancelled:
+                # the backend closed, or the loop shut down, under them.
+                lost = d.unfinished > 0 and not b.cancelled
                 # The last completion says where the batch ended: positions from
                 # there on did not run (cancelled before they were drawn).
                 last = runs.pop() if runs and runs[-1][0] + len(runs[-1][1]) == d.taken \
                     else (d.taken, [], [])
             for at, values, errs in runs:
                 b.sink(Completion(b, values, errs or None, 0.0, offset=at, more=True))
-            if last is not None:
+            if lost:
+                if last is not None and last[1]:
+                    b.sink(Completion(b, last[1], last[2] or None, 0.0, offset=last[0],
+                                      more=True))
+                b.sink(dropped(b))
+            elif last is not None:
                 b.sink(Completion(b, last[1], last[2] or None, d.busy, offset=last[0]))
 
     def _ended(self, d: Draw, pos: int, value: Any, failed: bool) -> None:
@@ -353,16 +363,16 @@ class AsyncioBackend(Backend):
         set_thread_state()   # conveyor.worker_state(): this worker coroutine's own dict
         loop = self.loop
         init_error: BaseException | None = None
-        try:
-            if self._initializer is not None:
-                r = self._initializer(*self._initargs)
-                if inspect.isawaitable(r):
-                    await r
-        except Exception as exc:
-            init_error = initializer_failed(self._initializer, exc)
         pending = self._pending
         monotonic = time.monotonic
         try:
+            try:
+                if self._initializer is not None:
+                    r = self._initializer(*self._initargs)
+                    if inspect.isawaitable(r):
+                        await r
+            except Exception as exc:
+                init_error = initializer_failed(self._initializer, exc)
             while True:
                 if not pending:
                     if self._closing:
@@ -376,6 +386,7 @@ class AsyncioBackend(Backend):
                 b = d.batch
                 pos = d.taken
                 if (pos == 0 or b.cancelled) and not self._may_draw(b, d, pos):
+                    del b, d   # hold nothing while idle
                     continue
                 d.taken = pos + 1
                 if pos + 1 >= d.end:
@@ -384,6 +395,7 @@ class AsyncioBackend(Backend):
                 if init_error is not None:
                     # Every item this worker takes fails with its own WorkerInitError.
                     self._ended(d, pos, init_failure(init_error), True)
+                    del b, d
                     continue
                 # The hot path (one turn per item): no calls beyond the item's own.
                 timed = b.timed
@@ -408,6 +420,7 @@ class AsyncioBackend(Backend):
                     w.current = None
                 if failed is None:   # its batch was cancelled: this item did not finish
                     self._left(w, d, t, busy=False)
+                    del b, d, x, value
                     continue
                 run = d.run
                 if not failed and pos == d.run_at + len(run):
@@ -438,6 +451,7 @@ class AsyncioBackend(Backend):
         w.cancelling = False
         w.expired = None
         d.running -= 1
+        d.unfinished += 1
         if d.over and not d.dirty:
             self._mark(d)
 

@@ -41,13 +41,14 @@ class Draw(Iterator[Any]):
     """
 
     __slots__ = ("batch", "busy", "dirty", "end", "errs", "finished", "run", "run_at",
-                 "running", "runs", "taken")
+                 "running", "runs", "taken", "unfinished")
 
     def __init__(self, batch: Batch) -> None:
         self.batch = batch
         self.taken = 0          # items drawn: positions below this started
         self.end = batch.limit  # draw up to here (lowered by a cancel)
         self.running = 0        # drawn and not finished
+        self.unfinished = 0     # drawn, and ended without an outcome
         self.busy = 0.0         # seconds the workers spent on its items
         self.run_at = 0         # the position of run[0]
         self.run: list[Any] = []    # outcomes from run_at on, not reported yet
@@ -80,6 +81,8 @@ def outcome(w: Worker, exc: BaseException, closing: bool) -> tuple[Any, bool | N
     """The outcome of an item that raised ``exc``: ``(value, failed)``, with
     ``failed=None`` if the item did not finish (its batch was cancelled).
     Raises to make the worker leave (the backend is ``closing``, the loop shuts down)."""
+    if isinstance(exc, GeneratorExit):
+        raise exc   # the worker coroutine itself is being closed (collected): leave
     if not isinstance(exc, asyncio.CancelledError):
         return exc, True   # the task's own failure
     # Our own cancel() calls (an expiry, a cancelled batch; at most one is
