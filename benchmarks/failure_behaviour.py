@@ -29,6 +29,10 @@ What it checks (behaviour, not speed)
     call, the pool usable afterwards, the process exits on its own, nothing
     left running.
 
+    The scenarios are in ``_failure_crash.py`` and ``_failure_hang.py``, what
+    they share (the clock of the call, the lines they print) in
+    ``_failure_child.py``; the rows that name them are ``CASES`` below.
+
 Run (from the project root)
     python benchmarks/failure_behaviour.py              # every scenario
     python benchmarks/failure_behaviour.py --quick      # conveyor + 2 stdlib rows, times / 4
@@ -43,621 +47,74 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import argparse
-import asyncio
-import collections
 import contextlib
-import functools
 import json
 import os
 import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from _children import ProcessWatch, session_pids
+from _failure_child import (
+    BAD,
+    GOOD,
+    TASK_S,
+    TIMEOUT_S,
+    Ctx,
+    N,
+)
+from _failure_crash import (
+    crash_conveyor_map_raise,
+    crash_conveyor_map_return,
+    crash_conveyor_pool_map_return,
+    crash_conveyor_pool_submit,
+    crash_dask,
+    crash_joblib_loky_generator,
+    crash_joblib_loky_list,
+    crash_loky_executor,
+    crash_mp_pool_apply_async,
+    crash_mp_pool_imap,
+    crash_mp_pool_map,
+    crash_mpire_imap,
+    crash_mpire_map,
+    crash_pebble_map,
+    crash_pebble_schedule,
+    crash_ppe_map,
+    crash_ppe_submit,
+)
+from _failure_hang import (
+    hang_asyncio_to_thread,
+    hang_asyncio_wait_for,
+    hang_conveyor_map_raise,
+    hang_conveyor_map_return,
+    hang_conveyor_pool_map_return,
+    hang_conveyor_pool_schedule,
+    hang_dask_result_timeout,
+    hang_joblib_loky_timeout,
+    hang_joblib_threading_timeout,
+    hang_loky_kill_workers,
+    hang_mp_pool_apply_async,
+    hang_mpire_task_timeout,
+    hang_pebble_map_timeout,
+    hang_pebble_schedule_timeout,
+    hang_ppe_result_timeout,
+    hang_tpe_result_timeout,
+)
 from _harness import (
     Case,
-    ProcessWatch,
-    dask_client,
     footer,
     header,
-    kill_loky_executors,
     md_table,
     missing_modules,
     progress,
-    session_pids,
 )
-from workloads import ahang_at, crash_at, hang_at, inc
 
-N, BAD = 8, 3
-GOOD = N - 1
-TASK_S = 0.2
-TIMEOUT_S = 2.0
 QUICK_SCALE = 0.25          # --quick: every sleep and timeout x 0.25
 DEADLINE_SLACK_S = 1.0      # conveyor target: the failure surfaces within timeout + 1 s
-
-
-# ---------------------------------------------------------------------------
-# Child side: one scenario
-# ---------------------------------------------------------------------------
-
-def emit(**kw: Any) -> None:
-    print(json.dumps(kw), flush=True)
-
-
-def exc_name(e: BaseException | None) -> str:
-    return "none" if e is None else type(e).__name__
-
-
-class Ctx:
-    """What a scenario needs: its (scaled) workloads, and the clock of the call."""
-
-    def __init__(self, scale: float) -> None:
-        self.task_s = TASK_S * scale
-        self.timeout = TIMEOUT_S * scale
-        self.t0 = time.perf_counter()
-        self.first_error: float | None = None
-
-    def crash(self) -> Callable[[int], int]:
-        return functools.partial(crash_at, bad=BAD, seconds=self.task_s)
-
-    def hang(self) -> Callable[[int], int]:
-        return functools.partial(hang_at, bad=BAD, seconds=self.task_s)
-
-    def begin(self) -> None:
-        """The work is about to be handed over: times are counted from here."""
-        self.t0 = time.perf_counter()
-        emit(event="call")
-
-    def since(self) -> float:
-        return time.perf_counter() - self.t0
-
-    def error_seen(self) -> None:
-        if self.first_error is None:
-            self.first_error = self.since()
-
-    def result(self) -> None:
-        emit(event="result", t=round(self.since(), 3))
-
-    def summary(self, *, seen: str | dict[str, int], good: int, usable: str, note: str = "",
-                bad_ok: bool | None = None) -> None:
-        """``bad_ok``: the failure was attributed to item BAD (None: cannot tell)."""
-        detect = self.first_error if self.first_error is not None else self.since()
-        emit(summary={"seen": seen, "detect_s": round(detect, 3), "good": good,
-                      "usable": usable, "note": note, "bad_ok": bad_ok})
-
-    def watch(self, fs: list[Any]) -> list[Any]:
-        """Note the time the first of these futures fails: when the failure surfaced."""
-        def on_done(f: Any) -> None:
-            with contextlib.suppress(Exception):
-                if f.exception(timeout=0) is not None:
-                    self.error_seen()
-        for f in fs:
-            f.add_done_callback(on_done)
-        return fs
-
-    def wait(self, fs: list[Any], timeout: float) -> None:
-        wait(self.watch(fs), timeout=timeout)
-
-    def collect(self, fs: list[Any], timeout: float | None = None
-                ) -> tuple[int, dict[str, int], bool | None]:
-        """(good results, exception counts, did future BAD fail) of futures, in order.
-
-        Call :meth:`watch` (or :meth:`wait`) as the futures are made, so the
-        failure's time is when its future failed, not when it was looked at.
-        """
-        good, errors, bad_failed = 0, collections.Counter[str](), None
-        for i, f in enumerate(fs):
-            try:
-                f.result(timeout=timeout)
-                good += 1
-                if i == BAD:
-                    bad_failed = False
-            except Exception as e:
-                self.error_seen()
-                errors[exc_name(e)] += 1
-                if i == BAD:
-                    bad_failed = True
-        return good, dict(errors), bad_failed
-
-
-def usable(fn: Callable[[], object]) -> str:
-    try:
-        fn()
-        return "yes"
-    except Exception as e:
-        return f"no ({exc_name(e)})"
-
-
-def drain(ctx: Ctx, results: Iterable[Any]) -> tuple[int, BaseException | None]:
-    """Iterate results until an exception; (results got, the exception)."""
-    got = 0
-    try:
-        for _ in results:
-            got += 1
-            ctx.result()
-    except Exception as e:
-        ctx.error_seen()
-        return got, e
-    return got, None
-
-
-def drain_past_errors(ctx: Ctx, it: Iterator[Any]) -> tuple[int, dict[str, int]]:
-    """Iterate, counting the errors and going on past them (pebble's map iterator)."""
-    good, errors = 0, collections.Counter[str]()
-    while True:
-        try:
-            next(it)
-            good += 1
-        except StopIteration:
-            break
-        except Exception as e:
-            ctx.error_seen()
-            errors[exc_name(e)] += 1
-    return good, dict(errors)
-
-
-# ---- crash: stdlib and peers -------------------------------------------------
-
-def crash_ppe_map(ctx: Ctx) -> None:
-    with ProcessPoolExecutor(2) as ex:
-        ctx.begin()
-        got, err = drain(ctx, ex.map(ctx.crash(), range(N)))
-        ctx.summary(seen=exc_name(err), good=got,
-                    usable=usable(lambda: ex.submit(inc, 1).result(timeout=10)))
-
-
-def crash_ppe_submit(ctx: Ctx) -> None:
-    with ProcessPoolExecutor(2) as ex:
-        ctx.begin()
-        fs = [ex.submit(ctx.crash(), i) for i in range(N)]
-        ctx.wait(fs, 20)
-        good, errors, bad = ctx.collect(fs, timeout=0)
-        ctx.summary(seen=errors, good=good, bad_ok=bad,
-                    usable=usable(lambda: ex.submit(inc, 1).result(timeout=10)))
-
-
-def crash_mp_pool_map(ctx: Ctx) -> None:
-    import multiprocessing as mp
-
-    with mp.Pool(2) as pool:
-        ctx.begin()
-        res = pool.map(ctx.crash(), range(N))
-        ctx.summary(seen="none", good=len(res), usable="?")
-
-
-def crash_mp_pool_imap(ctx: Ctx) -> None:
-    import multiprocessing as mp
-
-    with mp.Pool(2) as pool:
-        ctx.begin()
-        got, err = drain(ctx, pool.imap(ctx.crash(), range(N)))
-        ctx.summary(seen=exc_name(err), good=got, usable="?")
-
-
-def crash_mp_pool_apply_async(ctx: Ctx) -> None:
-    import multiprocessing as mp
-
-    with mp.Pool(2) as pool:
-        ctx.begin()
-        rs = [pool.apply_async(ctx.crash(), (i,)) for i in range(N)]
-        good, errors, bad = 0, collections.Counter[str](), None
-        for i, r in enumerate(rs):
-            try:
-                r.get(timeout=5 * ctx.timeout / TIMEOUT_S)
-                good += 1
-            except Exception as e:
-                ctx.error_seen()
-                errors[exc_name(e)] += 1
-                bad = True if i == BAD else bad
-        ctx.summary(seen=dict(errors) or "none", good=good, bad_ok=bad,
-                    note="the lost task is only detectable by get(timeout=5)",
-                    usable=usable(lambda: pool.apply_async(inc, (1,)).get(timeout=10)))
-
-
-def crash_joblib_loky_list(ctx: Ctx) -> None:
-    from joblib import Parallel, delayed
-
-    ctx.begin()
-    err, got = None, 0
-    try:
-        got = len(Parallel(n_jobs=2)(delayed(ctx.crash())(i) for i in range(N)))
-    except Exception as e:
-        ctx.error_seen()
-        err = e
-    ctx.summary(seen=exc_name(err), good=got,
-                usable=usable(lambda: Parallel(n_jobs=2)(delayed(inc)(i) for i in range(4))),
-                note="the next Parallel call starts fresh workers")
-    kill_loky_executors()
-
-
-def crash_joblib_loky_generator(ctx: Ctx) -> None:
-    from joblib import Parallel, delayed
-
-    ctx.begin()
-    got, err = drain(ctx, Parallel(n_jobs=2, return_as="generator")(
-        delayed(ctx.crash())(i) for i in range(N)))
-    ctx.summary(seen=exc_name(err), good=got,
-                usable=usable(lambda: Parallel(n_jobs=2)(delayed(inc)(i) for i in range(4))))
-    kill_loky_executors()
-
-
-def crash_loky_executor(ctx: Ctx) -> None:
-    import loky
-
-    ex = loky.get_reusable_executor(max_workers=2)
-    ctx.begin()
-    fs = [ex.submit(ctx.crash(), i) for i in range(N)]
-    ctx.wait(fs, 20)
-    good, errors, bad = ctx.collect(fs, timeout=0)
-    ctx.summary(seen=errors, good=good, bad_ok=bad,
-                usable=usable(lambda: ex.submit(inc, 1).result(timeout=10)),
-                note="get_reusable_executor() again gives a fresh executor")
-    kill_loky_executors()
-
-
-def crash_mpire_map(ctx: Ctx) -> None:
-    from mpire import WorkerPool
-
-    with WorkerPool(n_jobs=2) as pool:
-        ctx.begin()
-        err, got = None, 0
-        try:
-            got = len(pool.map(ctx.crash(), range(N), chunk_size=1))
-        except Exception as e:
-            ctx.error_seen()
-            err = e
-        ctx.summary(seen=exc_name(err), good=got,
-                    usable=usable(lambda: pool.map(inc, range(4))))
-
-
-def crash_mpire_imap(ctx: Ctx) -> None:
-    from mpire import WorkerPool
-
-    with WorkerPool(n_jobs=2) as pool:
-        ctx.begin()
-        got, err = drain(ctx, pool.imap(ctx.crash(), range(N), chunk_size=1))
-        ctx.summary(seen=exc_name(err), good=got,
-                    usable=usable(lambda: pool.map(inc, range(4))))
-
-
-def crash_pebble_schedule(ctx: Ctx) -> None:
-    from pebble import ProcessPool
-
-    with ProcessPool(max_workers=2) as pool:
-        ctx.begin()
-        fs = [pool.schedule(ctx.crash(), args=(i,)) for i in range(N)]
-        ctx.wait(fs, 20)
-        good, errors, bad = ctx.collect(fs, timeout=0)
-        ctx.summary(seen=errors, good=good, bad_ok=bad,
-                    usable=usable(lambda: pool.schedule(inc, args=(1,)).result(timeout=10)))
-
-
-def crash_pebble_map(ctx: Ctx) -> None:
-    from pebble import ProcessPool
-
-    with ProcessPool(max_workers=2) as pool:
-        ctx.begin()
-        good, errors = drain_past_errors(ctx, iter(pool.map(ctx.crash(), range(N)).result()))
-        ctx.summary(seen=errors or "none", good=good,
-                    note="iteration goes on past the failed item",
-                    usable=usable(lambda: pool.schedule(inc, args=(1,)).result(timeout=10)))
-
-
-def crash_dask(ctx: Ctx) -> None:
-    from distributed import wait as dwait
-
-    with dask_client(2) as client:
-        ctx.begin()
-        fs = ctx.watch(client.map(ctx.crash(), range(N), pure=False))
-        with contextlib.suppress(Exception):
-            dwait(fs, timeout=60)
-        good, errors, bad = ctx.collect(fs, timeout=0.1)
-        ctx.summary(seen=errors, good=good, bad_ok=bad,
-                    note="the dead worker is restarted by its nanny and the task retried "
-                         "(allowed-failures=3)",
-                    usable=usable(lambda: client.submit(inc, 1, pure=False).result(timeout=20)))
-
-
-# ---- crash: conveyor -----------------------------------------------------------
-
-def conveyor_map_return(ctx: Ctx, fn: Callable[[int], int], pool: Any = None,
-                        timeout: float | None = None) -> tuple[int, dict[str, int], bool]:
-    """Map with on_error='return'; (good, error counts, was item BAD the error)."""
-    import conveyor
-
-    opts: dict[str, Any] = {"on_error": "return", "timeout": timeout}
-    ctx.begin()
-    if pool is None:
-        results = conveyor.map(fn, range(N), backend="process", workers=2, **opts)
-    else:
-        results = pool.map(fn, range(N), **opts)
-    good, errors, bad = 0, collections.Counter[str](), False
-    for i, r in enumerate(results):
-        if isinstance(r, BaseException):
-            ctx.error_seen()
-            errors[exc_name(r)] += 1
-            bad = bad or (i == BAD and conveyor.errors.item_index(r) == BAD)
-        else:
-            good += 1
-            ctx.result()
-    return good, dict(errors), bad
-
-
-def conveyor_map_raise(ctx: Ctx, fn: Callable[[int], int],
-                       timeout: float | None = None) -> tuple[int, str, bool]:
-    import conveyor
-
-    ctx.begin()
-    got, err = drain(ctx, conveyor.map(fn, range(N), backend="process", workers=2,
-                                       timeout=timeout))
-    bad = err is not None and conveyor.errors.item_index(err) == BAD
-    return got, exc_name(err), bad
-
-
-def new_conveyor_map() -> str:
-    import conveyor
-
-    return "n/a (one-shot); a new map: " + usable(
-        lambda: list(conveyor.map(inc, range(4), backend="process", workers=2)))
-
-
-def crash_conveyor_map_return(ctx: Ctx) -> None:
-    good, errors, bad = conveyor_map_return(ctx, ctx.crash())
-    ctx.summary(seen=errors or "none", good=good, bad_ok=bad, usable=new_conveyor_map())
-
-
-def crash_conveyor_map_raise(ctx: Ctx) -> None:
-    got, seen, bad = conveyor_map_raise(ctx, ctx.crash())
-    ctx.summary(seen=f"{seen} raised", good=got, bad_ok=bad, usable=new_conveyor_map(),
-                note="on_error='raise': the results before the failed item, then its error")
-
-
-def crash_conveyor_pool_map_return(ctx: Ctx) -> None:
-    import conveyor
-
-    with conveyor.Pool(backend="process", workers=2) as pool:
-        good, errors, bad = conveyor_map_return(ctx, ctx.crash(), pool=pool)
-        ctx.summary(seen=errors or "none", good=good, bad_ok=bad,
-                    usable=usable(lambda: pool.submit(inc, 1).result(timeout=10)))
-
-
-def crash_conveyor_pool_submit(ctx: Ctx) -> None:
-    import conveyor
-
-    with conveyor.Pool(backend="process", workers=2) as pool:
-        ctx.begin()
-        fs = [pool.submit(ctx.crash(), i) for i in range(N)]
-        ctx.wait(fs, 20)
-        good, errors, bad = ctx.collect(fs, timeout=0)
-        ctx.summary(seen=errors, good=good, bad_ok=bad,
-                    usable=usable(lambda: pool.submit(inc, 1).result(timeout=10)))
-
-
-# ---- hang: stdlib and peers ----------------------------------------------------
-
-def _hang_executor_result_timeout(ctx: Ctx, ex: Executor, note: str) -> None:
-    """submit everything, result(timeout=2) each, then shut down without waiting."""
-    ctx.begin()
-    fs = ctx.watch([ex.submit(ctx.hang(), i) for i in range(N)])
-    good, errors, bad = ctx.collect(fs, timeout=ctx.timeout)
-    ex.shutdown(wait=False, cancel_futures=True)
-    ctx.summary(seen=errors, good=good, bad_ok=bad, usable="no (shut down)", note=note)
-    emit(event="leaving")
-
-
-def hang_ppe_result_timeout(ctx: Ctx) -> None:
-    _hang_executor_result_timeout(
-        ctx, ProcessPoolExecutor(2),
-        "no per-task timeout: result(timeout=2); the stuck worker is not killed")
-
-
-def hang_tpe_result_timeout(ctx: Ctx) -> None:
-    _hang_executor_result_timeout(ctx, ThreadPoolExecutor(2),
-                                  "result(timeout=2); a thread cannot be killed")
-
-
-def hang_mp_pool_apply_async(ctx: Ctx) -> None:
-    import multiprocessing as mp
-
-    pool = mp.Pool(2)
-    ctx.begin()
-    rs = [pool.apply_async(ctx.hang(), (i,)) for i in range(N)]
-    good, errors, bad = 0, collections.Counter[str](), None
-    for i, r in enumerate(rs):
-        try:
-            r.get(timeout=ctx.timeout)
-            good += 1
-        except Exception as e:
-            ctx.error_seen()
-            errors[exc_name(e)] += 1
-            bad = True if i == BAD else bad
-    ctx.summary(seen=dict(errors), good=good, bad_ok=bad,
-                usable="yes, 1 of 2 workers stuck until terminate()",
-                note="no per-task timeout: get(timeout=2), then pool.terminate()")
-    pool.terminate()
-    pool.join()
-    emit(event="leaving")
-
-
-def hang_joblib_loky_timeout(ctx: Ctx) -> None:
-    from joblib import Parallel, delayed
-
-    ctx.begin()
-    err, got = None, 0
-    try:
-        got = len(Parallel(n_jobs=2, timeout=ctx.timeout)(
-            delayed(ctx.hang())(i) for i in range(N)))
-    except Exception as e:
-        ctx.error_seen()
-        err = e
-    ctx.summary(seen=exc_name(err), good=got, note="Parallel(timeout=2)",
-                usable=usable(lambda: Parallel(n_jobs=2)(delayed(inc)(i) for i in range(4))))
-    emit(event="leaving")
-
-
-def hang_joblib_threading_timeout(ctx: Ctx) -> None:
-    from joblib import Parallel, delayed
-
-    ctx.begin()
-    err, got = None, 0
-    try:
-        got = len(Parallel(n_jobs=2, backend="threading", timeout=ctx.timeout)(
-            delayed(ctx.hang())(i) for i in range(N)))
-    except Exception as e:
-        ctx.error_seen()
-        err = e
-    ctx.summary(seen=exc_name(err), good=got, note="Parallel(timeout=2)",
-                usable=usable(lambda: Parallel(n_jobs=2, backend="threading")(
-                    delayed(inc)(i) for i in range(4))))
-    emit(event="leaving")
-
-
-def hang_mpire_task_timeout(ctx: Ctx) -> None:
-    from mpire import WorkerPool
-
-    with WorkerPool(n_jobs=2) as pool:
-        ctx.begin()
-        err, got = None, 0
-        try:
-            got = len(pool.map(ctx.hang(), range(N), chunk_size=1, task_timeout=ctx.timeout))
-        except Exception as e:
-            ctx.error_seen()
-            err = e
-        ctx.summary(seen=exc_name(err), good=got, note="map(task_timeout=2)",
-                    usable=usable(lambda: pool.map(inc, range(4))))
-    emit(event="leaving")
-
-
-def hang_pebble_schedule_timeout(ctx: Ctx) -> None:
-    from pebble import ProcessPool
-
-    with ProcessPool(max_workers=2) as pool:
-        ctx.begin()
-        fs = [pool.schedule(ctx.hang(), args=(i,), timeout=ctx.timeout) for i in range(N)]
-        ctx.wait(fs, 30)
-        good, errors, bad = ctx.collect(fs, timeout=0)
-        ctx.summary(seen=errors, good=good, bad_ok=bad,
-                    usable=usable(lambda: pool.schedule(inc, args=(1,)).result(timeout=10)),
-                    note="schedule(timeout=2): the stuck worker is killed and replaced")
-    emit(event="leaving")
-
-
-def hang_pebble_map_timeout(ctx: Ctx) -> None:
-    from pebble import ProcessPool
-
-    with ProcessPool(max_workers=2) as pool:
-        ctx.begin()
-        good, errors = drain_past_errors(
-            ctx, iter(pool.map(ctx.hang(), range(N), timeout=ctx.timeout).result()))
-        ctx.summary(seen=errors, good=good,
-                    usable=usable(lambda: pool.schedule(inc, args=(1,)).result(timeout=10)),
-                    note="map(timeout=2) is per chunk (chunksize=1 here)")
-    emit(event="leaving")
-
-
-def hang_asyncio_wait_for(ctx: Ctx) -> None:
-    async def main() -> None:
-        ctx.begin()
-        res = await asyncio.gather(
-            *[asyncio.wait_for(ahang_at(i, BAD, ctx.task_s), ctx.timeout) for i in range(N)],
-            return_exceptions=True)
-        errors = collections.Counter(exc_name(r) for r in res if isinstance(r, BaseException))
-        if errors:
-            ctx.error_seen()
-        ctx.summary(seen=dict(errors), good=N - sum(errors.values()),
-                    bad_ok=isinstance(res[BAD], BaseException),
-                    usable="yes (the coroutine is cancelled)", note="asyncio.wait_for(coro, 2)")
-    asyncio.run(main())
-    emit(event="leaving")
-
-
-def hang_asyncio_to_thread(ctx: Ctx) -> None:
-    async def main() -> None:
-        ctx.begin()
-        res = await asyncio.gather(
-            *[asyncio.wait_for(asyncio.to_thread(ctx.hang(), i), ctx.timeout)
-              for i in range(N)], return_exceptions=True)
-        errors = collections.Counter(exc_name(r) for r in res if isinstance(r, BaseException))
-        if errors:
-            ctx.error_seen()
-        ctx.summary(seen=dict(errors), good=N - sum(errors.values()),
-                    bad_ok=isinstance(res[BAD], BaseException), usable="n/a",
-                    note="wait_for(to_thread(sync f), 2): the thread keeps running")
-    asyncio.run(main())
-    emit(event="leaving")
-
-
-def hang_loky_kill_workers(ctx: Ctx) -> None:
-    import loky
-
-    ex = loky.get_reusable_executor(max_workers=2)
-    ctx.begin()
-    fs = ctx.watch([ex.submit(ctx.hang(), i) for i in range(N)])
-    good, errors, bad = ctx.collect(fs, timeout=ctx.timeout)
-    ex.shutdown(wait=True, kill_workers=True)
-    ctx.summary(seen=errors, good=good, bad_ok=bad,
-                usable="no (shut down; the next get_reusable_executor() is new)",
-                note="result(timeout=2), then shutdown(kill_workers=True)")
-    emit(event="leaving")
-
-
-def hang_dask_result_timeout(ctx: Ctx) -> None:
-    with dask_client(2) as client:
-        ctx.begin()
-        fs = ctx.watch(client.map(ctx.hang(), range(N), pure=False))
-        good, errors, bad = ctx.collect(fs, timeout=ctx.timeout)
-        client.cancel(fs)
-        ctx.summary(seen=errors, good=good, bad_ok=bad,
-                    usable=usable(lambda: client.submit(inc, 1, pure=False).result(timeout=20)),
-                    note="result(timeout=2) + client.cancel(): a running task is not stopped")
-    emit(event="leaving")
-
-
-# ---- hang: conveyor ------------------------------------------------------------
-
-def hang_conveyor_map_return(ctx: Ctx) -> None:
-    good, errors, bad = conveyor_map_return(ctx, ctx.hang(), timeout=ctx.timeout)
-    ctx.summary(seen=errors or "none", good=good, bad_ok=bad, usable=new_conveyor_map(),
-                note="timeout=2: the stuck worker is killed and replaced")
-    emit(event="leaving")
-
-
-def hang_conveyor_map_raise(ctx: Ctx) -> None:
-    got, seen, bad = conveyor_map_raise(ctx, ctx.hang(), timeout=ctx.timeout)
-    ctx.summary(seen=f"{seen} raised", good=got, bad_ok=bad, usable=new_conveyor_map(),
-                note="timeout=2, on_error='raise': the results before the failed item, "
-                     "then its error")
-    emit(event="leaving")
-
-
-def hang_conveyor_pool_map_return(ctx: Ctx) -> None:
-    import conveyor
-
-    with conveyor.Pool(backend="process", workers=2) as pool:
-        good, errors, bad = conveyor_map_return(ctx, ctx.hang(), pool=pool,
-                                                timeout=ctx.timeout)
-        ctx.summary(seen=errors or "none", good=good, bad_ok=bad,
-                    usable=usable(lambda: pool.submit(inc, 1).result(timeout=10)),
-                    note="timeout=2: the stuck worker is killed and replaced")
-    emit(event="leaving")
-
-
-def hang_conveyor_pool_schedule(ctx: Ctx) -> None:
-    import conveyor
-
-    with conveyor.Pool(backend="process", workers=2) as pool:
-        ctx.begin()
-        fs: list[Future[int]] = ctx.watch([pool.schedule(ctx.hang(), (i,), timeout=ctx.timeout)
-                                           for i in range(N)])
-        good, errors, bad = ctx.collect(fs, timeout=ctx.timeout + 20)
-        ctx.summary(seen=errors, good=good, bad_ok=bad,
-                    usable=usable(lambda: pool.submit(inc, 1).result(timeout=10)),
-                    note="schedule(timeout=2): the stuck worker is killed and replaced")
-    emit(event="leaving")
 
 
 # ---------------------------------------------------------------------------

@@ -29,9 +29,10 @@ Run (from the project root)
     python benchmarks/overhead.py --quick      # N/10, 1 repeat, no dask: a smoke run
     python benchmarks/overhead.py --rows conveyor
 
-Adding a row is one more ``OverheadCase`` in ``CASES`` (``StartCase`` in
-``START_CASES`` for Table 1b); ``backend="process"`` makes it report "not
-available" on a conveyor that lacks the backend instead of failing.
+Adding a row is one more ``OverheadCase`` in ``CASES``, with its system's
+factory in ``_overhead_systems.py`` (``StartCase`` in ``START_CASES`` of
+``_overhead_start.py`` for Table 1b); ``backend="process"`` makes it report
+"not available" on a conveyor that lacks the backend instead of failing.
 """
 
 from __future__ import annotations
@@ -42,51 +43,58 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import argparse
-import asyncio
-import contextlib
-import math
-import multiprocessing as mp
-import multiprocessing.dummy as mpd
 import time
-from collections.abc import Callable, Coroutine, Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from contextlib import AbstractContextManager
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import async_peers
-import conveyor
 from _harness import (
     Case,
     Stats,
-    dask_client,
     error_cell,
-    fmt_ratio,
     fmt_s,
     fmt_us,
     footer,
     header,
-    kill_loky_executors,
     md_table,
     progress,
+    ratio_column,
     timed,
     verdict,
+)
+from _overhead_start import START_CASES, start_table
+from _overhead_systems import (
+    Factory,
+    Run,
+    conveyor_amap,
+    conveyor_dask_pool,
+    conveyor_map,
+    conveyor_pool,
+    dask_client_map,
+    executor_as_completed,
+    gather_tasks,
+    joblib_parallel,
+    loky_map,
+    mp_dummy,
+    mp_pool_imap,
+    mp_pool_map,
+    mpire_map,
+    on_loop,
+    pebble_map,
+    ppe_map,
+    sequential,
+    tpe_map,
+    with_ainc,
 )
 from workloads import ainc, inc
 
 N_FAST = 20_000
 N_SLOW = 2_000
-WARMUP = range(16)
 TARGET_US = 1.0            # conveyor thread and asyncio backends: <= 1 µs/task
 TARGET_PROCESS_US = 0.5    # conveyor process backend, 2 workers: <= 0.5 µs/task
-TARGET_START_S = 0.050     # conveyor process backend: create 2 workers + first result + stop
 TARGET_DASK_US = 50.0      # conveyor dask backend on a 2-worker LocalCluster: <= 50 µs/task
 SLOPE_FACTOR = 10          # the slope row maps N and 10 N items
 REFERENCE = "ThreadPoolExecutor(4).map"
-START_REFERENCE = "ProcessPoolExecutor(2)"
-
-Run = Callable[[range], Sequence[Any]]
-Factory = Callable[[], AbstractContextManager[Run]]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -99,219 +107,6 @@ class OverheadCase(Case):
     slope: bool = False
 
 
-def auto_chunk(n: int, workers: int) -> int:
-    """multiprocessing.Pool.map's own rule: about 4 chunks per worker."""
-    return max(1, math.ceil(n / (4 * workers)))
-
-
-# ---------------------------------------------------------------------------
-# Systems: each factory returns a context manager that sets the system up,
-# warms it, and yields run(xs) -> list of results.
-# ---------------------------------------------------------------------------
-
-@contextlib.contextmanager
-def sequential() -> Iterator[Run]:
-    yield lambda xs: list(map(inc, xs))
-
-
-def tpe_map(workers: int) -> Factory:
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        with ThreadPoolExecutor(workers) as ex:
-            list(ex.map(inc, WARMUP))
-            yield lambda xs: list(ex.map(inc, xs))
-    return cm
-
-
-def executor_as_completed(executor: type[Executor], workers: int) -> Factory:
-    """``submit`` every item, then collect them with ``as_completed`` (thread or process pool)."""
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        with executor(workers) as ex:
-            list(ex.map(inc, WARMUP))
-            yield lambda xs: [f.result() for f in as_completed([ex.submit(inc, x) for x in xs])]
-    return cm
-
-
-def mp_dummy(workers: int, method: str) -> Factory:
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        with mpd.Pool(workers) as pool:
-            pool.map(inc, WARMUP)
-            if method == "map":
-                yield lambda xs: pool.map(inc, xs)
-            else:
-                yield lambda xs: list(pool.imap(inc, xs))
-    return cm
-
-
-def joblib_parallel(backend: str, n_jobs: int, return_as: str = "list") -> Factory:
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        from joblib import Parallel, delayed
-
-        if backend == "loky":
-            kill_loky_executors()  # a real cold start, not joblib's cached workers
-        with Parallel(n_jobs=n_jobs, backend=backend, return_as=return_as) as par:
-            list(par(delayed(inc)(x) for x in WARMUP))
-            yield lambda xs: list(par(delayed(inc)(x) for x in xs))
-        if backend == "loky":
-            kill_loky_executors()
-    return cm
-
-
-# ---- asyncio (the caller's own loop) ---------------------------------------
-
-async def gather_tasks(xs: range) -> list[int]:
-    return await asyncio.gather(*[asyncio.create_task(ainc(x)) for x in xs])
-
-
-def with_ainc(peer: Callable[[Any, Sequence[Any], int], Coroutine[Any, Any, list[Any]]],
-              limit: int = 100) -> Callable[[range], Coroutine[Any, Any, list[Any]]]:
-    """An async peer of ``async_peers`` mapping ``ainc`` with ``limit`` at once."""
-    return lambda xs: peer(ainc, xs, limit)
-
-
-def on_loop(coro_fn: Callable[[range], Coroutine[Any, Any, Sequence[Any]]]) -> Factory:
-    """Run ``coro_fn(xs)`` to completion on one event loop kept for all repeats."""
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        loop = asyncio.new_event_loop()
-        try:
-            loop.run_until_complete(coro_fn(WARMUP))
-            yield lambda xs: loop.run_until_complete(coro_fn(xs))
-        finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.close()
-    return cm
-
-
-# ---- processes and cluster ---------------------------------------------------
-
-def chunks(n: int, workers: int, chunksize: int | None) -> int:
-    """A fixed chunk size, or (None) about 4 chunks per worker like Pool.map's rule."""
-    return auto_chunk(n, workers) if chunksize is None else chunksize
-
-
-def ppe_map(workers: int, chunksize: int | None) -> Factory:
-    """``chunksize=None``: N / (4 * workers), what multiprocessing.Pool.map picks."""
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        with ProcessPoolExecutor(workers) as ex:
-            list(ex.map(inc, WARMUP))
-            yield lambda xs: list(ex.map(inc, xs,
-                                         chunksize=chunks(len(xs), workers, chunksize)))
-    return cm
-
-
-def mp_pool_map(workers: int) -> Factory:
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        with mp.Pool(workers) as pool:
-            pool.map(inc, WARMUP)
-            yield lambda xs: pool.map(inc, xs)  # its own chunking: N / (4 * workers)
-    return cm
-
-
-def mp_pool_imap(workers: int, chunksize: int) -> Factory:
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        with mp.Pool(workers) as pool:
-            pool.map(inc, WARMUP)
-            yield lambda xs: list(pool.imap(inc, xs, chunksize))
-    return cm
-
-
-def pebble_map(workers: int, chunksize: int | None) -> Factory:
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        from pebble import ProcessPool
-
-        with ProcessPool(max_workers=workers) as pool:
-            list(pool.map(inc, WARMUP).result())
-            yield lambda xs: list(pool.map(
-                inc, xs, chunksize=chunks(len(xs), workers, chunksize)).result())
-    return cm
-
-
-def mpire_map(workers: int, chunk_size: int | None = None) -> Factory:
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        from mpire import WorkerPool
-
-        with WorkerPool(n_jobs=workers, start_method="fork", keep_alive=True) as pool:
-            pool.map(inc, WARMUP)
-            yield lambda xs: pool.map(inc, xs, chunk_size=chunk_size)
-    return cm
-
-
-def loky_map(workers: int, chunksize: int) -> Factory:
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        import loky
-
-        kill_loky_executors()  # a real cold start, not a cached executor
-        ex = loky.get_reusable_executor(max_workers=workers)
-        try:
-            list(ex.map(inc, WARMUP))
-            yield lambda xs: list(ex.map(inc, xs, chunksize=chunksize))
-        finally:
-            kill_loky_executors()
-    return cm
-
-
-def dask_client_map(workers: int) -> Factory:
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        with dask_client(workers) as client:
-            client.gather(client.map(inc, WARMUP, pure=False))
-            # pure=False: fresh keys per call, so a repeat cannot hit cached results
-            yield lambda xs: client.gather(client.map(inc, xs, pure=False))
-    return cm
-
-
-def conveyor_dask_pool(workers: int) -> Factory:
-    """Warm: a LocalCluster and a ``conveyor.Pool(backend="dask", cluster=client)`` on it."""
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        with dask_client(workers) as client, \
-                conveyor.Pool(backend="dask", cluster=client) as pool:
-            list(pool.map(inc, WARMUP))
-            yield lambda xs: list(pool.map(inc, xs))
-    return cm
-
-
-# ---- conveyor ----------------------------------------------------------------
-
-def conveyor_pool(backend: str, fn: Callable[[int], Any], workers: int,
-                  **options: Any) -> Factory:
-    """Warm: ``conveyor.Pool`` created once, ``pool.map`` per repeat."""
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        with conveyor.Pool(backend=backend, workers=workers) as pool:  # type: ignore[arg-type]
-            list(pool.map(fn, WARMUP, **options))
-            yield lambda xs: list(pool.map(fn, xs, **options))
-    return cm
-
-
-def conveyor_map(fn: Callable[[int], Any], workers: int, **options: Any) -> Factory:
-    """One-shot: every ``conveyor.map`` call starts and stops its own workers."""
-    @contextlib.contextmanager
-    def cm() -> Iterator[Run]:
-        list(conveyor.map(fn, WARMUP, workers=workers, **options))
-        yield lambda xs: list(conveyor.map(fn, xs, workers=workers, **options))
-    return cm
-
-
-def conveyor_amap(fn: Callable[[int], Any], workers: int, **options: Any) -> Factory:
-    """``async for`` over ``conveyor.amap`` on the caller's loop (one-shot per call)."""
-    async def collect(xs: range) -> list[Any]:
-        return [r async for r in conveyor.amap(fn, xs, workers=workers, **options)]
-    return on_loop(collect)
-
-
-# Order matters a little: fork-based pools run after every thread-based row has
-# shut its threads down, and dask (which leaves helper threads behind) runs last.
 CASES: list[OverheadCase] = [
     OverheadCase(group="baseline", label="sequential list(map(f, xs))", n=N_FAST,
                  factory=sequential),
@@ -460,176 +255,6 @@ def measure(case: OverheadCase, n: int, repeats: int, cold_repeats: int
     return Stats.of(per_task), (Stats.of(cold) if cold else None)
 
 
-# ---------------------------------------------------------------------------
-# Table 1b - cold start of a process pool: create 2 workers, first result, stop
-# ---------------------------------------------------------------------------
-
-Mark = Callable[[], None]
-
-
-@dataclass(frozen=True, kw_only=True)
-class StartCase(Case):
-    """``start(mark)`` creates the pool, gets one result (calling ``mark()`` as it
-    arrives) and shuts the pool down; ``how``: what it starts, and how."""
-
-    how: str
-    start: Callable[[Mark], None]
-
-
-def start_ppe(mark: Mark) -> None:
-    with ProcessPoolExecutor(2) as ex:
-        ex.submit(inc, 1).result()
-        mark()
-
-
-def start_mp_pool(mark: Mark) -> None:
-    with mp.Pool(2) as pool:   # __exit__ is terminate(): what the `with` form costs
-        pool.apply(inc, (1,))
-        mark()
-
-
-def start_joblib(mark: Mark) -> None:
-    from joblib import Parallel, delayed
-
-    kill_loky_executors()   # not timed above the call: it is a no-op (killed last time)
-    Parallel(n_jobs=2)(delayed(inc)(x) for x in [1])
-    mark()
-    kill_loky_executors()   # joblib keeps its workers 300 s: stopping them is part of it
-
-
-def start_loky(mark: Mark) -> None:
-    import loky
-
-    ex = loky.get_reusable_executor(max_workers=2)
-    ex.submit(inc, 1).result()
-    mark()
-    ex.shutdown(wait=True, kill_workers=True)
-
-
-def start_mpire(mark: Mark) -> None:
-    from mpire import WorkerPool
-
-    with WorkerPool(n_jobs=2, start_method="fork") as pool:
-        pool.map(inc, [1])
-        mark()
-
-
-def start_pebble(mark: Mark) -> None:
-    from pebble import ProcessPool
-
-    with ProcessPool(max_workers=2) as pool:
-        pool.schedule(inc, args=(1,)).result()
-        mark()
-
-
-def start_conveyor_map(mark: Mark) -> None:
-    results = conveyor.map(inc, [1], backend="process", workers=2)
-    for _ in results:
-        mark()   # the one result; leaving the loop ends the run and stops its worker
-
-
-def start_conveyor_pool_submit(mark: Mark) -> None:
-    with conveyor.Pool(backend="process", workers=2) as pool:
-        pool.submit(inc, 1).result()
-        mark()
-
-
-def start_conveyor_pool_map(mark: Mark) -> None:
-    with conveyor.Pool(backend="process", workers=2) as pool:
-        for _ in pool.map(inc, [1]):
-            mark()
-
-
-START_CASES: list[StartCase] = [
-    StartCase(group="processes", label=START_REFERENCE, how="2 forks; submit(inc, 1).result()",
-              start=start_ppe),
-    StartCase(group="processes", label="multiprocessing.Pool(2)",
-              how="2 forks; apply(inc, (1,)); terminate", start=start_mp_pool),
-    StartCase(group="processes", label="joblib Parallel(n_jobs=2) loky",
-              how="loky workers (fresh interpreters); 1 delayed call; then killed",
-              start=start_joblib, requires=("joblib",)),
-    StartCase(group="processes", label="loky get_reusable_executor(2)",
-              how="fresh interpreters; submit; shutdown(kill_workers=True)",
-              start=start_loky, requires=("loky",)),
-    StartCase(group="processes", label="mpire WorkerPool(2)",
-              how="2 forks; map(inc, [1])", start=start_mpire, requires=("mpire",)),
-    StartCase(group="processes", label="pebble ProcessPool(2)",
-              how="2 forks; schedule(inc, (1,)).result()", start=start_pebble,
-              requires=("pebble",)),
-    StartCase(group="processes",
-              label="conveyor.map(inc, [1], backend='process', workers=2)",
-              how="fresh interpreters, started on demand (1 item: 1 worker)",
-              start=start_conveyor_map, backend="process", target=TARGET_START_S),
-    StartCase(group="processes", label="conveyor.Pool(backend='process', workers=2).submit",
-              how="2 fresh interpreters, started at Pool(); submit(inc, 1).result()",
-              start=start_conveyor_pool_submit, backend="process", target=TARGET_START_S),
-    StartCase(group="processes", label="conveyor.Pool(backend='process', workers=2).map",
-              how="2 fresh interpreters, started at Pool(); map(inc, [1])",
-              start=start_conveyor_pool_map, backend="process", target=TARGET_START_S),
-]
-
-
-def measure_start(case: StartCase, repeats: int) -> tuple[Stats, Stats]:
-    """(create + first result + shut down, time to the first result), in seconds."""
-    total: list[float] = []
-    first: list[float] = []
-    for _ in range(repeats):
-        marks: list[float] = []
-        t0 = time.perf_counter()
-        case.start(lambda marks=marks: marks.append(time.perf_counter()))
-        t1 = time.perf_counter()
-        if len(marks) != 1:
-            raise AssertionError(f"expected one result, got {len(marks)}")
-        total.append(t1 - t0)
-        first.append(marks[0] - t0)
-    return Stats.of(total), Stats.of(first)
-
-
-def start_table(args: argparse.Namespace, repeats: int) -> str:
-    kill_loky_executors()   # joblib/loky rows below must start from nothing
-    rows: list[list[str]] = []
-    medians: dict[str, float] = {}
-    for case in START_CASES:
-        if not case.selected(args.rows):
-            continue
-        reason = case.skip_reason(args.quick)
-        if reason is not None:
-            rows.append([case.group, case.label, case.how, reason, "", "", "", ""])
-            progress(f"cold start: {case.label}: {reason}")
-            continue
-        try:
-            total, first = measure_start(case, repeats)
-        except Exception as exc:  # keep the table going; the row reports the failure
-            rows.append([case.group, case.label, case.how, error_cell(exc), "", "", "", ""])
-            progress(f"cold start: {case.label}: {exc!r}")
-            continue
-        medians[case.label] = total.median
-        rows.append([case.group, case.label, case.how, f"{total.median * 1e3:.1f}",
-                     f"{total.min * 1e3:.1f}-{total.max * 1e3:.1f}",
-                     f"{first.median * 1e3:.1f}", "",
-                     verdict(total.median * 1e3, None if case.target is None
-                             else case.target * 1e3, " ms", quick=args.quick)])
-        progress(f"done: cold start: {case.label}: {total.median * 1e3:.1f} ms")
-    ref = medians.get(START_REFERENCE)
-    for row in rows:
-        value = medians.get(row[1])
-        if ref and value is not None:
-            row[6] = fmt_ratio(value / ref)
-    return "\n".join([
-        "",
-        "#### Table 1b - cold start of a 2-worker process pool (ms; lower is better)",
-        "",
-        f"Median (min-max) of {repeats} runs of: create the pool, get the result of one "
-        "inc(1), shut the pool down (its workers gone); 'first result' = when that result "
-        "reached the caller. "
-        f"Target: conveyor process backend ≤ {TARGET_START_S * 1e3:g} ms. "
-        f"vs PPE = this row / the {START_REFERENCE} row.",
-        "",
-        md_table(["group", "system", "what it starts", "create + result + stop (ms)",
-                  "min-max", "first result (ms)", "vs PPE", "target"], rows),
-    ])
-
-
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
     ap.add_argument("--repeats", type=int, default=5, help="warm runs per row (default 5)")
@@ -702,11 +327,7 @@ def run(args: argparse.Namespace) -> str:
             verdict(us.median, case.target, " µs", quick=args.quick),
         ])
         progress(f"done: {case.label}: {us.median:.2f} µs/task")
-    ref = per_task.get(REFERENCE)
-    for row in rows:
-        value = per_task.get(row[1])
-        if ref and value is not None:
-            row[7] = fmt_ratio(value / ref)
+    ratio_column(rows, per_task, REFERENCE, 7)
     out.append(md_table(["group", "system", "N", "µs/task (median)", "min-max", "spread",
                          "tasks/s", "vs TPE", "startup (cold)", "target"], rows))
     if any(c.selected(args.rows) for c in START_CASES):

@@ -1,9 +1,11 @@
 """The one table of options (``conveyor._options.OPTIONS``) and what is made of it:
-the TypedDicts of the signatures, the checks, the ``conveyor run`` flags."""
+the TypedDicts of the signatures, the checks, the ``conveyor run`` flags and
+the flag tables of ``docs/guide/cli.md``."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,9 +19,16 @@ from conveyor._options import (
     RunOptions,
     WorkerOptions,
     by_kind,
+    command_tables,
     markdown_table,
+    with_tables,
 )
 from conveyor._runcmd import add_run_parser
+from conveyor.cli import build_parser
+
+from ._cli import run
+
+CLI_PAGE = Path(__file__).resolve().parent.parent / "docs" / "guide" / "cli.md"
 
 
 def names(*kinds: str) -> set[str]:
@@ -79,3 +88,63 @@ def test_the_run_flags_are_made_from_the_table() -> None:
         "ordered": False, "window": 8, "timeout": 1.5, "retries": 2, "on_error": "skip",
         "rate": 10.0, "progress": True, "backend": "process", "workers": 3,
         "cluster": "tcp://x:1"}
+
+
+def cli_page() -> str:
+    return CLI_PAGE.read_text(encoding="utf-8")
+
+
+def between(page: str, name: str) -> str:
+    return page.split(f"<!-- {name}:start -->")[1].split(f"<!-- {name}:end -->")[0]
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    return next(a for a in build_parser()._actions
+                if isinstance(a, argparse._SubParsersAction)).choices
+
+
+def test_the_cli_flag_tables_are_generated_from_the_parser() -> None:
+    page = cli_page()
+    assert with_tables(page, command_tables(build_parser())) == page, (
+        "docs/guide/cli.md's flag tables are not the command's flags: regenerate them with "
+        "python -c \"import conveyor._options as o, conveyor.cli as c; "
+        "o.rewrite('docs/guide/cli.md', o.command_tables(c.build_parser()))\"")
+
+
+def test_every_flag_of_the_command_is_in_the_docs() -> None:
+    page = cli_page()
+    for name, sub in subcommands().items():
+        table = between(page, f"cli-{name}")
+        for action in sub._actions:
+            if "--help" in action.option_strings:
+                continue
+            for flag in action.option_strings or [str(action.metavar)]:
+                assert f"| `{flag}" in table or f", `{flag}" in table, f"{name}: {flag}"
+    run_table = between(page, "cli-run")
+    for o in OPTIONS:
+        if o.cli is not None:
+            assert f"| `{o.cli.flag}" in run_table, o.name
+
+
+@pytest.mark.parametrize("command", ["run", "demo"])
+def test_the_docs_say_what_help_says(tmp_path: Path, command: str) -> None:
+    # A fresh process: the backends this test run registered are not in its choices.
+    helped = run(tmp_path, "--help", command=(command,))
+    assert helped.returncode == 0, helped.stderr
+    shown = "".join(helped.stdout.split())   # --help wraps its lines where it likes
+    rows = between(cli_page(), f"cli-{command}").strip().splitlines()[2:]
+    assert rows
+    for row in rows:
+        flags, meaning = row.strip("| ").split(" | ")
+        # each spelling with its value or choices, as --help shows them (3.13 shows
+        # "--input, -i FILE" where 3.12 shows "--input FILE, -i FILE": the usage
+        # line has "[--input FILE]" in both)
+        for spelling in flags.split("`")[1::2]:
+            assert "".join(spelling.split()) in shown, spelling
+        # the help text, its defaults and choices, word for word
+        assert "".join(meaning.removeprefix("required: ").split()) in shown, row
+
+
+def test_a_page_without_the_markers_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"no <!-- cli-run:start --> \.\.\. <!-- cli-run:end -->"):
+        with_tables("# a page\n", {"cli-run": "| flag |\n"})

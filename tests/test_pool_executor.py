@@ -19,6 +19,7 @@ import conveyor
 from conveyor.errors import PoolClosed, TaskTimeout
 
 from ._crossproc import Gate, Tally
+from ._process_helpers import read_published
 from .conftest import (
     BACKENDS,
     BackendName,
@@ -28,7 +29,6 @@ from .conftest import (
     wait_no_child_processes,
     wait_no_conveyor_threads,
 )
-from .test_process import read_published
 
 LOCAL = [b for b in BACKENDS if b != "dask"]
 

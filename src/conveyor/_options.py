@@ -3,8 +3,10 @@
 ``OPTIONS`` below is read by everything that deals with options: the checks
 of ``map`` / ``amap`` / ``starmap`` / ``Pool`` / ``Pool.map`` / pipeline stages
 (``_api``), the unknown-option errors (``_slips``), the ``conveyor run`` flags
-(``_runcmd``) and the options table of the docs (``markdown_table``, checked
-by ``tests/test_docs.py`` against ``docs/guide/map.md``).
+(``_runcmd``) and the docs' tables: the options table (``markdown_table``,
+checked by ``tests/test_docs.py`` against ``docs/guide/map.md``) and, through
+the command's parser, its flag tables (``command_tables``, checked by
+``tests/test_options.py`` against ``docs/guide/cli.md``).
 
 The TypedDicts after it are the same options for the type checker (the
 signatures' ``**options: Unpack[RunOptions]``); a test checks that they list
@@ -30,8 +32,9 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 __all__ = ["OPTIONS", "BackendName", "Flag", "MapOptions", "OnError", "Option", "PoolOptions",
-           "RunOptions", "WorkerOptions", "by_kind", "cli_count", "cli_seconds", "map_fields",
-           "markdown_table", "positive_int", "positive_number", "rewrite", "with_table"]
+           "RunOptions", "WorkerOptions", "by_kind", "cli_count", "cli_seconds", "command_tables",
+           "flags_table", "map_fields", "markdown_table", "positive_int", "positive_number",
+           "rewrite", "with_table", "with_tables"]
 
 OnError = Literal["raise", "return", "skip"]
 #: The built-in backends' names, for editors and type checkers; a registered
@@ -188,6 +191,9 @@ class Flag:
     action: str | None = None
     #: The values it takes (called when the parser is built: e.g. the backends' names).
     choices: Callable[[], list[str]] | None = None
+    #: The values the docs' table lists, where ``choices`` depends on what this
+    #: process has registered (else ``choices``).
+    shown_choices: Callable[[], list[str]] | None = None
 
 
 @dataclass(frozen=True)
@@ -217,6 +223,12 @@ def _backend_names() -> list[str]:
     return _backends.names()
 
 
+def _builtin_backends() -> list[str]:
+    from . import _backends
+
+    return _backends.builtin()
+
+
 OPTIONS: tuple[Option, ...] = (
     Option("ordered", True, _flag, "results in input order; `False`: as they complete",
            "map", Flag("--unordered", "write results as they complete, not in input order",
@@ -225,7 +237,8 @@ OPTIONS: tuple[Option, ...] = (
            "most items taken from the input and not yet handed to you (read ahead, "
            "running, queued, waiting to be retried or reordered); `None`: "
            "`max(4 * workers, 2 * workers * batch size)`, the second term capped at 65,536",
-           "map", Flag("--window", "items in flight or waiting to be written, at most",
+           "map", Flag("--window", "items in flight or waiting to be written, at most "
+                       "(default: a few times --workers)",
                        "N", cli_count(1))),
     Option("batch", "auto", _batch,
            "items per batch: adaptive (see [what runs when]"
@@ -233,7 +246,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("timeout", None, _optional(positive_number),
            "seconds per task; an overdue task fails with `TaskTimeout` (see "
            "[Timeouts and retries](timeouts.md))",
-           "map", Flag("--timeout", "per task: an overdue task fails with TaskTimeout",
+           "map", Flag("--timeout", "per task: an overdue task fails with TaskTimeout "
+                       "(default: none)",
                        "SECONDS", cli_seconds)),
     Option("retries", 0, _count(0),
            "extra attempts for a failed task, after `backoff * 2**attempt` seconds "
@@ -245,11 +259,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("backoff", 0.1, _backoff, "base delay of the retries, seconds", "map"),
     Option("on_error", "raise", _on_error,
            "`\"raise\"`, `\"return\"` or `\"skip\"` (see [Errors](errors.md))",
-           "map", Flag("--on-error", "what a failed item does (default: raise; see above)",
+           "map", Flag("--on-error", "what a failed item does (default: raise)",
                        choices=lambda: list(typing.get_args(OnError)))),
     Option("rate", None, _optional(positive_number),
            "at most this many task starts per second, evenly spaced (no bursts)",
-           "map", Flag("--rate", "task starts per second, at most", "PER_SECOND",
+           "map", Flag("--rate", "task starts per second, at most (default: no limit)",
+                       "PER_SECOND",
                        cli_seconds)),
     Option("progress", False, _progress,
            "a tqdm bar counting items (`tqdm.auto`: a widget in notebooks); a dict passes "
@@ -260,8 +275,9 @@ OPTIONS: tuple[Option, ...] = (
            "a backend's name (see [Choosing a backend](backends.md)); `None` picks the "
            "default for the function: `\"asyncio\"` for coroutine functions, else "
            "`\"thread\"`",
-           "run", Flag("--backend", "default: asyncio for a coroutine function, else thread",
-                       choices=_backend_names)),
+           "run", Flag("--backend", "the backend to run on (default: asyncio for a coroutine "
+                       "function, else thread)",
+                       choices=_backend_names, shown_choices=_builtin_backends)),
     Option("workers", None, _optional(positive_int),
            "threads, concurrent coroutines, processes, or dask tasks at once; on dask "
            "`None` counts the cluster's threads, again as the run goes",
@@ -337,24 +353,74 @@ def markdown_table() -> str:
     return "\n".join(rows) + "\n"
 
 
-TABLE_START, TABLE_END = "<!-- options:start -->\n", "<!-- options:end -->"
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def flags_table(parser: argparse.ArgumentParser) -> str:
+    """The table of a command's flags, from its parser: each flag as ``--help``
+    shows it, with its help text (which says the default) and its choices. A
+    flag of an option whose ``Flag`` has ``shown_choices`` lists those, not the
+    parser's (the backends registered in this process are not the docs')."""
+    rows = ["| flag | meaning |", "| --- | --- |"]
+    for action in parser._actions:   # argparse has no public list of a parser's flags
+        if "--help" in action.option_strings or action.help == argparse.SUPPRESS:
+            continue
+        own = _BY_NAME.get(action.dest)
+        flag = own.cli if own is not None and own.cli is not None else None
+        choices = [str(c) for c in action.choices or ()]
+        if flag is not None and flag.shown_choices is not None:
+            choices = flag.shown_choices()
+        value = f"{{{','.join(choices)}}}" if choices else action.metavar
+        if action.nargs == 0:
+            value = None   # a switch
+        shown = [f"`{s} {value}`" if value else f"`{s}`" for s in action.option_strings]
+        params = dict(vars(action), prog=parser.prog, choices=", ".join(choices))
+        help_text = (action.help or "") % params   # as argparse expands it for --help
+        if not action.option_strings:
+            shown, help_text = [f"`{action.metavar or action.dest}`"], f"required: {help_text}"
+        rows.append(f"| {', '.join(shown)} | {_cell(help_text)} |")
+    return "\n".join(rows) + "\n"
+
+
+def command_tables(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """The flag tables of ``docs/guide/cli.md``, by marker name, from the parser
+    of the ``conveyor`` command (``conveyor.cli.build_parser()``)."""
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {f"cli-{name}": flags_table(sub) for name, sub in commands.choices.items()}
+
+
+def _markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->\n", f"<!-- {name}:end -->"
+
+
+def with_tables(page: str, tables: dict[str, str]) -> str:
+    """``page`` (Markdown) with each of ``tables`` between its markers
+    (``<!-- NAME:start -->`` and ``<!-- NAME:end -->``); raises ValueError if a
+    pair of markers is missing."""
+    for name, table in tables.items():
+        start, end = _markers(name)
+        head, sep, rest = page.partition(start)
+        _, sep2, tail = rest.partition(end)
+        if not (sep and sep2):
+            raise ValueError(f"the page has no {start.strip()} ... {end} markers")
+        page = head + start + table + end + tail
+    return page
 
 
 def with_table(page: str) -> str:
     """``page`` (Markdown) with :func:`markdown_table` between its ``options`` markers."""
-    head, sep, rest = page.partition(TABLE_START)
-    _, sep2, tail = rest.partition(TABLE_END)
-    if not (sep and sep2):
-        raise ValueError(f"the page has no {TABLE_START.strip()} ... {TABLE_END} markers")
-    return head + TABLE_START + markdown_table() + TABLE_END + tail
+    return with_tables(page, {"options": markdown_table()})
 
 
-def rewrite(path: str) -> None:
-    """Regenerate the options table of the Markdown page at ``path``."""
+def rewrite(path: str, tables: dict[str, str] | None = None) -> None:
+    """Regenerate the tables of the Markdown page at ``path``: ``tables`` (by
+    marker name), by default the options table."""
     with open(path, encoding="utf-8") as f:
         page = f.read()
+    page = with_tables(page, {"options": markdown_table()} if tables is None else tables)
     with open(path, "w", encoding="utf-8") as f:
-        f.write(with_table(page))
+        f.write(page)
 
 
 class MapOptions(TypedDict, total=False):
