@@ -10,10 +10,12 @@ from __future__ import annotations
 from typing import Any
 
 from conveyor._backends._base import Batch, Completion
+from conveyor._calls import Calls
+from conveyor._engine.clock import FakeClock
 from conveyor._engine.policy import LOST_TRIES
 from conveyor.errors import WorkerCrashed
 
-from ._fake_engine import Engine, value
+from ._fake_engine import Engine, FakeBackend, value
 
 
 def lose(e: Engine, b: Batch, a: int = 0, z: int | None = None, *, split: bool = False,
@@ -163,3 +165,33 @@ def test_a_cancelled_batch_is_not_run_again() -> None:
     assert b.cancelled
     lose(e, b)
     assert not e.batches and e.stats().rerun == 0
+
+
+# -- single calls (Pool.submit): the same rule -------------------------------------
+
+
+def test_a_call_whose_outcome_was_lost_runs_again_then_fails_with_worker_crashed() -> None:
+    backend = FakeBackend(1, FakeClock())
+    calls = Calls(backend)
+    fut = calls.submit(value, 7)
+    cause = RuntimeError("the result died with its worker")
+    for times in range(LOST_TRIES + 1):
+        assert len(backend.submitted) == times + 1   # sent again at once: no backoff
+        b = backend.submitted[-1]
+        assert b.items == [7] and b.attempt == 0
+        b.sink(Completion(b, [None], None, 0.0, rerun=(0, 1), cause=cause))
+    assert len(backend.submitted) == LOST_TRIES + 1
+    error = fut.exception(timeout=0)
+    assert isinstance(error, WorkerCrashed) and error.__cause__ is cause
+
+
+def test_a_call_run_again_after_a_lost_outcome_gives_its_result() -> None:
+    backend = FakeBackend(1, FakeClock())
+    calls = Calls(backend)
+    fut = calls.submit(value, 7)
+    first = backend.submitted[-1]
+    first.sink(Completion(first, [None], None, 0.0, rerun=(0, 1)))
+    again = backend.submitted[-1]
+    assert again is not first
+    again.sink(Completion(again, [value(7)], None, 0.0))
+    assert fut.result(timeout=0) == value(7)
