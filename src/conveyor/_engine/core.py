@@ -15,7 +15,12 @@ Units. Items are pulled from the input in *groups* (one adaptive batch
 each), the unit of ordering. A group is first submitted as one batch; what a
 batch did not cover (stolen tail, abandoned worker, crash) is submitted
 again as a smaller batch of the same group, and a retried item as a batch of
-one.
+one. Items that ran but whose outcomes were lost (``Completion.rerun``: a
+dead process worker, a dask result lost with its worker or a task dask
+blamed) are submitted again too, counted in ``stats.rerun``, one item per
+batch if the backend asks (``split``), and failed with ``WorkerCrashed``
+once lost more than ``LOST_TRIES`` times (``_lost_outcomes``). Backends
+report; only the core decides what runs again.
 
 Ending. ``end`` is set exactly once: after the last result, or carrying the
 exception to raise; the driver hands it over after the results before it.
