@@ -251,11 +251,14 @@ def test_a_task_that_kills_its_worker_fails_alone_with_worker_crashed(own_cluste
         return x
 
     for batch in (1, 6):
-        out: list[Any] = list(conveyor.map(bomb, range(8), backend="dask",
-                                           cluster=own_cluster, batch=batch,
-                                           on_error="return"))
+        results = conveyor.map(bomb, range(8), backend="dask", cluster=own_cluster,
+                               batch=batch, on_error="return")
+        out: list[Any] = list(results)
         assert isinstance(out[3], WorkerCrashed), out
         assert [x for i, x in enumerate(out) if i != 3] == [0, 1, 2, 4, 5, 6, 7]
+        # The engine ran the blamed task again (at least once, alone) and counted it
+        assert results.stats.rerun >= 1, results.stats
+        assert results.stats.failed == 1 and results.stats.retried == 0
         own_cluster.wait_for_workers(2, timeout=30)
 
 

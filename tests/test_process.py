@@ -151,8 +151,9 @@ def test_crash_mid_batch_reruns_earlier_items_and_keeps_later_ones(tmp_path: Pat
             os._exit(3)
         return x * 2
 
-    out: list[Any] = drain(conveyor.map(work, range(16), backend="process", workers=2, batch=8,
-                                        on_error="return"))
+    results = conveyor.map(work, range(16), backend="process", workers=2, batch=8,
+                           on_error="return")
+    out: list[Any] = drain(results)
     crash = out[3]
     assert isinstance(crash, WorkerCrashed), crash
     assert crash.exitcode == 3
@@ -163,6 +164,9 @@ def test_crash_mid_batch_reruns_earlier_items_and_keeps_later_ones(tmp_path: Pat
         assert tally.count(i) >= 2, (i, tally.count(i))   # their outcomes died with the worker
     for i in range(4, 16):
         assert tally.count(i) == 1, (i, tally.count(i))
+    # the core decided those re-runs, and counted them: not as retries
+    assert results.stats.rerun == sum(tally.count(i) - 1 for i in (0, 1, 2)) >= 3
+    assert results.stats.retried == 0
     assert not wait_gone({crash.pid})
 
 

@@ -282,6 +282,10 @@ def test_stats_str_is_one_short_rounded_line() -> None:
         "0 done, 0 failed in 1 h 2 min (23.8/s) on 4 processes, 0% busy.")
     assert str(_stats(backend="dask", workers=2, wall_time=61.2, throughput=2.384)) == (
         "0 done, 0 failed in 1 min 1 s (2.38/s) on 2 dask worker threads, 0% busy.")
+    assert str(_stats(backend="process", workers=2, done=1200, retried=1, rerun=1500,
+                      wall_time=2.0, throughput=600.0)) == (
+        "1,200 done, 0 failed, 1 retried, 1,500 re-run in 2.0 s (600/s) on 2 processes, "
+        "0% busy.")
 
 
 def test_stats_str_of_a_real_run() -> None:

@@ -6,7 +6,8 @@
                          ▲        on_start: the future runs (once, however
                          │        often the backend sends the call)
                          └──sink(Completion): a result, an error, a retry
-                            after a backoff, or "dropped"
+                            after a backoff, a re-run (its outcome was
+                            lost), or "dropped"
     watch thread (only while a call has timeout= or waits to be retried):
         expires overdue calls (Backend.expire), sends retries when due
 
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._backends._base import WAIT_SLICE, Backend, Batch, Completion
-from ._engine.policy import backoff_delay
+from ._engine.policy import LOST_TRIES, backoff_delay, lost_for_good
 from .errors import PoolClosed, TaskTimeout
 
 __all__ = ["CallOptions", "Calls"]
@@ -54,7 +55,8 @@ PLAIN = CallOptions()
 class Call:
     """One submitted call: its future, and what it needs until it ends."""
 
-    __slots__ = ("attempt", "batch", "expired", "fn", "future", "options", "packed", "started")
+    __slots__ = ("attempt", "batch", "expired", "fn", "future", "lost", "options", "packed",
+                 "started")
 
     def __init__(self, fn: Callable[[Any], Any], packed: Any, options: CallOptions) -> None:
         self.fn: Callable[[Any], Any] | None = fn
@@ -62,6 +64,7 @@ class Call:
         self.options = options
         self.future: Future[Any] = Future()
         self.attempt = 0
+        self.lost = 0                   # times its outcome was lost (see _report)
         self.started = False
         self.batch: Batch | None = None
         self.expired: Batch | None = None   # the attempt already failed with TaskTimeout
@@ -157,6 +160,18 @@ class Calls:
             return
         value = done.values[0]
         failed = bool(done.errors)
+        if done.rerun is not None and done.rerun[0] < done.rerun[1]:
+            # It ran, but its outcome was lost: run it again, as a map does
+            # (the same bound: _engine.policy.LOST_TRIES).
+            call.lost += 1
+            if done.batch.cancelled:
+                self._settle(call, PoolClosed("the pool was shut down while this call ran"),
+                             failed=True)
+                return
+            if call.lost <= LOST_TRIES:
+                self._send(call)
+                return
+            value, failed = lost_for_good(call.lost, done.cause), True
         if failed and self._retry(call, value):
             return
         self._settle(call, value, failed=failed)

@@ -32,6 +32,11 @@ class Stats:
     tasks divided by ``wall_time * workers`` (1.0: every worker busy all along).
     ``batches``: how many batches the items travelled in (adaptive batching at
     work: far fewer than the items for tiny tasks, one per item for long ones).
+    ``rerun``: items run again because their outcome was lost, not because
+    they failed: a worker process died after running them, before their
+    outcomes came back, or a dask worker died holding a task's result or
+    killed with a task beside it. Such an item ran more than once (at least
+    once, see the guarantees); ``retried`` does not count it.
 
     ``str(stats)`` is one short line with rounded numbers, e.g. ``1,000 done,
     3 failed, 2 retried in 4.2 s (238/s) on 8 threads, 91% busy; 5 in
@@ -52,6 +57,7 @@ class Stats:
     throughput: float
     busy_fraction: float
     batches: int
+    rerun: int = 0
 
     def __str__(self) -> str:
         failed = f"{self.failed:,} failed"
@@ -62,6 +68,8 @@ class Stats:
         parts = [f"{self.done:,} done", failed]
         if self.retried:
             parts.append(f"{self.retried:,} retried")
+        if self.rerun:
+            parts.append(f"{self.rerun:,} re-run")
         text = (f"{', '.join(parts)} in {_seconds(self.wall_time)} "
                 f"({_rate(self.throughput)}/s) on {_workers(self.backend, self.workers)}, "
                 f"{self.busy_fraction:.0%} busy")
@@ -107,8 +115,8 @@ def _rate(per_second: float) -> str:
 class Counters:
     """Mutable counters owned by the scheduler's thread."""
 
-    __slots__ = ("batches", "busy", "done", "ended", "failed", "retried", "skipped", "started",
-                 "submitted", "timed_out")
+    __slots__ = ("batches", "busy", "done", "ended", "failed", "rerun", "retried", "skipped",
+                 "started", "submitted", "timed_out")
 
     def __init__(self) -> None:
         self.started = time.perf_counter()
@@ -119,6 +127,7 @@ class Counters:
         self.skipped = 0
         self.timed_out = 0
         self.retried = 0
+        self.rerun = 0
         self.busy = 0.0
         self.batches = 0
 
@@ -135,6 +144,7 @@ class Counters:
             cancelled=unfinished if ended else 0,
             wall_time=wall, throughput=finished / wall,
             busy_fraction=min(1.0, self.busy / (wall * workers)), batches=self.batches,
+            rerun=self.rerun,
         )
 
 

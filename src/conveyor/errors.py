@@ -77,6 +77,10 @@ class WorkerCrashed(ConveyorError, BrokenProcessPool):
     ``BrokenExecutor``), so code written for ``ProcessPoolExecutor`` that
     catches those still catches it. Unlike there, only the call that was
     running fails: the pool itself is not broken.
+
+    The scheduler raises it too for an item whose outcome was lost (its
+    worker died after running it, or with its result) more often than it
+    runs such an item again (``stats.rerun`` counts those re-runs).
     """
 
     def __init__(self, message: str, *, pid: int | None = None,

@@ -18,6 +18,8 @@ submits them again. That single rule covers every way a batch can end early:
   (:meth:`expire`: the prefix ends with the ``TaskTimeout``),
 * a worker process died (the prefix ends with ``WorkerCrashed``; the outcomes
   of the items before it died with the worker, and ``rerun`` says so),
+* a dask task's result died with its worker, or the task killed its workers
+  (``rerun`` covers its items; ``split`` asks for them one by one),
 * the batch was cancelled (:meth:`cancel`: usually an empty prefix).
 
 A backend whose workers share batches (``shares_batches``: asyncio's draw
@@ -92,13 +94,26 @@ class Batch:
 
 
 class Completion:
-    """What a worker reports for a batch: outcomes of a prefix of its items."""
+    """What a worker reports for a batch: outcomes of a prefix of its items.
 
-    __slots__ = ("batch", "busy", "errors", "lost", "more", "offset", "rerun", "values")
+    A backend only says what happened; the scheduler decides what runs
+    again. ``rerun=(a, z)``: items ``a`` to ``z - 1`` ran, but their outcomes
+    were lost (``values[a:z]`` are placeholders), with a worker that died or
+    a result that died with its worker: the scheduler runs them again, a few
+    times at most (``_engine.policy.LOST_TRIES``), then fails them with
+    ``WorkerCrashed`` (``cause`` as its cause). ``split``: what runs again
+    (those items, and the tail beyond ``values``) goes one item per batch,
+    to find the one that kills its worker, or because the items cannot
+    travel together.
+    """
+
+    __slots__ = ("batch", "busy", "cause", "errors", "lost", "more", "offset", "rerun", "split",
+                 "values")
 
     def __init__(self, batch: Batch, values: list[Any], errors: list[int] | None,
                  busy: float, *, lost: bool = False,
-                 rerun: tuple[int, int] | None = None, offset: int = 0,
+                 rerun: tuple[int, int] | None = None, split: bool = False,
+                 cause: BaseException | None = None, offset: int = 0,
                  more: bool = False) -> None:
         self.batch = batch
         self.values = values        # outcome of batch.items[offset + i]
@@ -111,9 +126,9 @@ class Completion:
         self.more = more
         self.busy = busy            # seconds the worker spent on it
         self.lost = lost            # dropped because the backend shut down
-        #: ``(a, z)``: items ``a`` to ``z - 1`` ran, but their outcomes died with
-        #: the worker (``values[a:z]`` are placeholders): the scheduler runs them again.
-        self.rerun = rerun
+        self.rerun = rerun          # (a, z): items that ran, their outcomes lost
+        self.split = split          # run again one item per batch
+        self.cause = cause          # how the outcomes were lost, if the backend knows
 
 
 class Running:

@@ -15,7 +15,12 @@ Units. Items are pulled from the input in *groups* (one adaptive batch
 each), the unit of ordering. A group is first submitted as one batch; what a
 batch did not cover (stolen tail, abandoned worker, crash) is submitted
 again as a smaller batch of the same group, and a retried item as a batch of
-one.
+one. Items that ran but whose outcomes were lost (``Completion.rerun``: a
+dead process worker, a dask result lost with its worker or a task dask
+blamed) are submitted again too, counted in ``stats.rerun``, one item per
+batch if the backend asks (``split``), and failed with ``WorkerCrashed``
+once lost more than ``LOST_TRIES`` times (``_lost_outcomes``). Backends
+report; only the core decides what runs again.
 
 Ending. ``end`` is set exactly once: after the last result, or carrying the
 exception to raise; the driver hands it over after the results before it.
@@ -42,7 +47,7 @@ from .clock import MONOTONIC, Clock
 from .intake import Intake
 from .options import Options
 from .ordering import Group, Ordering
-from .policy import Policy
+from .policy import LOST_TRIES, Policy, lost_for_good
 from .timers import Timers
 
 __all__ = ["Core"]
@@ -69,6 +74,8 @@ class Core:
         self.policy = Policy(options, self.counters, backend.name, clock)
         self.timers = Timers(backend, options.timeout, self)
         self.in_flight: dict[Batch, None] = {}   # insertion-ordered set
+        #: Batches in flight whose items' outcomes were lost before: how often.
+        self._lost: dict[Batch, int] = {}
         self.stopping = False       # cancelled or ended: drain in-flight work
         self.end: End | None = None   # set once: the run's end, for the driver to hand over
         #: Called when every worker has a batch and more are being prepared
@@ -146,11 +153,14 @@ class Core:
         return self.counters.snapshot(self.backend.name, self.intake.workers)
 
     # -- submitting ----------------------------------------------------------------
-    def _submit(self, items: list[Any], group: Group, start: int, attempt: int = 0) -> None:
+    def _submit(self, items: list[Any], group: Group, start: int, attempt: int = 0,
+                lost: int = 0) -> None:
         b = Batch(self.fn, items, self.sink, owner=self, group=group, start=start,
                   attempt=attempt, timed=self.options.timeout is not None)
         self._young()
         self.in_flight[b] = None
+        if lost:
+            self._lost[b] = lost
         self.counters.batches += 1
         self.backend.submit(b)
 
@@ -222,6 +232,7 @@ class Core:
             return
         self.in_flight.pop(b, None)
         self.timers.forget(b)
+        lost = self._lost.pop(b, 0)   # times its items' outcomes were lost before
         # A worker is free, and a batch waiting for one may have started: look
         # at the batches in flight again (at most once per `after`).
         self._young()
@@ -237,20 +248,10 @@ class Core:
         at = c.offset
         n = at + len(c.values)
         if n < b.limit and not b.cancelled:  # the rest did not run: submit it again
-            self._submit(b.items[n:b.limit], b.group, b.start + n, b.attempt)
+            self._again(b, n, b.limit, lost, c.split)
         done = max(b.harvested, at)
         if c.rerun is not None:
-            # Items a..z-1 ran, but their outcomes died with the worker: run them
-            # again (at least once: a task may run twice when its worker dies).
-            a, z = max(c.rerun[0], done), c.rerun[1]
-            if z > a:
-                if not b.cancelled:
-                    self._submit(b.items[a:z], b.group, b.start + a, b.attempt)
-                if a > done:
-                    self._absorb(b, done, c.values[done:a],
-                                 [p - done for p in c.errors if done <= p < a]
-                                 if c.errors else None)
-                done = z
+            c, done = self._lost_outcomes(c, done, lost)
         # A batch whose last completion carries no values (shared: its last
         # item to finish was not its last) still teaches the batch size.
         if not c.errors and done == at and not b.harvested and n:
@@ -273,9 +274,43 @@ class Core:
                                                           if p >= skip]
         self._absorb(b, done, values, errors)
 
+    def _lost_outcomes(self, c: Completion, done: int, lost: int) -> tuple[Completion, int]:
+        """Items ``c.rerun`` ran, but their outcomes were lost: run them again
+        (counted in ``stats.rerun``), or, lost once too often, fail them with
+        ``WorkerCrashed``. Returns the completion left to absorb, and how many
+        of its outcomes are taken care of."""
+        b = c.batch
+        assert c.rerun is not None
+        a, z = max(c.rerun[0], done), c.rerun[1]
+        if z <= a:
+            return c, done
+        if lost >= LOST_TRIES:   # lost once too often: failures, absorbed with the rest
+            values = list(c.values)
+            values[a:z] = [lost_for_good(lost + 1, c.cause) for _ in range(a, z)]
+            errors = sorted({*(c.errors or ()), *range(a, z)})
+            return Completion(b, values, errors, c.busy), done
+        if not b.cancelled:
+            self._again(b, a, z, lost + 1, c.split)
+            self.counters.rerun += z - a
+        if a > done:
+            self._absorb(b, done, c.values[done:a],
+                         [p - done for p in c.errors if done <= p < a] if c.errors else None)
+        return c, z
+
+    def _again(self, b: Batch, a: int, z: int, lost: int, split: bool) -> None:
+        """Submit ``b.items[a:z]`` again: one batch, or (``split``) one per item."""
+        if not split:
+            self._submit(b.items[a:z], b.group, b.start + a, b.attempt, lost)
+            return
+        for i in range(a, z):
+            self._submit(b.items[i:i + 1], b.group, b.start + i, b.attempt, lost)
+
     def _count_discarded(self, c: Completion) -> None:
-        """Outcomes that arrive after the run stopped still count in the stats."""
+        """Outcomes that arrive after the run stopped still count in the stats
+        (not the placeholders of outcomes that were lost)."""
         n = len(c.values) - c.batch.harvested
+        if c.rerun is not None:
+            n -= max(0, c.rerun[1] - max(c.rerun[0], c.batch.harvested))
         if n > 0:
             failures = sum(1 for p in c.errors if p >= c.batch.harvested) if c.errors else 0
             self.counters.done += n - failures

@@ -16,6 +16,15 @@ treated as ``on_error`` says:
 
 Outcomes are decided by position, so a task that *returns* an exception
 object is never mistaken for one that raised it.
+
+Re-runs are not retries. An item whose outcome was *lost* (its worker died
+after running it, a dask result died with its worker, a dask task was
+killed with the one that kills) did not fail: it runs again, counted in
+``stats.rerun``, with no backoff and whatever ``retries`` says. Only
+``LOST_TRIES`` times: an item lost once more fails with ``WorkerCrashed``
+(:func:`lost_for_good`), which the error policy then treats as any failure
+(retried if ``retries`` allow). The same rule holds on every backend, for
+maps (the core) and single calls (``Pool.submit``).
 """
 
 from __future__ import annotations
@@ -29,17 +38,20 @@ from typing import Any, NamedTuple
 
 from .._backends._base import Batch
 from .._progress import Counters
-from ..errors import TaskTimeout
+from ..errors import TaskTimeout, WorkerCrashed
 from .clock import Clock
 from .options import Options
 
-__all__ = ["MAX_BACKOFF", "SKIP", "UNSET", "Policy", "Raised", "Retry", "RetryQueue",
-           "Verdict", "add_note", "annotate", "backoff_delay"]
+__all__ = ["LOST_TRIES", "MAX_BACKOFF", "SKIP", "UNSET", "Policy", "Raised", "Retry",
+           "RetryQueue", "Verdict", "add_note", "annotate", "backoff_delay", "lost_for_good"]
 
 UNSET: Any = object()   # a group slot whose outcome is not final yet
 SKIP: Any = object()    # a failure dropped by on_error="skip"
 
 MAX_BACKOFF = 60.0
+
+#: Times an item whose outcome was lost is run again (see the module docstring).
+LOST_TRIES = 3
 
 
 class Raised:
@@ -162,6 +174,17 @@ class Policy:
                     fatal = pos
                 self.fatal_index = min(self.fatal_index, index)
         return Verdict(retrying, failures, special, fatal)
+
+
+def lost_for_good(times: int, cause: BaseException | None) -> WorkerCrashed:
+    """The error of an item whose outcome has been lost ``times`` times, more
+    than ``LOST_TRIES``: it is not run again."""
+    error = WorkerCrashed(
+        f"the outcome of this task was lost {times} times (a worker died after running "
+        "it, or with its result, or a dask task beside it killed its worker): conveyor "
+        f"ran it {times} times and gives up" + (f": {cause}" if cause is not None else ""))
+    error.__cause__ = cause
+    return error
 
 
 def backoff_delay(backoff: float, attempt: int) -> float:

@@ -16,13 +16,15 @@ error policy, timeouts' deadlines, rate, progress); this module only turns a
   the outcomes as bytes, packed as the process worker packs them (the wire
   format is ``conveyor._wire``): dask never has to pickle a user's object
   itself, and a failing item, result or exception fails only its own task.
-* **Lost workers.** Dask re-runs the task of a worker that dies (at least
-  once: its items may run twice). A task that kills ``allowed-failures``
-  workers fails with ``KilledWorker``; dask blames every task the dead workers
-  held, so conveyor runs it once more alone on the cluster, and if it fails
-  again a batch of several items is split into one task per item (each run
-  alone), so that only the item that kills its worker fails, with
-  ``WorkerCrashed`` (see ``recovery``).
+* **Lost workers.** Dask re-runs the task of a worker that dies while
+  running it (at least once: its items may run twice). What dask does not
+  re-run, this backend reports and the engine decides (counted in
+  ``stats.rerun``, a few times at most): a result that died with its worker
+  before it was fetched, and a task that failed with ``KilledWorker``. Dask
+  blames every task a dead worker held, so such a task's batch runs again
+  *alone* on the cluster; if it kills its workers alone too, the engine runs
+  its items one per batch, each alone, and only the item that kills its
+  worker fails, with ``WorkerCrashed`` (see ``recovery``).
 * **Retries** stay conveyor's (``retries=``, ``retry_on=``, backoff), not
   dask's ``retries=``: dask retries a whole task on any exception, conveyor
   retries the items that failed with the exceptions asked for.

@@ -24,9 +24,9 @@ from ..._wire.records import Ended, Status
 from ...errors import NotPicklable
 from .._base import Backend, Batch, Completion, Running, dropped
 from .cluster import INSTALL, connect, count_threads, import_distributed
-from .jobs import Job, Split, log_index, outcomes_of, take_ready
+from .jobs import Job, log_index, outcomes_of, take_ready
 from .receiver import Receiver
-from .recovery import LOST_TRIES, Probes, failures, restart_worker, settled, split
+from .recovery import Probes, Suspects, failures, restart_worker
 from .remote import run_batch
 
 __all__ = ["INSTALL", "DaskBackend", "import_distributed"]
@@ -83,6 +83,7 @@ class DaskBackend(Backend):
             (_logs.snapshot() if self._cluster is not None else None,)
         self._fns: dict[int, tuple[Callable[[Any], Any], str, bytes]] = {}
         self._probes = Probes(distributed.KilledWorker)   # see _probe
+        self._suspects = Suspects()   # see _report_rerun
         self._keys = itertools.count()
         self._lock = threading.Lock()
         self._pending: deque[Job] = deque()
@@ -129,7 +130,8 @@ class DaskBackend(Backend):
                 reject = True
             else:
                 reject = False
-                self._pending.append(Job(batch, payload, n))
+                self._pending.append(Job(batch, payload, n, alone=self._suspects.take(
+                    batch.items[:n])))
                 ready = take_ready(self._pending, self._running, self.workers)
         if reject:
             self._deliver(dropped(batch))
@@ -139,12 +141,12 @@ class DaskBackend(Backend):
     def running(self) -> list[Running]:
         with self._lock:
             return [Running(j.batch, 0, j.since) for j in self._running
-                    if j.batch.timed and not j.done and j.parent is None]
+                    if j.batch.timed and not j.done]
 
     def expire(self, entry: Running, error: BaseException) -> bool:
         with self._lock:
-            job = next((j for j in self._running if j.batch is entry.batch and not j.done
-                        and j.parent is None), None)
+            job = next((j for j in self._running if j.batch is entry.batch and not j.done),
+                       None)
             if job is None:
                 return False
             job.done = True
@@ -253,7 +255,7 @@ class DaskBackend(Backend):
         if batch.cancelled:
             self._report_cancelled(job)
             return
-        if not job.sent and job.parent is None:
+        if not job.sent:
             on_start = batch.on_start   # Pool.submit: once, as the call is first sent
             if on_start is not None and not on_start():
                 self._report_cancelled(job)
@@ -307,7 +309,7 @@ class DaskBackend(Backend):
                 try:
                     ended, data, logs = fut.result()
                 except Exception as exc:   # its worker died before the result was fetched?
-                    self._resubmit(job, exc)
+                    self._report_rerun(job, exc)
                 else:
                     if logs is not None:   # before the outcomes, as on processes
                         _logs.replay(logs, functools.partial(log_index, job))
@@ -322,12 +324,12 @@ class DaskBackend(Backend):
             else:   # cancelled by someone else (the cluster shut down)
                 self._report_lost(job)
         elif status != "error":   # "lost": its result died with its worker
-            self._resubmit(job, None)
+            self._report_rerun(job, None)
         else:
             error = fut.exception()
             if isinstance(error, self._distributed.KilledWorker):
                 if not job.alone:   # dask blames every task a dead worker held
-                    self._requeue(job, alone=True)
+                    self._report_rerun(job, error, suspect=True)
                     return
                 key, _ = self._fn_key(job.batch.fn, "the function")
                 if key not in self._probes.verdicts:   # its items, or what every task loads?
@@ -335,7 +337,7 @@ class DaskBackend(Backend):
                                      name="conveyor-dask-probe", daemon=True).start()
                     return
                 if job.n > 1 and self._probes.verdicts[key] is None:
-                    self._split(job)
+                    self._report_rerun(job, error, split=True)
                     return
             self._report_failed(job, error)
 
@@ -354,65 +356,39 @@ class DaskBackend(Backend):
         if verdict is not None or job.n == 1:
             self._report_failed(job, verdict or error)
         else:
-            self._split(job)
+            self._report_rerun(job, error, split=True)
 
     def _finished(self, job: Job, ended: Ended, data: bytes) -> None:
         """A task's result arrived: report its outcomes."""
-        if ended.status == Status.ITEMS_FAILED and job.n > 1:   # send them one by one instead
-            self._split(job, alone=False)
+        if ended.status == Status.ITEMS_FAILED and job.n > 1:   # nothing ran: one by one
+            if self._free(job, settle=True):
+                self._deliver(Completion(job.batch, [], None, ended.busy,
+                                         split=not job.batch.cancelled))
             return
         values, errors = outcomes_of(job, ended, data, self._initializer)
         self._report(job, values, errors, ended.busy)
 
-    def _resubmit(self, job: Job, error: BaseException | None) -> None:
-        """The task ran but its result was lost with its worker: run it again (at
-        least once, as dask does for a task whose worker dies), a few times at most."""
-        job.lost += 1
-        if job.lost > LOST_TRIES:
-            self._report_failed(job, error)
+    def _report_rerun(self, job: Job, cause: BaseException | None, *,
+                      suspect: bool = False, split: bool = False) -> None:
+        """``job``'s items ran, but their outcomes are lost (a result that died
+        with its worker, a task blamed with a worker's death): the engine
+        decides whether they run again. ``suspect``, ``split``: ``KilledWorker``
+        blamed the task; the batch that holds them next runs alone on the
+        cluster (``split``: the engine runs them one item per batch)."""
+        if not self._free(job, settle=True):
             return
-        self._requeue(job, alone=False)
-
-    def _requeue(self, job: Job, *, alone: bool) -> None:
-        """Put a job that ended without its outcomes first in line again
-        (``alone``: to run with nothing beside it on the cluster)."""
-        with self._lock:
-            if job.done:   # reported meanwhile (close(cancel=True))
-                return
-            self._running.pop(job, None)
-            if self._cancelling:
-                ready = None
-            else:
-                job.alone = job.alone or alone
-                job.future = None
-                self._pending.appendleft(job)
-                ready = take_ready(self._pending, self._running, self.workers)
-        if ready is None:
-            self._report_lost(job)
+        batch = job.batch
+        if batch.cancelled:
+            self._deliver(Completion(batch, [], None, 0.0))
             return
-        self._send(ready)
-
-    def _split(self, job: Job, *, alone: bool = True) -> None:
-        """Rerun a batch's items one task each: to find the one that kills its
-        worker (``alone``: each with nothing beside it), or because they could
-        not be unpickled together on the worker."""
-        _, subs = split(job, alone=alone)
-        with self._lock:
-            if job.done:   # reported meanwhile (close(cancel=True))
-                return
-            self._running.pop(job, None)
-            job.done = True
-            cancelled = job.batch.cancelled   # while it was on its way back: not found then
-            if self._cancelling or cancelled:
-                ready = None
-            else:
-                self._pending.extendleft(reversed(subs))
-                ready = take_ready(self._pending, self._running, self.workers)
-        if ready is None:
-            self._deliver(Completion(job.batch, [], None, 0.0) if cancelled
-                          else dropped(job.batch))
+        if self._cancelling:   # closed with cancel=True: nothing runs again
+            self._deliver(dropped(batch))
             return
-        self._send(ready)
+        if suspect or split or job.alone:
+            with self._lock:
+                self._suspects.mark(batch.items[:job.n])
+        self._deliver(Completion(batch, [None] * job.n, None, time.monotonic() - job.since,
+                                 rerun=(0, job.n), split=split, cause=cause))
 
     def _free(self, job: Job, *, settle: bool = False) -> bool:
         """Take ``job`` off the cluster's slots and send what may go now.
@@ -437,23 +413,8 @@ class DaskBackend(Backend):
         return True
 
     def _report(self, job: Job, values: list[Any], errors: list[int], busy: float) -> None:
-        if not self._free(job, settle=True):
-            return
-        parts = job.parent
-        if parts is None:
+        if self._free(job, settle=True):
             self._deliver(Completion(job.batch, values, errors, busy))
-            return
-        with self._lock:
-            parts.values[job.pos] = values[0]
-            if errors:
-                parts.errors.add(job.pos)
-            parts.finished.add(job.pos)
-            parts.busy += busy
-            parts.left -= 1
-            last = parts.left == 0
-        if last:
-            self._deliver(Completion(parts.batch, parts.values, sorted(parts.errors),
-                                     parts.busy))
 
     def _report_failed(self, job: Job, exc: BaseException | None) -> None:
         """The dask task failed (not the function: the cluster): its items fail."""
@@ -463,27 +424,12 @@ class DaskBackend(Backend):
 
     def _report_cancelled(self, job: Job) -> None:
         """A cancelled job: nothing ran (as far as the scheduler is told)."""
-        if not self._free(job, settle=True):
-            return
-        if job.parent is None:
+        if self._free(job, settle=True):
             self._deliver(Completion(job.batch, [], None, 0.0))
-        else:
-            self._settle_split(job.parent)
 
     def _report_lost(self, job: Job) -> None:
-        if not self._free(job, settle=True):
-            return
-        if job.parent is None:
+        if self._free(job, settle=True):
             self._deliver(dropped(job.batch))
-        else:
-            self._settle_split(job.parent, lost=True)
-
-    def _settle_split(self, parts: Split, *, lost: bool = False) -> None:
-        """A split batch stops early: report the finished prefix once."""
-        with self._lock:
-            done = settled(parts, lost=lost)
-        if done is not None:
-            self._deliver(done)
 
     def _forget(self, job: Job) -> None:
         """An expired job: on a cluster conveyor started, restart the stuck worker."""

@@ -1,5 +1,5 @@
-"""A batch on the dask cluster (``Job``), a batch rerun one task per item
-(``Split``), and what a task's result means for its items (``outcomes_of``)."""
+"""A batch on the dask cluster (``Job``), and what a task's result means for
+its items (``outcomes_of``)."""
 
 from __future__ import annotations
 
@@ -13,50 +13,31 @@ from ..._wire.records import Ended, Status
 from ...errors import NotPicklable
 from .._base import Batch, init_failure, initializer_failed
 
-__all__ = ["Job", "Split", "log_index", "outcomes_of", "take_ready"]
+__all__ = ["Job", "log_index", "outcomes_of", "take_ready"]
 
 
 class Job:
-    """A batch (or one item of a split batch) and its dask future."""
+    """A batch and its dask future."""
 
-    __slots__ = ("alone", "batch", "done", "future", "items", "lost", "n", "parent", "pos",
-                 "restarting", "sent", "since", "worker_stuck")
+    __slots__ = ("alone", "batch", "done", "future", "items", "n", "restarting", "sent",
+                 "since", "worker_stuck")
 
-    def __init__(self, batch: Batch, items: bytes, n: int, *,
-                 parent: Split | None = None, pos: int = 0) -> None:
+    def __init__(self, batch: Batch, items: bytes, n: int, *, alone: bool = False) -> None:
         self.batch = batch
         self.items = items        # pickled
         self.n = n
-        self.parent = parent      # the split batch this item belongs to
-        self.pos = pos            # its position there
         self.future: Any = None
         self.since = 0.0
         self.done = False         # reported (or expired): a late result is ignored
         self.worker_stuck = False  # expired while running: keeps its slot until it ends
-        self.alone = False        # suspected of killing workers: runs with nothing beside it
-        self.lost = 0             # times its result was lost with its worker
+        self.alone = alone        # suspected of killing workers: runs with nothing beside it
         self.sent = False         # sent once (Pool.submit's future is running from then on)
         self.restarting = False   # expired: its worker is being restarted
 
 
-class Split:
-    """A batch that killed its workers, rerun as one task per item."""
-
-    __slots__ = ("batch", "busy", "errors", "finished", "jobs", "left", "values")
-
-    def __init__(self, batch: Batch, n: int) -> None:
-        self.batch = batch
-        self.values: list[Any] = [None] * n
-        self.errors: set[int] = set()
-        self.finished: set[int] = set()   # positions with an outcome
-        self.left = n
-        self.busy = 0.0
-        self.jobs: list[Job] = []
-
-
 def log_index(job: Job, pos: int) -> int | None:
     """The input index of the item a record was logged in (its position in the task)."""
-    return _logs.item_index(job.batch, pos if job.parent is None else job.pos)
+    return _logs.item_index(job.batch, pos)
 
 
 def outcomes_of(job: Job, ended: Ended, data: bytes,
@@ -64,8 +45,8 @@ def outcomes_of(job: Job, ended: Ended, data: bytes,
     """The values (exceptions rebuilt) and failed positions of ``job``'s task.
 
     A task whose items did not unpickle together on the worker
-    (``Status.ITEMS_FAILED``) is a job of one item here (the caller splits
-    larger ones): ``NotPicklable``, as on the process backend. An
+    (``Status.ITEMS_FAILED``) is a job of one item here (larger ones are
+    reported for the engine to split): ``NotPicklable``, as on the process backend. An
     initializer that failed: ``WorkerInitError`` per item, as everywhere.
     """
     got = parent.outcomes(data, 0, False, "this process (the dask client)")
@@ -73,7 +54,7 @@ def outcomes_of(job: Job, ended: Ended, data: bytes,
     values, errors = got
     if ended.status == Status.ITEMS_FAILED:
         cause = values[0]
-        name = type(job.batch.items[job.pos]).__name__
+        name = type(job.batch.items[0]).__name__
         values = [NotPicklable(f"this item, a {name}, could not be unpickled on the dask "
                                f"worker: {type(cause).__name__}: {cause}", type_name=name)]
         values[0].__cause__ = cause

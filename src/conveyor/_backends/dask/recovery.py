@@ -1,17 +1,26 @@
-"""What the dask backend does when the cluster, not the function, fails a task.
+"""What the dask backend reports when the cluster, not the function, fails a task.
 
-* **Lost results.** Dask re-runs the task of a worker that dies (at least
-  once: its items may run twice). A result that dies with its worker before
-  it is fetched is run again here, ``LOST_TRIES`` times at most.
-* **Killed workers.** A task that kills ``allowed-failures`` workers fails with
-  ``KilledWorker``; dask blames every task the dead workers held, so conveyor
-  runs it once more alone on the cluster, and if it fails again a batch of
-  several items is split into one task per item (each run alone,
-  :func:`split`), so that only the item that kills its worker fails, with
-  ``WorkerCrashed``. Before splitting, a task without items is run
-  (:class:`Probes`): if that kills its workers too, the function or the
-  initializer does, as each worker loads it, and every task of that function
-  fails at once from then on.
+The backend decides nothing about running items again: it tells the engine
+what happened, and the engine runs them again (counted in ``stats.rerun``,
+``LOST_TRIES`` times at most; see ``_engine.policy``). What stays here is
+what only a dask backend can know:
+
+* **Lost results.** A result that dies with its worker before it is
+  fetched: its items ran, their outcomes are lost (``Completion.rerun``).
+  (Dask itself re-runs the task of a worker that dies while running it:
+  conveyor does not see those.)
+* **Killed workers and blame.** A task that kills ``allowed-failures``
+  workers fails with ``KilledWorker``; dask blames every task the dead
+  workers held, so a task that shared its worker may be innocent. Its items
+  are reported as lost and marked as suspects (:class:`Suspects`): the
+  engine runs them again, and the batch holding them runs *alone* on the
+  cluster, with nothing beside it to blame. If it fails alone too, a task
+  without items is run first (:class:`Probes`): if that kills its workers,
+  the function or the initializer does, as each worker loads it, and every
+  task of that function fails at once with ``WorkerCrashed`` from then on.
+  Otherwise a batch of several items is reported with ``split``: the engine
+  runs them one item per batch, each alone, and only the item that kills its
+  worker fails, with ``WorkerCrashed``.
 * **Stuck workers.** An expired task's worker, on a cluster conveyor started,
   is restarted (:func:`restart_worker`), as a worker process is killed on the
   process backend.
@@ -20,18 +29,46 @@
 from __future__ import annotations
 
 import pickle
+from collections.abc import Iterable
 from typing import Any
 
-from ..._wire.parent import pickle_items
 from ...errors import WorkerCrashed
-from .._base import Completion
-from .jobs import Job, Split
+from .jobs import Job
 from .remote import run_batch
 
-__all__ = ["LOST_TRIES", "Probes", "failures", "restart_worker", "settled", "split"]
+__all__ = ["Probes", "Suspects", "failures", "restart_worker"]
 
-LOST_TRIES = 3         # times a task whose result died with its worker is run again
 _NO_ITEMS = pickle.dumps([], 5)
+SUSPECTS = 4096   # suspects kept (the oldest go first): a run that stops leaves some
+
+
+class Suspects:
+    """Items whose task ``KilledWorker`` blamed: the next batch holding one runs alone.
+
+    The engine sends the very same item objects again, so they are known by
+    identity (each kept, so that its ``id`` stays its own until it is sent).
+    An innocent batch holding one of them is only run alone: slower, never wrong.
+    """
+
+    def __init__(self) -> None:
+        self._items: dict[int, Any] = {}
+
+    def mark(self, items: Iterable[Any]) -> None:
+        for x in items:
+            self._items[id(x)] = x
+        while len(self._items) > SUSPECTS:
+            del self._items[next(iter(self._items))]
+
+    def take(self, items: list[Any]) -> bool:
+        """Whether ``items`` holds a suspect (each one found is forgotten)."""
+        if not self._items:
+            return False
+        found = False
+        for x in items:
+            if self._items.get(id(x), self) is x:
+                del self._items[id(x)]
+                found = True
+        return found
 
 
 class Probes:
@@ -63,19 +100,6 @@ class Probes:
         return verdict
 
 
-def split(job: Job, *, alone: bool) -> tuple[Split, list[Job]]:
-    """``job``'s items as one job each (``alone``: each to run with nothing beside it)."""
-    items = job.batch.items[:job.n]   # the originals: they pickled together before
-    parts = Split(job.batch, job.n)
-    for i, x in enumerate(items):
-        payload, _, _ = pickle_items([x])
-        assert payload is not None   # the batch pickled as a whole
-        sub = Job(job.batch, payload, 1, parent=parts, pos=i)
-        sub.alone = alone   # one at a time: the item that kills its worker is the one
-        parts.jobs.append(sub)
-    return parts, list(parts.jobs)
-
-
 def failures(job: Job, exc: BaseException | None, probes: Probes, with_init: bool,
              killed_worker: type[BaseException]) -> list[BaseException]:
     """The errors of ``job``'s items when its dask task failed (not the function)."""
@@ -96,18 +120,6 @@ def failures(job: Job, exc: BaseException | None, probes: Probes, with_init: boo
         e.__cause__ = exc
         errors.append(e)
     return errors
-
-
-def settled(parts: Split, *, lost: bool) -> Completion | None:
-    """A split batch that stops early: its finished prefix, once (lock held)."""
-    if parts.left <= 0:
-        return None
-    prefix = 0
-    while prefix in parts.finished:
-        prefix += 1
-    parts.left = 0
-    errors = sorted(p for p in parts.errors if p < prefix)
-    return Completion(parts.batch, parts.values[:prefix], errors, parts.busy, lost=lost)
 
 
 def restart_worker(client: Any, future: Any) -> None:

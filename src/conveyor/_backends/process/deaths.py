@@ -91,7 +91,7 @@ def fates(p: Proc, jobs: list[Job], running: bool, pos: int, returncode: int | N
             failed.append(pos)
             reports.append(Completion(batch, values, failed,
                                       time.monotonic() - batch.started,
-                                      rerun=(len(got), pos)))
+                                      rerun=(len(got), pos), cause=error))
         elif batch.cancelled:
             reports.append(Completion(batch, [], None, 0.0))
         else:
