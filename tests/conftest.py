@@ -52,6 +52,28 @@ def dask_session_client() -> Any:
     return _dask["client"]
 
 
+@pytest.fixture
+def client() -> Any:
+    """The session's dask client (``dask_session_client``), for dask's own tests."""
+    return dask_session_client()
+
+
+@pytest.fixture
+def own_cluster() -> Iterator[Any]:
+    """A LocalCluster for one test (its workers may be killed), closed at the end;
+    the scheduler gives up on a task after it killed one worker."""
+    distributed = pytest.importorskip("distributed")
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=":0", silence_logs=50,
+                                       scheduler_kwargs={"allowed_failures": 1})
+    client = distributed.Client(cluster, set_as_default=False)
+    try:
+        yield client
+    finally:
+        client.close()
+        cluster.close()
+
+
 def dask_session_pids() -> set[int]:
     """The processes of the session's dask cluster (not leftovers of a test)."""
     client = _dask.get("client")

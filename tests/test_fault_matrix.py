@@ -125,7 +125,8 @@ EXPECTED: dict[tuple[str, str], Expect] = {
 #: Dask cells whose fault kills dask workers: not run (xfail, run=False). dask
 #: restarts a dead worker and retries its task up to its allowed-failures (3),
 #: so each such cell takes minutes on 2 cores, and the session's cluster with
-#: it; test_dask.py covers a task and a function that kill their workers.
+#: it; test_dask.py and test_dask_pickling.py cover a task and a function that kill
+#: their workers.
 DASK_NOT_RUN = ("os_exit_at_unpickle", "segfault_at_unpickle")
 
 WHATS = (*_faults.WHATS, "main")
