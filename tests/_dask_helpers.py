@@ -1,9 +1,8 @@
 """What dask's own tests share (their fixtures, ``client`` and ``own_cluster``,
-are in ``conftest.py``)."""
+are in ``conftest.py``; ``wait_until`` is ``_executor_util``'s)."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 
@@ -16,15 +15,6 @@ def conveyor_tasks(client: Any, *, running_only: bool = False) -> list[str]:
                                                       "no-worker"))]
     result: list[str] = client.run_on_scheduler(keys)
     return result
-
-
-def wait_until(predicate: Any, limit: float = 10.0) -> bool:
-    deadline = time.monotonic() + limit
-    while not predicate():
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def square(x: int) -> int:

@@ -25,7 +25,8 @@ import conveyor
 from conveyor.errors import TaskTimeout, WorkerCrashed
 
 from ._crossproc import Gate, Tally
-from ._dask_helpers import conveyor_tasks, square, wait_until
+from ._dask_helpers import conveyor_tasks, square
+from ._executor_util import wait_until
 from .conftest import child_processes, wait_no_child_processes
 
 distributed = pytest.importorskip("distributed")
