@@ -259,10 +259,13 @@ class Core:
             size = batcher.size
             batcher.observe(n, c.busy)
             # The Pool keeps the estimate for its next map of fn (a weak
-            # mapping: costly per batch): told when the size it gives changes.
+            # mapping: costly per batch): told when the size it gives changes,
+            # and not by a batch under half the size it was given (the input's
+            # end cut it short): a few items' time, stretched by one wait for
+            # the GIL, would start the next map at a handful of items.
             memory = self.memory
             if memory is not None and batcher.per_item is not None \
-                    and batcher.fixed is None \
+                    and batcher.fixed is None and 2 * n >= size \
                     and (batcher.size != size or not self._remembered):
                 self._remembered = True
                 memory.remember(underlying(self.fn), batcher.per_item)
